@@ -1,0 +1,211 @@
+//! Map names, keys and values. The agent writes every map but the connection-tracking and
+//! fragment tables, which the programs own.
+
+use core::mem::size_of;
+
+/// Names of the maps, exactly as the eBPF object declares them (kernel limit: 15 characters).
+pub mod names {
+    pub const ENDPOINTS: &str = "WEIR_EP_V1";
+    pub const CIDRS: &str = "WEIR_CIDR_V1";
+    pub const POLICY: &str = "WEIR_POL_V1";
+    pub const CONNTRACK: &str = "WEIR_CT_V1";
+    pub const FRAGMENTS: &str = "WEIR_FRAG_V1";
+    pub const CONFIG: &str = "WEIR_CFG_V1";
+    pub const PASS_COUNTERS: &str = "WEIR_PASS_V1";
+    pub const DROP_COUNTERS: &str = "WEIR_DROP_V1";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod programs {
+    /// Attached to TC ingress of a pod's host-side veth: packets the pod sends.
+    pub const FROM_POD: &str = "weir_from_pod";
+    /// Attached to TC egress of a pod's host-side veth: packets delivered to the pod.
+    pub const TO_POD: &str = "weir_to_pod";
+}
+
+/// Capacities the agent checks a compiled state against before it touches the kernel.
+pub mod capacity {
+    pub const ENDPOINTS: u32 = 131_072;
+    pub const CIDRS: u32 = 65_536;
+    pub const POLICY: u32 = 1_048_576;
+    pub const CONNTRACK: u32 = 262_144;
+    pub const FRAGMENTS: u32 = 8_192;
+}
+
+/// An IPv6 address, or an IPv4 address mapped into IPv6, in network byte order.
+pub type Addr = [u8; 16];
+
+/// Maps an IPv4 address (network byte order) into the shared 16-byte form.
+#[must_use]
+pub const fn v4_mapped(v4: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// Peer class of an address no selector or ipBlock matches.
+pub const PEER_CLASS_WORLD: u32 = 0;
+/// Peer class in a [`PolicyKey`] that stands for every peer (a rule with no `from`/`to`).
+pub const PEER_CLASS_ANY: u32 = u32::MAX;
+/// Port in a [`PolicyKey`] that stands for every port of its protocol.
+pub const PORT_ANY: u16 = 0;
+
+/// Bits of [`EndpointInfo::flags`].
+pub mod endpoint_flags {
+    /// A pod on this node, behind the interface `EndpointInfo::ifindex`.
+    pub const LOCAL_POD: u32 = 1 << 0;
+    /// An address of this node itself: traffic with its own pods is always allowed.
+    pub const HOST: u32 = 1 << 1;
+    /// Some policy selects this pod for Ingress.
+    pub const INGRESS_ISOLATED: u32 = 1 << 2;
+    /// Some policy selects this pod for Egress.
+    pub const EGRESS_ISOLATED: u32 = 1 << 3;
+}
+
+/// What Weir knows about one address: `WEIR_EP_V1[Addr]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    /// Identifies a local pod across its addresses (IPv4 and IPv6) in [`PolicyKey::endpoint`];
+    /// 0 for remote pods and host addresses.
+    pub endpoint: u32,
+    /// The class this address has as a peer of policy rules.
+    pub peer_class: u32,
+    /// [`endpoint_flags`] bits.
+    pub flags: u32,
+    /// Host-side interface of a local pod (anti-spoofing: a pod may only use its own addresses).
+    pub ifindex: u32,
+}
+const _: () = assert!(size_of::<EndpointInfo>() == 16);
+
+/// Value of `WEIR_CIDR_V1`, an LPM trie over [`Addr`] for addresses that are not pods (ipBlocks).
+/// IPv4 prefix lengths are offset by 96, as the addresses are IPv4-mapped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CidrInfo {
+    pub peer_class: u32,
+}
+const _: () = assert!(size_of::<CidrInfo>() == 4);
+
+/// Key of `WEIR_POL_V1`: is traffic of this local pod, in this direction, with this peer class,
+/// on this protocol and port, allowed? Wildcards: [`PEER_CLASS_ANY`], [`crate::proto::ANY`],
+/// [`PORT_ANY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    pub endpoint: u32,
+    pub peer_class: u32,
+    /// Destination port of the connection's first packet, host byte order.
+    pub port_h: u16,
+    pub proto: u8,
+    /// [`crate::Direction`] as a number.
+    pub direction: u8,
+}
+const _: () = assert!(size_of::<PolicyKey>() == 12);
+
+/// Value of `WEIR_POL_V1`: which rule allowed it, for observability.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyValue {
+    /// Index of the policy in the agent's compiled state (stable for one generation).
+    pub policy: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<PolicyValue>() == 8);
+
+/// Key of `WEIR_CT_V1`, oriented from the local pod: whichever way a packet travels, the same
+/// connection gives the same key at the same pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub local: Addr,
+    pub remote: Addr,
+    /// For ICMP echo, the identifier; 0 for protocols without ports.
+    pub local_port_h: u16,
+    pub remote_port_h: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<CtKey>() == 40);
+
+/// Bits of [`CtEntry::flags`].
+pub mod ct_flags {
+    /// A TCP FIN or RST was seen: the connection is closing and gets the short timeout.
+    pub const CLOSING: u8 = 1 << 0;
+    /// The first packet was a TCP SYN (not a mid-stream pickup).
+    pub const SEEN_SYN: u8 = 1 << 1;
+}
+
+/// Value of `WEIR_CT_V1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns` of the last packet (refreshed at most once a second).
+    pub last_seen_ns: u64,
+    /// [`Config::policy_epoch`] when policy last allowed this connection; older means recheck.
+    pub policy_epoch: u32,
+    /// [`crate::Direction`] of the first packet.
+    pub origin: u8,
+    /// [`ct_flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<CtEntry>() == 16);
+
+/// Key of `WEIR_FRAG_V1`: identifies the fragments of one IP datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// IPv4 identification (16 bits) or IPv6 fragment identification (32 bits).
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FragKey>() == 40);
+
+/// Value of `WEIR_FRAG_V1`: the ports of the datagram's first fragment, allowed by policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragPorts {
+    pub src_port_h: u16,
+    pub dst_port_h: u16,
+}
+const _: () = assert!(size_of::<FragPorts>() == 4);
+
+/// Value of the single entry of `WEIR_CFG_V1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// Bumped by the agent after each policy change; connections tracked under an older epoch
+    /// are checked against policy again on their next packet.
+    pub policy_epoch: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Config>() == 8);
+
+/// Connection-tracking timeouts, in nanoseconds.
+pub mod ct_timeout {
+    pub const TCP_ESTABLISHED_NS: u64 = 6 * 3600 * 1_000_000_000;
+    pub const TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+    pub const TCP_SYN_NS: u64 = 60 * 1_000_000_000;
+    pub const UDP_NS: u64 = 60 * 1_000_000_000;
+    pub const OTHER_NS: u64 = 60 * 1_000_000_000;
+    /// A connection's timestamp is rewritten at most this often, to spare a map write per packet.
+    pub const REFRESH_NS: u64 = 1_000_000_000;
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    // SAFETY: all types are `repr(C)`, plain old data with explicit padding, valid for any bytes.
+    unsafe impl aya::Pod for super::EndpointInfo {}
+    unsafe impl aya::Pod for super::CidrInfo {}
+    unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::PolicyValue {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragPorts {}
+    unsafe impl aya::Pod for super::Config {}
+}

@@ -1,0 +1,44 @@
+//! Fragments: later fragments carry no L4 header, so the first fragment's ports are remembered
+//! (only when policy allowed it) and lent to the rest. A later fragment whose first was never
+//! seen, or was denied, is dropped: the datagram could not be reassembled anyway.
+
+use dataplane_abi::{DropReason, FragKey, FragPorts};
+
+use crate::FRAGMENTS;
+use crate::parse::{Fragment, Packet};
+
+#[inline(always)]
+fn key(pkt: &Packet, id: u32) -> FragKey {
+    FragKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        id,
+        proto: pkt.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Gives a later fragment the ports of its datagram's first fragment.
+#[inline(always)]
+pub fn resolve_ports(pkt: &mut Packet) -> Result<(), DropReason> {
+    let Fragment::Later { id } = pkt.fragment else {
+        return Ok(());
+    };
+    // SAFETY: the value is copied out before the program run ends.
+    let ports = unsafe { FRAGMENTS.get(&key(pkt, id)) }.ok_or(DropReason::FragmentUnknown)?;
+    pkt.src_port_h = ports.src_port_h;
+    pkt.dst_port_h = ports.dst_port_h;
+    Ok(())
+}
+
+/// Remembers an allowed first fragment's ports for the fragments that follow.
+#[inline(always)]
+pub fn remember(pkt: &Packet) {
+    if let Fragment::First { id } = pkt.fragment {
+        let ports = FragPorts {
+            src_port_h: pkt.src_port_h,
+            dst_port_h: pkt.dst_port_h,
+        };
+        let _ = FRAGMENTS.insert(&key(pkt, id), &ports, 0);
+    }
+}

@@ -1,0 +1,149 @@
+//! Weir's TC programs: entry points and maps. The path of every packet:
+//! parse → fragment → conntrack → policy → verdict, one module each.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod fragment;
+mod parse;
+mod policy;
+mod verdict;
+
+use aya_ebpf::{
+    macros::{classifier, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    programs::TcContext,
+};
+use dataplane_abi::{
+    Addr, CidrInfo, Config, CtEntry, CtKey, Direction, DropReason, EndpointInfo, FragKey,
+    FragPorts, PassReason, PolicyKey, PolicyValue, capacity,
+};
+
+use conntrack::Flow;
+use parse::{Packet, Parsed};
+use policy::{Local, Remote};
+
+#[map(name = "WEIR_EP_V1")]
+static ENDPOINTS: HashMap<Addr, EndpointInfo> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
+
+#[map(name = "WEIR_CIDR_V1")]
+static CIDRS: LpmTrie<Addr, CidrInfo> = LpmTrie::with_max_entries(capacity::CIDRS, 0);
+
+#[map(name = "WEIR_POL_V1")]
+static POLICY: HashMap<PolicyKey, PolicyValue> = HashMap::with_max_entries(capacity::POLICY, 0);
+
+#[map(name = "WEIR_CT_V1")]
+static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+
+#[map(name = "WEIR_FRAG_V1")]
+static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
+    LruHashMap::with_max_entries(capacity::FRAGMENTS, 0);
+
+#[map(name = "WEIR_CFG_V1")]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "WEIR_PASS_V1")]
+static PASS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PassReason::COUNT, 0);
+
+/// Per-CPU working space for the packet being processed: the BPF stack is 512 bytes.
+#[map]
+static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "WEIR_DROP_V1")]
+static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+
+/// Packets the pod sends (TC ingress of its host-side veth).
+#[classifier]
+pub fn weir_from_pod(ctx: TcContext) -> i32 {
+    verdict::finish(process(&ctx, Direction::Egress))
+}
+
+/// Packets delivered to the pod (TC egress of its host-side veth).
+#[classifier]
+pub fn weir_to_pod(ctx: TcContext) -> i32 {
+    verdict::finish(process(&ctx, Direction::Ingress))
+}
+
+#[inline(always)]
+fn process(ctx: &TcContext, dir: Direction) -> Result<PassReason, DropReason> {
+    // SAFETY: slot 0 always exists; only this program run on this CPU uses it.
+    let Some(pkt) = SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }) else {
+        return Err(DropReason::Malformed);
+    };
+    if let Parsed::NonIp = parse::parse(ctx, pkt)? {
+        return Ok(PassReason::NonIp);
+    }
+    if parse::is_link_scope(&pkt.src) || parse::is_link_scope(&pkt.dst) {
+        return Ok(PassReason::LinkLocal);
+    }
+    let (local_addr, remote_addr) = match dir {
+        Direction::Egress => (pkt.src, pkt.dst),
+        Direction::Ingress => (pkt.dst, pkt.src),
+    };
+    // SAFETY: `skb` points at the context the kernel passed this program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let local = policy::local_endpoint(&local_addr, ifindex)?;
+    let remote = match policy::remote_peer(&remote_addr, &local) {
+        Remote::Trusted(reason) => return Ok(reason),
+        Remote::Peer(class) => class,
+    };
+    fragment::resolve_ports(pkt)?;
+    let epoch = policy_epoch();
+
+    // An error about a tracked connection passes; any other is judged as ICMP itself.
+    if pkt.is_icmp_error && conntrack::lookup(&Flow::of_icmp_error(pkt, dir).key).is_some() {
+        return Ok(PassReason::Established);
+    }
+
+    let flow = Flow::of_packet(pkt, dir);
+    if let Some(tracked) = conntrack::lookup(&flow.key) {
+        return established(pkt, &flow, &tracked, &local, remote, epoch);
+    }
+
+    let reason = policy::decide(&local, dir, remote, pkt.proto, flow.dst_port_h)?;
+    conntrack::create(&flow.key, dir, pkt.tcp_flags, epoch);
+    fragment::remember(pkt);
+    Ok(reason)
+}
+
+/// A packet of a tracked connection. When policy changed since the connection was last
+/// allowed, its first packet is judged again, as it would be now: a connection the new policy
+/// denies is cut (see README, "Policy changes and established connections").
+#[inline(always)]
+fn established(
+    pkt: &Packet,
+    flow: &Flow,
+    tracked: &conntrack::Tracked,
+    local: &Local,
+    remote: u32,
+    epoch: u32,
+) -> Result<PassReason, DropReason> {
+    if tracked.policy_epoch != epoch {
+        let origin_dst_port = match tracked.origin {
+            Direction::Egress => flow.key.remote_port_h,
+            Direction::Ingress => flow.key.local_port_h,
+        };
+        if policy::decide(local, tracked.origin, remote, pkt.proto, origin_dst_port).is_err() {
+            conntrack::remove(&flow.key);
+            return Err(DropReason::PolicyRevoked);
+        }
+    }
+    conntrack::touch(tracked, pkt.tcp_flags, epoch);
+    fragment::remember(pkt);
+    Ok(PassReason::Established)
+}
+
+#[inline(always)]
+fn policy_epoch() -> u32 {
+    CONFIG.get(0).map_or(0, |c| c.policy_epoch)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

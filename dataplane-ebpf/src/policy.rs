@@ -1,0 +1,115 @@
+//! Policy: who is the local pod, what class is the peer, and does a rule allow the pair.
+//!
+//! Precedence, in the order the code applies it:
+//! 1. The pod-side address must be one of the pod's own (anti-spoofing).
+//! 2. Traffic between the pod and this node, or the pod and itself, is allowed.
+//! 3. A pod no policy isolates in this direction allows everything.
+//! 4. Otherwise the peer class and the port decide, through at most six hash lookups:
+//!    exact peer class then any peer; for each, exact port, any port of the protocol, any
+//!    protocol. The number of lookups never depends on the number of rules.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use dataplane_abi::{
+    Addr, Direction, DropReason, EndpointInfo, PEER_CLASS_ANY, PEER_CLASS_WORLD, PORT_ANY,
+    PassReason, PolicyKey, endpoint_flags, proto,
+};
+
+use crate::{CIDRS, ENDPOINTS, POLICY};
+
+/// The local pod a packet belongs to.
+pub struct Local {
+    pub endpoint: u32,
+    pub flags: u32,
+}
+
+/// Finds the local pod behind `ifindex` that owns `addr`.
+#[inline(always)]
+pub fn local_endpoint(addr: &Addr, ifindex: u32) -> Result<Local, DropReason> {
+    // SAFETY: the value is copied out before the program run ends.
+    let ep: EndpointInfo = match unsafe { ENDPOINTS.get(addr) } {
+        Some(ep) => *ep,
+        None => return Err(DropReason::NotPodAddress),
+    };
+    if ep.flags & endpoint_flags::LOCAL_POD == 0 || ep.ifindex != ifindex {
+        return Err(DropReason::NotPodAddress);
+    }
+    Ok(Local {
+        endpoint: ep.endpoint,
+        flags: ep.flags,
+    })
+}
+
+/// What the peer address is to policy.
+pub enum Remote {
+    /// This node, or the local pod itself: always allowed.
+    Trusted(PassReason),
+    /// Any other address, with its peer class.
+    Peer(u32),
+}
+
+#[inline(always)]
+pub fn remote_peer(addr: &Addr, local: &Local) -> Remote {
+    // SAFETY: the value is copied out before the program run ends.
+    if let Some(ep) = unsafe { ENDPOINTS.get(addr) } {
+        if ep.flags & endpoint_flags::HOST != 0 {
+            return Remote::Trusted(PassReason::NodeTraffic);
+        }
+        if ep.flags & endpoint_flags::LOCAL_POD != 0 && ep.endpoint == local.endpoint {
+            return Remote::Trusted(PassReason::SelfTraffic);
+        }
+        return Remote::Peer(ep.peer_class);
+    }
+    let key = Key::new(128, *addr);
+    match CIDRS.get(&key) {
+        Some(info) => Remote::Peer(info.peer_class),
+        None => Remote::Peer(PEER_CLASS_WORLD),
+    }
+}
+
+/// Whether `local` is isolated for `dir`, and if so, whether a rule allows the peer.
+#[inline(always)]
+pub fn decide(
+    local: &Local,
+    dir: Direction,
+    peer_class: u32,
+    l4_proto: u8,
+    dst_port_h: u16,
+) -> Result<PassReason, DropReason> {
+    let isolated_bit = match dir {
+        Direction::Ingress => endpoint_flags::INGRESS_ISOLATED,
+        Direction::Egress => endpoint_flags::EGRESS_ISOLATED,
+    };
+    if local.flags & isolated_bit == 0 {
+        return Ok(PassReason::NotIsolated);
+    }
+    if rule_allows(local.endpoint, dir, peer_class, l4_proto, dst_port_h)
+        || rule_allows(local.endpoint, dir, PEER_CLASS_ANY, l4_proto, dst_port_h)
+    {
+        Ok(PassReason::PolicyAllowed)
+    } else {
+        Err(DropReason::PolicyDenied)
+    }
+}
+
+#[inline(always)]
+fn rule_allows(endpoint: u32, dir: Direction, peer_class: u32, l4_proto: u8, port_h: u16) -> bool {
+    let mut key = PolicyKey {
+        endpoint,
+        peer_class,
+        port_h,
+        proto: l4_proto,
+        direction: dir as u8,
+    };
+    // Ports only mean something to protocols that have them; ICMP and others match only
+    // rules without `ports`.
+    let has_ports = matches!(l4_proto, proto::TCP | proto::UDP | proto::SCTP);
+    if has_ports && POLICY.get_ptr(&key).is_some() {
+        return true;
+    }
+    key.port_h = PORT_ANY;
+    if has_ports && POLICY.get_ptr(&key).is_some() {
+        return true;
+    }
+    key.proto = proto::ANY;
+    POLICY.get_ptr(&key).is_some()
+}

@@ -1,0 +1,2 @@
+//! `weir`: the agent and its CLI.
+fn main() {}

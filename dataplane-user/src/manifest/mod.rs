@@ -1,0 +1,1 @@
+//! Reading manifests: YAML files → validated [`crate::model::DesiredState`].

@@ -1,0 +1,230 @@
+//! The desired state: validated Kubernetes objects reduced to what the dataplane enforces.
+//!
+//! Everything here has already been checked (by `manifest`), so the compiler that turns it into
+//! map contents cannot fail on bad input, only on capacity.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnetwork::IpNetwork;
+
+/// Labels of a namespace or pod.
+pub type Labels = BTreeMap<String, String>;
+
+/// Where an object was read from, for messages that point the user at it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Origin {
+    /// The manifest file, or a description such as `kubernetes API`.
+    pub file: PathBuf,
+    /// 1-based line of the object's first line in that file (0 when unknown).
+    pub line: u64,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.file.display())
+        } else {
+            write!(f, "{}:{}", self.file.display(), self.line)
+        }
+    }
+}
+
+/// Everything the dataplane enforces, as one value: the compiler's only input.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    /// Namespaces by name. A namespace referenced by a pod or policy but never declared exists
+    /// with no labels, as `kubectl apply` of a pod in `default` would assume.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// All pods of the cluster, local or not: remote pods are peers that selectors match.
+    pub pods: Vec<Pod>,
+    /// All NetworkPolicies.
+    pub policies: Vec<Policy>,
+}
+
+/// A Kubernetes namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+/// A Kubernetes pod, reduced to what policy matching needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    /// `status.podIPs` (or `status.podIP`); a pod without an address cannot be matched yet.
+    pub ips: Vec<IpAddr>,
+    /// Named container ports, for rules that name a port.
+    pub ports: Vec<NamedPort>,
+    pub origin: Origin,
+}
+
+/// A container port that has a name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamedPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// Transport protocols a NetworkPolicy port can name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// IANA protocol number, as the dataplane keys it.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => dataplane_abi::proto::TCP,
+            Self::Udp => dataplane_abi::proto::UDP,
+            Self::Sctp => dataplane_abi::proto::SCTP,
+        }
+    }
+
+    /// Parses the Kubernetes spelling (`TCP`, `UDP`, `SCTP`).
+    pub fn from_k8s(name: &str) -> Option<Self> {
+        match name {
+            "TCP" => Some(Self::Tcp),
+            "UDP" => Some(Self::Udp),
+            "SCTP" => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        })
+    }
+}
+
+/// A `networking.k8s.io/v1` NetworkPolicy, validated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    /// Pods of `namespace` this policy applies to.
+    pub pod_selector: LabelSelector,
+    /// `Some` when the policy isolates selected pods for ingress (`policyTypes` has Ingress);
+    /// the rules (possibly none: deny all) that allow traffic in.
+    pub ingress: Option<Vec<Rule>>,
+    /// `Some` when the policy isolates selected pods for egress.
+    pub egress: Option<Vec<Rule>>,
+    pub origin: Origin,
+}
+
+/// One ingress or egress rule: traffic matching any peer and any port is allowed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// Empty means every peer.
+    pub peers: Vec<Peer>,
+    /// Empty means every port of every protocol.
+    pub ports: Vec<PortMatch>,
+}
+
+/// A `from` or `to` entry of a rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// Pods chosen by labels, in namespaces chosen by labels (or the policy's own namespace).
+    Pods {
+        namespaces: NamespaceScope,
+        pods: LabelSelector,
+    },
+    /// Addresses in `cidr` but not in any of `except`.
+    IpBlock {
+        cidr: IpNetwork,
+        except: Vec<IpNetwork>,
+    },
+}
+
+/// Which namespaces a pod peer may live in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamespaceScope {
+    /// Only the namespace of the policy (a peer with a `podSelector` alone).
+    Own(String),
+    /// Namespaces whose labels match (a peer with a `namespaceSelector`).
+    Selected(LabelSelector),
+}
+
+/// A `ports` entry of a rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortMatch {
+    pub protocol: Protocol,
+    /// `None`: every port of `protocol`.
+    pub port: Option<PortSpec>,
+}
+
+/// A port number, range or name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSpec {
+    /// `port` alone (`first == last`) or `port`..=`endPort`.
+    Range { first: u16, last: u16 },
+    /// A container port name, resolved on each destination pod.
+    Named(String),
+}
+
+/// A Kubernetes label selector. The empty selector selects everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelSelector {
+    pub match_labels: BTreeMap<String, String>,
+    pub match_expressions: Vec<Requirement>,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+    pub values: BTreeSet<String>,
+}
+
+/// Operators of `matchExpressions`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// Whether `labels` satisfy every `matchLabels` pair and every expression.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| r.matches(labels))
+    }
+
+    /// The selector that selects everything.
+    pub fn everything() -> Self {
+        Self::default()
+    }
+}
+
+impl Requirement {
+    /// Kubernetes semantics: `NotIn` and `DoesNotExist` match pods without the key.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        let value = labels.get(&self.key);
+        match self.operator {
+            Operator::In => value.is_some_and(|v| self.values.contains(v)),
+            Operator::NotIn => value.is_none_or(|v| !self.values.contains(v)),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+        }
+    }
+}

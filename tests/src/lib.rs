@@ -1,0 +1,1 @@
+//! Test bed: network-namespace topologies for Weir tests, demo and benchmarks.
