@@ -1,0 +1,668 @@
+//! The compiler: desired state + what this node hosts → the contents of every map the agent
+//! writes. Pure: no I/O, no clock, deterministic (ordered maps), so two outputs diff cleanly.
+//!
+//! How NetworkPolicy becomes O(1) lookups:
+//! - Every distinct `from`/`to` peer of every policy is a *peer atom*.
+//! - Every address gets a *peer class*: the set of atoms it matches (plus, for pods, the
+//!   numbers of the named ports egress rules mention). Addresses with the same set share a class.
+//!   Pod addresses carry their class in `WEIR_EP_V1`; other addresses get theirs from the
+//!   ipBlock prefixes in `WEIR_CIDR_V1`.
+//! - A rule becomes entries `(local pod, peer class, protocol, port, direction)` in
+//!   `WEIR_POL_V1`, only for pods on this node; a rule with no peers uses the wildcard class.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+
+use dataplane_abi::{
+    Addr, CidrInfo, Direction, EndpointInfo, PEER_CLASS_ANY, PEER_CLASS_WORLD, PORT_ANY, PolicyKey,
+    PolicyValue, capacity, endpoint_flags, proto, v4_mapped,
+};
+use ipnetwork::IpNetwork;
+
+use crate::model::{
+    DesiredState, Labels, NamespaceScope, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule,
+};
+
+/// What this node hosts, read from the kernel by `node`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeView {
+    /// Addresses of the node itself.
+    pub host_addrs: BTreeSet<IpAddr>,
+    /// Pod addresses routed to a local interface (a /32 or /128 route), with its ifindex.
+    pub local_routes: BTreeMap<IpAddr, u32>,
+}
+
+/// A pod this node hosts, and where its programs attach.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalPod {
+    pub namespace: String,
+    pub name: String,
+    pub ifindex: u32,
+    pub ingress_isolated: bool,
+    pub egress_isolated: bool,
+}
+
+/// A key of the CIDR trie: prefix length over the 16-byte address, and the address.
+pub type CidrPrefix = (u32, Addr);
+
+/// The contents of every map the agent writes, for one desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapSet {
+    pub endpoints: BTreeMap<Addr, EndpointInfo>,
+    pub cidrs: BTreeMap<CidrPrefix, CidrInfo>,
+    pub policy: BTreeMap<PolicyKey, PolicyValue>,
+    /// Local pods by ifindex: the interfaces to attach to.
+    pub local_pods: BTreeMap<u32, LocalPod>,
+    /// Number of distinct peer classes (for `weir check` and metrics).
+    pub peer_classes: usize,
+    /// Things worth a warning that do not stop compilation (duplicate pod addresses).
+    pub warnings: Vec<String>,
+}
+
+/// The compiled state does not fit the maps.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error(
+        "policy {policy} ({origin}) overflows map {map}: it needs {needed} entries, {capacity} fit"
+    )]
+    PolicyOverflow {
+        policy: String,
+        origin: String,
+        map: &'static str,
+        needed: usize,
+        capacity: u32,
+    },
+    #[error("map {map} would need {needed} entries, {capacity} fit")]
+    MapOverflow {
+        map: &'static str,
+        needed: usize,
+        capacity: u32,
+    },
+}
+
+/// Compiles `state` for the node described by `node`.
+pub fn compile(state: &DesiredState, node: &NodeView) -> Result<MapSet, CompileError> {
+    let atoms = PeerAtoms::collect(&state.policies);
+    let egress_names = egress_port_names(&state.policies);
+    let pods = PodIndex::new(state);
+    let mut classes = Classes::default();
+    let mut out = MapSet::default();
+
+    let pod_atoms = atoms.match_pods(state, &pods);
+    let local = local_pods(state, node);
+    for (pod_idx, pod) in state.pods.iter().enumerate() {
+        for ip in &pod.ips {
+            let mut set = pod_atoms[pod_idx].clone();
+            set.extend(atoms.ip_blocks_containing(*ip));
+            set.sort_unstable();
+            set.dedup();
+            let ports = named_ports_for(pod, &egress_names);
+            let class = classes.intern(set, ports);
+            let addr = to_addr(*ip);
+            if let Some(previous) = out.endpoints.get(&addr) {
+                let _ = previous;
+                out.warnings.push(format!(
+                    "address {ip} of pod {}/{} is already used by another pod; ignored",
+                    pod.namespace, pod.name
+                ));
+                continue;
+            }
+            out.endpoints
+                .insert(addr, endpoint_info(class, local.get(&pod_idx)));
+        }
+    }
+    for ip in &node.host_addrs {
+        out.endpoints.insert(
+            to_addr(*ip),
+            EndpointInfo {
+                flags: endpoint_flags::HOST,
+                ..EndpointInfo::default()
+            },
+        );
+    }
+    for prefix in atoms.prefixes() {
+        let set = atoms.ip_blocks_covering(prefix);
+        let class = classes.intern(set, Vec::new());
+        out.cidrs
+            .insert(to_prefix(prefix), CidrInfo { peer_class: class });
+    }
+
+    let members = classes.members_by_atom();
+    for (pod_idx, lp) in &local {
+        let pod = &state.pods[*pod_idx];
+        let ctx = RuleContext {
+            local: pod,
+            endpoint: lp.ifindex,
+            atoms: &atoms,
+            classes: &classes,
+            members: &members,
+        };
+        for (policy_idx, policy) in selecting(state, pod) {
+            let before = out.policy.len();
+            ctx.compile_policy(policy_idx, policy, &mut out.policy);
+            check_policy_capacity(policy, before, out.policy.len())?;
+        }
+        out.local_pods.insert(lp.ifindex, lp.clone());
+    }
+    out.peer_classes = classes.len();
+    check_capacity(&out)?;
+    Ok(out)
+}
+
+/// The local pods of `state` by index: pods with an address routed to a local interface.
+fn local_pods(state: &DesiredState, node: &NodeView) -> BTreeMap<usize, LocalPod> {
+    let mut out = BTreeMap::new();
+    for (idx, pod) in state.pods.iter().enumerate() {
+        let Some(ifindex) = pod.ips.iter().find_map(|ip| node.local_routes.get(ip)) else {
+            continue;
+        };
+        let mut ingress_isolated = false;
+        let mut egress_isolated = false;
+        for (_, policy) in selecting(state, pod) {
+            ingress_isolated |= policy.ingress.is_some();
+            egress_isolated |= policy.egress.is_some();
+        }
+        out.insert(
+            idx,
+            LocalPod {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                ifindex: *ifindex,
+                ingress_isolated,
+                egress_isolated,
+            },
+        );
+    }
+    out
+}
+
+/// Policies of the pod's namespace whose `podSelector` selects it.
+pub fn selecting<'a>(
+    state: &'a DesiredState,
+    pod: &'a Pod,
+) -> impl Iterator<Item = (usize, &'a Policy)> + 'a {
+    state
+        .policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels))
+}
+
+fn endpoint_info(class: u32, local: Option<&LocalPod>) -> EndpointInfo {
+    let Some(lp) = local else {
+        return EndpointInfo {
+            peer_class: class,
+            ..EndpointInfo::default()
+        };
+    };
+    let mut flags = endpoint_flags::LOCAL_POD;
+    if lp.ingress_isolated {
+        flags |= endpoint_flags::INGRESS_ISOLATED;
+    }
+    if lp.egress_isolated {
+        flags |= endpoint_flags::EGRESS_ISOLATED;
+    }
+    EndpointInfo {
+        // The ifindex doubles as the endpoint id: unique on the node, and stable across
+        // recompilations, so a change elsewhere does not rewrite this pod's entries.
+        endpoint: lp.ifindex,
+        peer_class: class,
+        flags,
+        ifindex: lp.ifindex,
+    }
+}
+
+/// Converts an address to the dataplane's 16-byte form.
+pub fn to_addr(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn to_prefix(net: IpNetwork) -> CidrPrefix {
+    match net {
+        IpNetwork::V4(v4) => (
+            u32::from(v4.prefix()) + 96,
+            to_addr(IpAddr::V4(v4.network())),
+        ),
+        IpNetwork::V6(v6) => (u32::from(v6.prefix()), to_addr(IpAddr::V6(v6.network()))),
+    }
+}
+
+/// Whether `inner` lies entirely inside `outer`.
+fn covers(outer: &IpNetwork, inner: &IpNetwork) -> bool {
+    outer.is_ipv4() == inner.is_ipv4()
+        && outer.prefix() <= inner.prefix()
+        && outer.contains(inner.network())
+}
+
+/// Every distinct peer of every rule, numbered.
+struct PeerAtoms {
+    atoms: Vec<Peer>,
+    index: HashMap<PeerKey, u32>,
+}
+
+/// A hashable identity for a peer (selectors compare by value).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PeerKey(String);
+
+fn peer_key(peer: &Peer) -> PeerKey {
+    PeerKey(format!("{peer:?}"))
+}
+
+impl PeerAtoms {
+    fn collect(policies: &[Policy]) -> Self {
+        let mut atoms = Self {
+            atoms: Vec::new(),
+            index: HashMap::new(),
+        };
+        for rule in policies.iter().flat_map(all_rules) {
+            for peer in &rule.peers {
+                atoms.id_of(peer);
+            }
+        }
+        atoms
+    }
+
+    fn id_of(&mut self, peer: &Peer) -> u32 {
+        let key = peer_key(peer);
+        if let Some(id) = self.index.get(&key) {
+            return *id;
+        }
+        let id = u32::try_from(self.atoms.len()).unwrap_or(u32::MAX);
+        self.atoms.push(peer.clone());
+        self.index.insert(key, id);
+        id
+    }
+
+    fn lookup(&self, peer: &Peer) -> Option<u32> {
+        self.index.get(&peer_key(peer)).copied()
+    }
+
+    /// For each pod (by index), the sorted pod-selector atoms it matches.
+    fn match_pods(&self, state: &DesiredState, pods: &PodIndex) -> Vec<Vec<u32>> {
+        let mut out = vec![Vec::new(); state.pods.len()];
+        for (id, atom) in (0u32..).zip(&self.atoms) {
+            let Peer::Pods {
+                namespaces,
+                pods: selector,
+            } = atom
+            else {
+                continue;
+            };
+            for &idx in pods.candidates(selector) {
+                let pod = &state.pods[idx];
+                if selector.matches(&pod.labels)
+                    && namespace_matches(state, namespaces, &pod.namespace)
+                {
+                    out[idx].push(id);
+                }
+            }
+        }
+        out
+    }
+
+    fn ip_blocks(&self) -> impl Iterator<Item = (u32, &IpNetwork, &Vec<IpNetwork>)> {
+        (0u32..)
+            .zip(&self.atoms)
+            .filter_map(|(id, atom)| match atom {
+                Peer::IpBlock { cidr, except } => Some((id, cidr, except)),
+                Peer::Pods { .. } => None,
+            })
+    }
+
+    fn ip_blocks_containing(&self, ip: IpAddr) -> Vec<u32> {
+        self.ip_blocks()
+            .filter(|(_, cidr, except)| cidr.contains(ip) && !except.iter().any(|e| e.contains(ip)))
+            .map(|(id, _, _)| id)
+            .collect()
+    }
+
+    /// Atoms every address of `prefix` matches, when `prefix` is the longest prefix of the
+    /// trie that contains the address: then any atom CIDR or except containing the address
+    /// is either `prefix` itself or a shorter prefix covering it.
+    fn ip_blocks_covering(&self, prefix: IpNetwork) -> Vec<u32> {
+        self.ip_blocks()
+            .filter(|(_, cidr, except)| {
+                covers(cidr, &prefix) && !except.iter().any(|e| covers(e, &prefix))
+            })
+            .map(|(id, _, _)| id)
+            .collect()
+    }
+
+    /// Every CIDR and except of every ipBlock: the trie's prefixes.
+    fn prefixes(&self) -> BTreeSet<IpNetwork> {
+        self.ip_blocks()
+            .flat_map(|(_, cidr, except)| std::iter::once(*cidr).chain(except.iter().copied()))
+            .collect()
+    }
+}
+
+fn namespace_matches(state: &DesiredState, scope: &NamespaceScope, namespace: &str) -> bool {
+    match scope {
+        NamespaceScope::Own(own) => own == namespace,
+        NamespaceScope::Selected(selector) => {
+            let empty = Labels::new();
+            let labels = state
+                .namespaces
+                .get(namespace)
+                .map_or(&empty, |ns| &ns.labels);
+            selector.matches(labels)
+        }
+    }
+}
+
+fn all_rules(policy: &Policy) -> impl Iterator<Item = &Rule> {
+    policy.ingress.iter().chain(policy.egress.iter()).flatten()
+}
+
+/// Pods indexed by label pair, so a selector visits the pods that can match it, not all pods.
+struct PodIndex {
+    all: Vec<usize>,
+    by_label: HashMap<(String, String), Vec<usize>>,
+}
+
+impl PodIndex {
+    fn new(state: &DesiredState) -> Self {
+        let mut by_label: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (idx, pod) in state.pods.iter().enumerate() {
+            for (k, v) in &pod.labels {
+                by_label
+                    .entry((k.clone(), v.clone()))
+                    .or_default()
+                    .push(idx);
+            }
+        }
+        Self {
+            all: (0..state.pods.len()).collect(),
+            by_label,
+        }
+    }
+
+    /// A superset of the pods `selector` matches: the smallest posting list of its
+    /// `matchLabels`, or every pod.
+    fn candidates(&self, selector: &crate::model::LabelSelector) -> &[usize] {
+        selector
+            .match_labels
+            .iter()
+            .map(|(k, v)| {
+                self.by_label
+                    .get(&(k.clone(), v.clone()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|list| list.len())
+            .unwrap_or(&self.all)
+    }
+}
+
+/// Named ports egress rules mention: they are resolved on the destination, so they are part
+/// of the destination's class.
+fn egress_port_names(policies: &[Policy]) -> BTreeSet<(String, Protocol)> {
+    policies
+        .iter()
+        .flat_map(|p| p.egress.iter().flatten())
+        .flat_map(|r| &r.ports)
+        .filter_map(|m| match &m.port {
+            Some(PortSpec::Named(name)) => Some((name.clone(), m.protocol)),
+            _ => None,
+        })
+        .collect()
+}
+
+type ResolvedPorts = Vec<(String, Protocol, u16)>;
+
+fn named_ports_for(pod: &Pod, names: &BTreeSet<(String, Protocol)>) -> ResolvedPorts {
+    let mut out: ResolvedPorts = pod
+        .ports
+        .iter()
+        .filter(|p| names.contains(&(p.name.clone(), p.protocol)))
+        .map(|p| (p.name.clone(), p.protocol, p.port))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Interned peer classes. Class 0 is the world: no atom, no named port.
+#[derive(Default)]
+struct Classes {
+    by_signature: HashMap<(Vec<u32>, ResolvedPorts), u32>,
+    list: Vec<(Vec<u32>, ResolvedPorts)>,
+}
+
+impl Classes {
+    fn intern(&mut self, atoms: Vec<u32>, ports: ResolvedPorts) -> u32 {
+        if atoms.is_empty() && ports.is_empty() {
+            return PEER_CLASS_WORLD;
+        }
+        let signature = (atoms, ports);
+        if let Some(id) = self.by_signature.get(&signature) {
+            return *id;
+        }
+        // Ids start at 1: 0 is the world, u32::MAX the wildcard.
+        let id = u32::try_from(self.list.len() + 1).unwrap_or(PEER_CLASS_ANY - 1);
+        self.list.push(signature.clone());
+        self.by_signature.insert(signature, id);
+        id
+    }
+
+    fn len(&self) -> usize {
+        self.list.len() + 1
+    }
+
+    /// For each atom, the classes that contain it.
+    fn members_by_atom(&self) -> HashMap<u32, Vec<u32>> {
+        let mut out: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (id, (atoms, _)) in (1u32..).zip(&self.list) {
+            for atom in atoms {
+                out.entry(*atom).or_default().push(id);
+            }
+        }
+        out
+    }
+
+    /// Every class but the world, with its resolved named ports.
+    fn all(&self) -> impl Iterator<Item = (u32, &ResolvedPorts)> {
+        (1u32..).zip(self.list.iter().map(|(_, ports)| ports))
+    }
+
+    fn ports(&self, class: u32) -> &[(String, Protocol, u16)] {
+        class
+            .checked_sub(1)
+            .and_then(|i| self.list.get(i as usize))
+            .map_or(&[][..], |(_, ports)| ports.as_slice())
+    }
+}
+
+/// Everything needed to turn the rules of the policies selecting one local pod into entries.
+struct RuleContext<'a> {
+    local: &'a Pod,
+    endpoint: u32,
+    atoms: &'a PeerAtoms,
+    classes: &'a Classes,
+    members: &'a HashMap<u32, Vec<u32>>,
+}
+
+impl RuleContext<'_> {
+    fn compile_policy(
+        &self,
+        policy_idx: usize,
+        policy: &Policy,
+        out: &mut BTreeMap<PolicyKey, PolicyValue>,
+    ) {
+        let value = PolicyValue {
+            policy: u32::try_from(policy_idx).unwrap_or(u32::MAX),
+            _pad: 0,
+        };
+        for (dir, rules) in [
+            (Direction::Ingress, &policy.ingress),
+            (Direction::Egress, &policy.egress),
+        ] {
+            for rule in rules.iter().flatten() {
+                for key in self.rule_keys(dir, rule) {
+                    // The first policy (in manifest order) to allow a key is the one reported.
+                    out.entry(key).or_insert(value);
+                }
+            }
+        }
+    }
+
+    fn rule_keys(&self, dir: Direction, rule: &Rule) -> Vec<PolicyKey> {
+        let mut keys = Vec::new();
+        for class in self.peer_classes(dir, rule) {
+            for (l4, port) in self.ports(dir, rule, class) {
+                keys.push(PolicyKey {
+                    endpoint: self.endpoint,
+                    peer_class: class,
+                    port_h: port,
+                    proto: l4,
+                    direction: dir as u8,
+                });
+            }
+        }
+        keys
+    }
+
+    /// Classes a rule's peers cover. A rule without peers covers every peer: the wildcard
+    /// class, except for egress named ports, which resolve per destination class.
+    fn peer_classes(&self, dir: Direction, rule: &Rule) -> Vec<u32> {
+        if rule.peers.is_empty() {
+            let named_egress = dir == Direction::Egress
+                && rule
+                    .ports
+                    .iter()
+                    .any(|m| matches!(m.port, Some(PortSpec::Named(_))));
+            if named_egress {
+                return self.classes.all().map(|(id, _)| id).collect();
+            }
+            return vec![PEER_CLASS_ANY];
+        }
+        let mut out: Vec<u32> = rule
+            .peers
+            .iter()
+            .filter_map(|peer| self.atoms.lookup(peer))
+            .filter_map(|atom| self.members.get(&atom))
+            .flatten()
+            .copied()
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// `(protocol, port)` pairs of a rule towards `class`.
+    fn ports(&self, dir: Direction, rule: &Rule, class: u32) -> Vec<(u8, u16)> {
+        if rule.ports.is_empty() {
+            return vec![(proto::ANY, PORT_ANY)];
+        }
+        let mut out = Vec::new();
+        for m in &rule.ports {
+            self.port_match(dir, m, class, &mut out);
+        }
+        out
+    }
+
+    fn port_match(&self, dir: Direction, m: &PortMatch, class: u32, out: &mut Vec<(u8, u16)>) {
+        let l4 = m.protocol.number();
+        match &m.port {
+            None => out.push((l4, PORT_ANY)),
+            Some(PortSpec::Range { first, last }) if *first <= 1 && *last == u16::MAX => {
+                out.push((l4, PORT_ANY));
+            }
+            Some(PortSpec::Range { first, last }) => {
+                out.extend((*first..=*last).map(|p| (l4, p)));
+            }
+            Some(PortSpec::Named(name)) => {
+                // Ingress: the destination is the local pod. Egress: the peer's class.
+                let resolved = match dir {
+                    Direction::Ingress => self
+                        .local
+                        .ports
+                        .iter()
+                        .find(|p| &p.name == name && p.protocol == m.protocol)
+                        .map(|p| p.port),
+                    Direction::Egress => self
+                        .classes
+                        .ports(class)
+                        .iter()
+                        .find(|(n, p, _)| n == name && *p == m.protocol)
+                        .map(|(_, _, port)| *port),
+                };
+                out.extend(resolved.map(|p| (l4, p)));
+            }
+        }
+    }
+}
+
+fn check_policy_capacity(policy: &Policy, before: usize, after: usize) -> Result<(), CompileError> {
+    if after > capacity::POLICY as usize {
+        return Err(CompileError::PolicyOverflow {
+            policy: format!("{}/{}", policy.namespace, policy.name),
+            origin: policy.origin.to_string(),
+            map: dataplane_abi::names::POLICY,
+            needed: after - before,
+            capacity: capacity::POLICY,
+        });
+    }
+    Ok(())
+}
+
+fn check_capacity(out: &MapSet) -> Result<(), CompileError> {
+    for (map, needed, cap) in [
+        (
+            dataplane_abi::names::ENDPOINTS,
+            out.endpoints.len(),
+            capacity::ENDPOINTS,
+        ),
+        (
+            dataplane_abi::names::CIDRS,
+            out.cidrs.len(),
+            capacity::CIDRS,
+        ),
+    ] {
+        if needed > cap as usize {
+            return Err(CompileError::MapOverflow {
+                map,
+                needed,
+                capacity: cap,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for MapSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} endpoint addresses, {} ipBlock prefixes, {} peer classes, {} policy entries",
+            self.endpoints.len(),
+            self.cidrs.len(),
+            self.peer_classes,
+            self.policy.len()
+        )?;
+        for lp in self.local_pods.values() {
+            let iso = |b: bool| if b { "isolated" } else { "open" };
+            let entries = self
+                .policy
+                .keys()
+                .filter(|k| k.endpoint == lp.ifindex)
+                .count();
+            writeln!(
+                f,
+                "  pod {}/{}: ingress {}, egress {}, {} policy entries",
+                lp.namespace,
+                lp.name,
+                iso(lp.ingress_isolated),
+                iso(lp.egress_isolated),
+                entries
+            )?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "  warning: {w}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,395 @@
+//! The thin syscall layer: loads the eBPF object, writes the difference between what the maps
+//! hold and a new [`MapSet`], and attaches the programs to local pods' interfaces.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::programs::tc::{SchedClassifierLinkId, TcAttachType};
+use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
+use aya::{Ebpf, EbpfError};
+use dataplane_abi::{
+    Addr, CidrInfo, Config, DropReason, EndpointInfo, PassReason, PolicyKey, PolicyValue, names,
+    programs,
+};
+
+use crate::compile::MapSet;
+
+/// The eBPF object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));
+
+/// Errors of the kernel layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the eBPF object")]
+    Load(#[source] EbpfError),
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {name} is missing from the eBPF object")]
+    MissingMap { name: &'static str },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("interface {ifindex} has no name (was the pod deleted?)")]
+    NoInterface { ifindex: u32 },
+}
+
+/// What one [`Dataplane::apply`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub upserts: usize,
+    pub removals: usize,
+    pub attached: usize,
+    pub detached: usize,
+}
+
+/// Per-reason packet counters, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub passed: BTreeMap<&'static str, u64>,
+    pub dropped: BTreeMap<&'static str, u64>,
+}
+
+/// The loaded programs and maps, and what the agent last wrote to them.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    applied: MapSet,
+    links: BTreeMap<u32, [SchedClassifierLinkId; 2]>,
+    epoch: u32,
+}
+
+impl Dataplane {
+    /// Loads the programs and creates empty maps. Nothing is attached yet.
+    pub fn load() -> Result<Self, DataplaneError> {
+        let mut ebpf = Ebpf::load(OBJECT).map_err(DataplaneError::Load)?;
+        for name in [programs::FROM_POD, programs::TO_POD] {
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        let mut dp = Self {
+            ebpf,
+            applied: MapSet::default(),
+            links: BTreeMap::new(),
+            epoch: 0,
+        };
+        dp.bump_epoch()?;
+        Ok(dp)
+    }
+
+    /// What the maps hold now, as last written.
+    pub fn applied(&self) -> &MapSet {
+        &self.applied
+    }
+
+    /// Interfaces the programs are attached to.
+    pub fn attached(&self) -> impl Iterator<Item = u32> + '_ {
+        self.links.keys().copied()
+    }
+
+    /// Makes the maps hold `desired`, then attaches to new local pods and detaches from gone
+    /// ones. Maps are written before attaching, so a new pod's first packet finds its entries.
+    pub fn apply(&mut self, desired: &MapSet) -> Result<ApplyStats, DataplaneError> {
+        let mut stats = self.sync_maps(desired)?;
+        let (attached, detached) = self.sync_attachments(desired);
+        stats.attached = attached;
+        stats.detached = detached;
+        Ok(stats)
+    }
+
+    /// Writes the difference between the maps and `desired`. On failure the previous contents
+    /// are restored, so the kernel never holds half of a change.
+    pub fn sync_maps(&mut self, desired: &MapSet) -> Result<ApplyStats, DataplaneError> {
+        let previous = std::mem::take(&mut self.applied);
+        match self.write_diff(&previous, desired) {
+            Ok(stats) => {
+                self.applied = desired.clone();
+                self.bump_epoch()?;
+                Ok(stats)
+            }
+            Err(err) => {
+                // Best effort: entries that failed to write in one direction rarely fail back.
+                let _ = self.write_diff(desired, &previous);
+                self.applied = previous;
+                Err(err)
+            }
+        }
+    }
+
+    /// Additions and changes first (policy, then the classes that lead to it), removals last:
+    /// a packet never meets a class whose policy entries are not written yet.
+    fn write_diff(&mut self, from: &MapSet, to: &MapSet) -> Result<ApplyStats, DataplaneError> {
+        let policy = diff(&from.policy, &to.policy);
+        let cidrs = diff(&from.cidrs, &to.cidrs);
+        let endpoints = diff(&from.endpoints, &to.endpoints);
+        let stats = ApplyStats {
+            upserts: policy.upserts.len() + cidrs.upserts.len() + endpoints.upserts.len(),
+            removals: policy.removals.len() + cidrs.removals.len() + endpoints.removals.len(),
+            ..ApplyStats::default()
+        };
+        {
+            let mut map = self.policy_map()?;
+            for (k, v) in &policy.upserts {
+                map.insert(*k, *v, 0).map_err(map_err(names::POLICY))?;
+            }
+        }
+        {
+            let mut map = self.cidr_map()?;
+            for ((len, addr), v) in &cidrs.upserts {
+                map.insert(&Key::new(*len, *addr), *v, 0)
+                    .map_err(map_err(names::CIDRS))?;
+            }
+        }
+        let mut eps = self.endpoint_map()?;
+        for (k, v) in &endpoints.upserts {
+            eps.insert(*k, *v, 0).map_err(map_err(names::ENDPOINTS))?;
+        }
+        for k in &endpoints.removals {
+            remove_existing(eps.remove(k)).map_err(map_err(names::ENDPOINTS))?;
+        }
+        let mut map = self.cidr_map()?;
+        for (len, addr) in &cidrs.removals {
+            remove_existing(map.remove(&Key::new(*len, *addr))).map_err(map_err(names::CIDRS))?;
+        }
+        let mut map = self.policy_map()?;
+        for k in &policy.removals {
+            remove_existing(map.remove(k)).map_err(map_err(names::POLICY))?;
+        }
+        Ok(stats)
+    }
+
+    /// Tells the programs policy changed: tracked connections are checked again.
+    fn bump_epoch(&mut self) -> Result<(), DataplaneError> {
+        self.epoch = self.epoch.wrapping_add(1).max(1);
+        let map = self
+            .ebpf
+            .map_mut(names::CONFIG)
+            .ok_or(DataplaneError::MissingMap {
+                name: names::CONFIG,
+            })?;
+        let mut config: Array<&mut MapData, Config> =
+            Array::try_from(map).map_err(map_err(names::CONFIG))?;
+        config
+            .set(
+                0,
+                Config {
+                    policy_epoch: self.epoch,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(map_err(names::CONFIG))
+    }
+
+    /// Attaches both programs to every local pod's interface not yet attached, and detaches
+    /// from interfaces no longer hosting a pod. An interface that vanished meanwhile (pod
+    /// deleted) is skipped: the next sync sees the routes without it.
+    pub fn sync_attachments(&mut self, desired: &MapSet) -> (usize, usize) {
+        let gone: Vec<u32> = self
+            .links
+            .keys()
+            .filter(|ifindex| !desired.local_pods.contains_key(ifindex))
+            .copied()
+            .collect();
+        for ifindex in &gone {
+            if let Some(links) = self.links.remove(ifindex) {
+                self.detach(links);
+            }
+        }
+        let mut attached = 0;
+        for ifindex in desired.local_pods.keys() {
+            if self.links.contains_key(ifindex) {
+                continue;
+            }
+            match self.attach(*ifindex) {
+                Ok(links) => {
+                    self.links.insert(*ifindex, links);
+                    attached += 1;
+                }
+                Err(err) => tracing::warn!(ifindex, error = %err, "cannot attach"),
+            }
+        }
+        (attached, gone.len())
+    }
+
+    fn attach(&mut self, ifindex: u32) -> Result<[SchedClassifierLinkId; 2], DataplaneError> {
+        let name = interface_name(ifindex).ok_or(DataplaneError::NoInterface { ifindex })?;
+        let from = program(&mut self.ebpf, programs::FROM_POD)?
+            .attach(&name, TcAttachType::Ingress)
+            .map_err(|source| DataplaneError::Program {
+                name: programs::FROM_POD,
+                source,
+            })?;
+        let to =
+            match program(&mut self.ebpf, programs::TO_POD)?.attach(&name, TcAttachType::Egress) {
+                Ok(to) => to,
+                Err(source) => {
+                    if let Ok(p) = program(&mut self.ebpf, programs::FROM_POD) {
+                        let _ = p.detach(from);
+                    }
+                    return Err(DataplaneError::Program {
+                        name: programs::TO_POD,
+                        source,
+                    });
+                }
+            };
+        Ok([from, to])
+    }
+
+    fn detach(&mut self, [from, to]: [SchedClassifierLinkId; 2]) {
+        // Detaching from a deleted interface fails harmlessly: the kernel dropped the link.
+        if let Ok(p) = program(&mut self.ebpf, programs::FROM_POD) {
+            let _ = p.detach(from);
+        }
+        if let Ok(p) = program(&mut self.ebpf, programs::TO_POD) {
+            let _ = p.detach(to);
+        }
+    }
+
+    /// Runs `name` once per `repeat` on `frame` with `BPF_PROG_TEST_RUN`: the TC action and
+    /// the kernel's mean time per run. The skb's interface is loopback (ifindex 1).
+    pub fn test_run(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, Duration), DataplaneError> {
+        let prog = program(&mut self.ebpf, name)?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let result = prog
+            .test_run(opts)
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        #[expect(
+            clippy::cast_possible_wrap,
+            reason = "TC actions are small signed numbers the kernel returns as u32"
+        )]
+        Ok((result.return_value as i32, result.duration))
+    }
+
+    /// Packet counters by reason, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, DataplaneError> {
+        let mut out = Counters::default();
+        let pass = self.per_cpu_sums(names::PASS_COUNTERS, PassReason::COUNT)?;
+        for (reason, n) in PassReason::ALL.iter().zip(pass) {
+            out.passed.insert(reason.name(), n);
+        }
+        let drop = self.per_cpu_sums(names::DROP_COUNTERS, DropReason::COUNT)?;
+        for (reason, n) in DropReason::ALL.iter().zip(drop) {
+            out.dropped.insert(reason.name(), n);
+        }
+        Ok(out)
+    }
+
+    fn per_cpu_sums(&self, name: &'static str, len: u32) -> Result<Vec<u64>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap { name })?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err(name))?;
+        (0..len)
+            .map(|i| {
+                arr.get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(map_err(name))
+            })
+            .collect()
+    }
+
+    fn endpoint_map(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, Addr, EndpointInfo>, DataplaneError> {
+        typed_map(&mut self.ebpf, names::ENDPOINTS, HashMap::try_from)
+    }
+
+    fn policy_map(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, PolicyKey, PolicyValue>, DataplaneError> {
+        typed_map(&mut self.ebpf, names::POLICY, HashMap::try_from)
+    }
+
+    fn cidr_map(&mut self) -> Result<LpmTrie<&mut MapData, Addr, CidrInfo>, DataplaneError> {
+        typed_map(&mut self.ebpf, names::CIDRS, LpmTrie::try_from)
+    }
+}
+
+fn typed_map<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(&'a mut aya::maps::Map) -> Result<T, MapError>,
+) -> Result<T, DataplaneError> {
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(DataplaneError::MissingMap { name })?;
+    convert(map).map_err(map_err(name))
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DataplaneError> {
+    let prog = ebpf.program_mut(name).ok_or(DataplaneError::Program {
+        name,
+        source: ProgramError::UnexpectedProgramType,
+    })?;
+    prog.try_into()
+        .map_err(|source| DataplaneError::Program { name, source })
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// A removal of a key that is already gone is not an error (a rollback may repeat one).
+fn remove_existing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+struct Diff<K, V> {
+    upserts: Vec<(K, V)>,
+    removals: Vec<K>,
+}
+
+fn diff<K: Ord + Copy, V: PartialEq + Copy>(
+    from: &BTreeMap<K, V>,
+    to: &BTreeMap<K, V>,
+) -> Diff<K, V> {
+    Diff {
+        upserts: to
+            .iter()
+            .filter(|(k, v)| from.get(k) != Some(v))
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        removals: from
+            .keys()
+            .filter(|k| !to.contains_key(k))
+            .copied()
+            .collect(),
+    }
+}
+
+/// `if_indextoname`, for attaching by interface name.
+fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf is IF_NAMESIZE bytes, as if_indextoname requires.
+    let ptr = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if ptr.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..len].to_vec()).ok()
+}

@@ -1,0 +1,696 @@
+//! The eBPF programs on crafted packets, through `BPF_PROG_TEST_RUN` on the real kernel.
+//!
+//! Each table row is a packet, the program it enters (towards the pod or from it), the
+//! expected TC action and the expected reason (read back from the reason counters). Rows run
+//! in order against one loaded dataplane, so a row may rely on the connections earlier rows
+//! opened. The local pod sits behind ifindex 1: `BPF_PROG_TEST_RUN` runs on loopback.
+
+#[path = "../src/packet.rs"]
+mod packet;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use dataplane_abi::{DropReason, PassReason, programs};
+use packet::{ACK, FIN, Frag, L4, Packet, SYN};
+use weir::compile::{self, NodeView};
+use weir::dataplane::Dataplane;
+use weir::model::{
+    DesiredState, LabelSelector, NamedPort, Namespace, NamespaceScope, Origin, Peer, Pod, Policy,
+    PortMatch, PortSpec, Protocol, Rule,
+};
+
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn pod(ns: &str, name: &str, ips: &[&str], ports: Vec<NamedPort>) -> Pod {
+    Pod {
+        namespace: ns.into(),
+        name: name.into(),
+        labels: labels(&[("pod", name)]),
+        ips: ips.iter().map(|s| ip(s)).collect(),
+        ports,
+        origin: Origin::default(),
+    }
+}
+
+fn pods_labelled(name: &str) -> Peer {
+    Peer::Pods {
+        namespaces: NamespaceScope::Own("x".into()),
+        pods: LabelSelector {
+            match_labels: labels(&[("pod", name)]),
+            ..LabelSelector::default()
+        },
+    }
+}
+
+fn ports(protocol: Protocol, first: u16, last: u16) -> PortMatch {
+    PortMatch {
+        protocol,
+        port: Some(PortSpec::Range { first, last }),
+    }
+}
+
+/// Local pod x/a (10.0.0.1, fd00::1). Remote pods x/b (10.0.0.2, fd00::2) and y/c (10.0.1.3,
+/// fd00:1::3). The node is 10.0.255.1 / fd00:ff::1.
+fn state(allow_b_on_80: bool) -> DesiredState {
+    let mut namespaces = BTreeMap::new();
+    for ns in ["x", "y"] {
+        namespaces.insert(
+            ns.to_owned(),
+            Namespace {
+                name: ns.into(),
+                labels: labels(&[("ns", ns)]),
+            },
+        );
+    }
+    let http = NamedPort {
+        name: "http".into(),
+        protocol: Protocol::Tcp,
+        port: 8080,
+    };
+    let mut from_b = vec![
+        ports(Protocol::Udp, 53, 53),
+        ports(Protocol::Sctp, 9000, 9000),
+        PortMatch {
+            protocol: Protocol::Tcp,
+            port: Some(PortSpec::Named("http".into())),
+        },
+    ];
+    if allow_b_on_80 {
+        from_b.push(ports(Protocol::Tcp, 80, 80));
+    }
+    let ingress = vec![
+        Rule {
+            peers: vec![pods_labelled("b")],
+            ports: from_b,
+        },
+        Rule {
+            peers: vec![Peer::Pods {
+                namespaces: NamespaceScope::Selected(LabelSelector {
+                    match_labels: labels(&[("ns", "y")]),
+                    ..LabelSelector::default()
+                }),
+                pods: LabelSelector::everything(),
+            }],
+            ports: vec![ports(Protocol::Tcp, 1000, 1010)],
+        },
+        Rule {
+            peers: vec![Peer::IpBlock {
+                cidr: "192.168.0.0/16".parse().expect("cidr"),
+                except: vec!["192.168.1.0/24".parse().expect("cidr")],
+            }],
+            ports: vec![ports(Protocol::Tcp, 443, 443)],
+        },
+    ];
+    let egress = vec![
+        Rule {
+            peers: vec![pods_labelled("b")],
+            ports: vec![],
+        },
+        Rule {
+            peers: vec![Peer::IpBlock {
+                cidr: "172.16.0.0/12".parse().expect("cidr"),
+                except: vec![],
+            }],
+            ports: vec![PortMatch {
+                protocol: Protocol::Udp,
+                port: None,
+            }],
+        },
+    ];
+    DesiredState {
+        namespaces,
+        pods: vec![
+            pod("x", "a", &["10.0.0.1", "fd00::1"], vec![http]),
+            pod("x", "b", &["10.0.0.2", "fd00::2"], vec![]),
+            pod("y", "c", &["10.0.1.3", "fd00:1::3"], vec![]),
+        ],
+        policies: vec![Policy {
+            namespace: "x".into(),
+            name: "a-policy".into(),
+            pod_selector: LabelSelector {
+                match_labels: labels(&[("pod", "a")]),
+                ..LabelSelector::default()
+            },
+            ingress: Some(ingress),
+            egress: Some(egress),
+            origin: Origin::default(),
+        }],
+    }
+}
+
+fn node() -> NodeView {
+    NodeView {
+        host_addrs: BTreeSet::from([ip("10.0.255.1"), ip("fd00:ff::1")]),
+        // BPF_PROG_TEST_RUN runs skbs on loopback: the local pod is "behind" ifindex 1.
+        local_routes: BTreeMap::from([(ip("10.0.0.1"), 1), (ip("fd00::1"), 1)]),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    Pass(PassReason),
+    Drop(DropReason),
+}
+
+#[derive(Clone, Copy)]
+enum Way {
+    /// `weir_to_pod`: delivered to the local pod.
+    ToPod,
+    /// `weir_from_pod`: sent by the local pod.
+    FromPod,
+}
+
+struct Row {
+    what: &'static str,
+    way: Way,
+    frame: Vec<u8>,
+    expect: Expect,
+}
+
+fn row(what: &'static str, way: Way, pkt: &Packet, expect: Expect) -> Row {
+    Row {
+        what,
+        way,
+        frame: pkt.frame(),
+        expect,
+    }
+}
+
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Packet {
+    Packet::new(
+        ip(src),
+        ip(dst),
+        L4::Tcp {
+            src: sport,
+            dst: dport,
+            flags,
+        },
+    )
+}
+
+fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Packet {
+    Packet::new(
+        ip(src),
+        ip(dst),
+        L4::Udp {
+            src: sport,
+            dst: dport,
+        },
+    )
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs the rows in order; fails with every mismatch listed.
+fn run(dp: &mut Dataplane, rows: &[Row]) {
+    assert!(!rows.is_empty(), "a table with no rows tests nothing");
+    let mut failures = Vec::new();
+    for r in rows {
+        let before = dp.counters().expect("reading counters");
+        let program = match r.way {
+            Way::ToPod => programs::TO_POD,
+            Way::FromPod => programs::FROM_POD,
+        };
+        let (action, _) = dp
+            .test_run(program, &r.frame, 1)
+            .unwrap_or_else(|e| panic!("{}: BPF_PROG_TEST_RUN: {e:?}", r.what));
+        let after = dp.counters().expect("reading counters");
+        let observed = changed_reason(&before, &after);
+        let (want_action, want_reason) = match r.expect {
+            Expect::Pass(p) => (TC_ACT_OK, p.name()),
+            Expect::Drop(d) => (TC_ACT_SHOT, d.name()),
+        };
+        if action != want_action || observed.as_deref() != Some(want_reason) {
+            failures.push(format!(
+                "{}: expected action {want_action} ({want_reason}), got {action} ({observed:?})",
+                r.what
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// The one reason whose counter moved.
+fn changed_reason(
+    before: &weir::dataplane::Counters,
+    after: &weir::dataplane::Counters,
+) -> Option<String> {
+    let moved = |b: &BTreeMap<&'static str, u64>, a: &BTreeMap<&'static str, u64>| {
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, _)| (*k).to_owned())
+            .collect::<Vec<_>>()
+    };
+    let mut all = moved(&before.passed, &after.passed);
+    all.extend(moved(&before.dropped, &after.dropped));
+    (all.len() == 1).then(|| all.remove(0))
+}
+
+fn loaded(allow_b_on_80: bool) -> Dataplane {
+    let mut dp = Dataplane::load().expect("loading the eBPF object (verifier)");
+    let maps = compile::compile(&state(allow_b_on_80), &node()).expect("compiling");
+    dp.sync_maps(&maps).expect("writing maps");
+    dp
+}
+
+use Expect::{Drop, Pass};
+use Way::{FromPod, ToPod};
+
+#[test]
+fn ipv4_policy_table() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
+        return;
+    }
+    let mut dp = loaded(true);
+    let a = "10.0.0.1";
+    let b = "10.0.0.2";
+    let c = "10.0.1.3";
+    let world = "198.51.100.7";
+    let ok = Pass(PassReason::PolicyAllowed);
+    let denied = Drop(DropReason::PolicyDenied);
+    let est = Pass(PassReason::Established);
+    let quoted = udp(a, 40000, "172.16.3.3", 53);
+    let rows = vec![
+        row(
+            "b → a tcp/80 allowed",
+            ToPod,
+            &tcp(b, 40000, a, 80, SYN),
+            ok,
+        ),
+        row(
+            "b → a tcp/81 denied",
+            ToPod,
+            &tcp(b, 40001, a, 81, SYN),
+            denied,
+        ),
+        row(
+            "b → a tcp/8080 by named port http",
+            ToPod,
+            &tcp(b, 40002, a, 8080, SYN),
+            ok,
+        ),
+        row("b → a udp/53 allowed", ToPod, &udp(b, 40003, a, 53), ok),
+        row(
+            "b → a udp/80 denied: tcp only",
+            ToPod,
+            &udp(b, 40004, a, 80),
+            denied,
+        ),
+        row(
+            "b → a sctp/9000 allowed",
+            ToPod,
+            &Packet::new(
+                ip(b),
+                ip(a),
+                L4::Sctp {
+                    src: 5000,
+                    dst: 9000,
+                },
+            ),
+            ok,
+        ),
+        row(
+            "c (ns y) → a tcp/1005 in endPort range",
+            ToPod,
+            &tcp(c, 40005, a, 1005, SYN),
+            ok,
+        ),
+        row(
+            "c (ns y) → a tcp/1011 past endPort",
+            ToPod,
+            &tcp(c, 40006, a, 1011, SYN),
+            denied,
+        ),
+        row(
+            "c (ns y) → a tcp/80 not for ns y",
+            ToPod,
+            &tcp(c, 40007, a, 80, SYN),
+            denied,
+        ),
+        row(
+            "ipBlock 192.168.5.5 → a tcp/443",
+            ToPod,
+            &tcp("192.168.5.5", 40008, a, 443, SYN),
+            ok,
+        ),
+        row(
+            "ipBlock except 192.168.1.5 → a tcp/443",
+            ToPod,
+            &tcp("192.168.1.5", 40009, a, 443, SYN),
+            denied,
+        ),
+        row(
+            "a → 192.168.5.5 reply of an allowed connection, though egress denies it",
+            FromPod,
+            &tcp(a, 443, "192.168.5.5", 40008, SYN | ACK),
+            est,
+        ),
+        row(
+            "a → world tcp denied (egress isolated)",
+            FromPod,
+            &tcp(a, 40010, world, 80, SYN),
+            denied,
+        ),
+        row(
+            "a → 172.16.3.3 udp allowed by ipBlock",
+            FromPod,
+            &quoted,
+            ok,
+        ),
+        row(
+            "icmp unreachable about that udp flow passes",
+            ToPod,
+            &Packet::new(
+                ip("172.16.3.3"),
+                ip(a),
+                L4::Unreachable {
+                    quoted: Box::new(quoted.clone()),
+                },
+            ),
+            est,
+        ),
+        row(
+            "icmp unreachable about an unknown flow is judged as icmp",
+            ToPod,
+            &Packet::new(
+                ip(world),
+                ip(a),
+                L4::Unreachable {
+                    quoted: Box::new(udp(a, 41000, world, 53)),
+                },
+            ),
+            denied,
+        ),
+        row(
+            "a → b ping allowed (egress to b, any port)",
+            FromPod,
+            &Packet::new(
+                ip(a),
+                ip(b),
+                L4::Echo {
+                    id: 7,
+                    reply: false,
+                },
+            ),
+            ok,
+        ),
+        row(
+            "b → a echo reply passes",
+            ToPod,
+            &Packet::new(ip(b), ip(a), L4::Echo { id: 7, reply: true }),
+            est,
+        ),
+        row(
+            "b → a ping denied (ingress rules all have ports)",
+            ToPod,
+            &Packet::new(
+                ip(b),
+                ip(a),
+                L4::Echo {
+                    id: 8,
+                    reply: false,
+                },
+            ),
+            denied,
+        ),
+        row(
+            "node → a tcp/22 always allowed",
+            ToPod,
+            &tcp("10.0.255.1", 40011, a, 22, SYN),
+            Pass(PassReason::NodeTraffic),
+        ),
+        row(
+            "a → node always allowed",
+            FromPod,
+            &tcp(a, 40012, "10.0.255.1", 10250, SYN),
+            Pass(PassReason::NodeTraffic),
+        ),
+        row(
+            "spoofed source from the pod's interface",
+            FromPod,
+            &tcp(b, 40013, c, 80, SYN),
+            Drop(DropReason::NotPodAddress),
+        ),
+        row(
+            "b → a tcp/80 with IP options",
+            ToPod,
+            &tcp(b, 40014, a, 80, SYN).with_options(),
+            ok,
+        ),
+        row(
+            "b → a tcp/81 with IP options",
+            ToPod,
+            &tcp(b, 40015, a, 81, SYN).with_options(),
+            denied,
+        ),
+        row(
+            "first fragment b → a udp/53",
+            ToPod,
+            &udp(b, 40016, a, 53).fragment(Frag::First { id: 77 }),
+            ok,
+        ),
+        row(
+            "later fragment of an allowed datagram",
+            ToPod,
+            &Packet::new(ip(b), ip(a), L4::None { proto: 17 })
+                .fragment(Frag::Later { id: 77, offset: 2 }),
+            est,
+        ),
+        row(
+            "first fragment b → a udp/80 denied",
+            ToPod,
+            &udp(b, 40017, a, 80).fragment(Frag::First { id: 78 }),
+            denied,
+        ),
+        row(
+            "later fragment of a denied datagram",
+            ToPod,
+            &Packet::new(ip(b), ip(a), L4::None { proto: 17 })
+                .fragment(Frag::Later { id: 78, offset: 2 }),
+            Drop(DropReason::FragmentUnknown),
+        ),
+        row(
+            "b → a tcp/80 FIN closes",
+            ToPod,
+            &tcp(b, 40000, a, 80, FIN | ACK),
+            est,
+        ),
+    ];
+    run(&mut dp, &rows);
+}
+
+#[test]
+fn ipv6_policy_table() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
+        return;
+    }
+    let mut dp = loaded(true);
+    let a = "fd00::1";
+    let b = "fd00::2";
+    let c = "fd00:1::3";
+    let ok = Pass(PassReason::PolicyAllowed);
+    let denied = Drop(DropReason::PolicyDenied);
+    let est = Pass(PassReason::Established);
+    let rows = vec![
+        row(
+            "b → a tcp/80 allowed",
+            ToPod,
+            &tcp(b, 40000, a, 80, SYN),
+            ok,
+        ),
+        row(
+            "b → a tcp/81 denied",
+            ToPod,
+            &tcp(b, 40001, a, 81, SYN),
+            denied,
+        ),
+        row(
+            "a → b reply",
+            FromPod,
+            &tcp(a, 80, b, 40000, SYN | ACK),
+            est,
+        ),
+        row(
+            "c → a tcp/1000 endPort start",
+            ToPod,
+            &tcp(c, 40002, a, 1000, SYN),
+            ok,
+        ),
+        row(
+            "c → a tcp/999 below range",
+            ToPod,
+            &tcp(c, 40003, a, 999, SYN),
+            denied,
+        ),
+        row(
+            "b → a tcp/80 with extension headers",
+            ToPod,
+            &tcp(b, 40004, a, 80, SYN).with_options(),
+            ok,
+        ),
+        row(
+            "b → a tcp/81 with extension headers",
+            ToPod,
+            &tcp(b, 40005, a, 81, SYN).with_options(),
+            denied,
+        ),
+        row(
+            "first fragment udp/53",
+            ToPod,
+            &udp(b, 40006, a, 53).fragment(Frag::First { id: 9 }),
+            ok,
+        ),
+        row(
+            "later fragment follows",
+            ToPod,
+            &Packet::new(ip(b), ip(a), L4::None { proto: 17 })
+                .fragment(Frag::Later { id: 9, offset: 4 }),
+            est,
+        ),
+        row(
+            "later fragment never seen",
+            ToPod,
+            &Packet::new(ip(b), ip(a), L4::None { proto: 17 })
+                .fragment(Frag::Later { id: 10, offset: 4 }),
+            Drop(DropReason::FragmentUnknown),
+        ),
+        row(
+            "neighbour solicitation (link-local) passes",
+            FromPod,
+            &Packet::new(
+                ip("fe80::2"),
+                ip("ff02::1:ff00:1"),
+                L4::Echo {
+                    id: 0,
+                    reply: false,
+                },
+            ),
+            Pass(PassReason::LinkLocal),
+        ),
+        row(
+            "node → a",
+            ToPod,
+            &tcp("fd00:ff::1", 40007, a, 22, SYN),
+            Pass(PassReason::NodeTraffic),
+        ),
+        row(
+            "a → world denied",
+            FromPod,
+            &tcp(a, 40008, "2001:db8::9", 443, SYN),
+            denied,
+        ),
+        row(
+            "icmpv6 unreachable about a tracked flow",
+            FromPod,
+            &Packet::new(
+                ip(a),
+                ip(b),
+                L4::Unreachable {
+                    quoted: Box::new(tcp(b, 40000, a, 80, ACK)),
+                },
+            ),
+            est,
+        ),
+    ];
+    run(&mut dp, &rows);
+}
+
+#[test]
+fn malformed_and_non_ip() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
+        return;
+    }
+    let mut dp = loaded(true);
+    let full = tcp("10.0.0.2", 40000, "10.0.0.1", 80, SYN).frame();
+    let mut bad_ihl = full.clone();
+    bad_ihl[14] = 0x44; // IHL 4: shorter than the fixed header.
+    let rows = vec![
+        Row {
+            what: "ARP is never blocked",
+            way: ToPod,
+            frame: packet::arp_frame(),
+            expect: Pass(PassReason::NonIp),
+        },
+        Row {
+            what: "TCP header cut short",
+            way: ToPod,
+            frame: full[..14 + 20 + 10].to_vec(),
+            expect: Drop(DropReason::Malformed),
+        },
+        Row {
+            what: "IPv4 header length below 20 bytes",
+            way: ToPod,
+            frame: bad_ihl,
+            expect: Drop(DropReason::Malformed),
+        },
+        Row {
+            // The kernel refuses to test-run an IPv6 frame shorter than the fixed header.
+            what: "IPv6 TCP header cut short",
+            way: ToPod,
+            frame: tcp("fd00::2", 1, "fd00::1", 80, SYN).frame()[..14 + 40 + 10].to_vec(),
+            expect: Drop(DropReason::Malformed),
+        },
+    ];
+    run(&mut dp, &rows);
+}
+
+#[test]
+fn policy_change_revokes_established_connections() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
+        return;
+    }
+    let mut dp = loaded(true);
+    let conn = tcp("10.0.0.2", 45000, "10.0.0.1", 80, SYN);
+    let still_allowed = udp("10.0.0.2", 45001, "10.0.0.1", 53);
+    run(
+        &mut dp,
+        &[
+            row("open tcp/80", ToPod, &conn, Pass(PassReason::PolicyAllowed)),
+            row(
+                "open udp/53",
+                ToPod,
+                &still_allowed,
+                Pass(PassReason::PolicyAllowed),
+            ),
+        ],
+    );
+    let narrower = compile::compile(&state(false), &node()).expect("compiling");
+    dp.sync_maps(&narrower).expect("writing maps");
+    run(
+        &mut dp,
+        &[
+            row(
+                "tcp/80 no longer allowed: cut",
+                ToPod,
+                &tcp("10.0.0.2", 45000, "10.0.0.1", 80, ACK),
+                Drop(DropReason::PolicyRevoked),
+            ),
+            row(
+                "reply direction of udp/53 still allowed",
+                FromPod,
+                &udp("10.0.0.1", 53, "10.0.0.2", 45001),
+                Pass(PassReason::Established),
+            ),
+        ],
+    );
+}
