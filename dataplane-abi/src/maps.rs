@@ -21,6 +21,8 @@ pub mod programs {
     pub const FROM_POD: &str = "weir_from_pod";
     /// Attached to TC egress of a pod's host-side veth: packets delivered to the pod.
     pub const TO_POD: &str = "weir_to_pod";
+    /// Returns "pass" and nothing else: the benchmark's floor, measured in the same run.
+    pub const FLOOR: &str = "weir_floor";
 }
 
 /// Capacities the agent checks a compiled state against before it touches the kernel.

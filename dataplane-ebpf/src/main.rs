@@ -64,6 +64,12 @@ pub fn weir_to_pod(ctx: TcContext) -> i32 {
     verdict::finish(process(&ctx, Direction::Ingress))
 }
 
+/// An empty classifier: the cost of running any TC program at all, for the benchmark.
+#[classifier]
+pub fn weir_floor(_ctx: TcContext) -> i32 {
+    aya_ebpf::bindings::TC_ACT_OK
+}
+
 #[inline(always)]
 fn process(ctx: &TcContext, dir: Direction) -> Result<PassReason, DropReason> {
     // SAFETY: slot 0 always exists; only this program run on this CPU uses it.

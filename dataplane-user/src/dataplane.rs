@@ -70,7 +70,7 @@ impl Dataplane {
     /// Loads the programs and creates empty maps. Nothing is attached yet.
     pub fn load() -> Result<Self, DataplaneError> {
         let mut ebpf = Ebpf::load(OBJECT).map_err(DataplaneError::Load)?;
-        for name in [programs::FROM_POD, programs::TO_POD] {
+        for name in [programs::FROM_POD, programs::TO_POD, programs::FLOOR] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
