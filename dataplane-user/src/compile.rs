@@ -666,3 +666,406 @@ impl fmt::Display for MapSet {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::model::{LabelSelector, NamedPort, Namespace, Operator, Origin, Requirement};
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn selector(pairs: &[(&str, &str)]) -> LabelSelector {
+        LabelSelector {
+            match_labels: labels(pairs),
+            ..LabelSelector::default()
+        }
+    }
+
+    /// A cluster: namespaces x and y; pods x/a (10.0.0.1, named port http=8080), x/b
+    /// (10.0.0.2), y/c (10.0.1.3). Every pod is local (ifindex 1, 2, 3).
+    struct Cluster {
+        state: DesiredState,
+    }
+
+    impl Cluster {
+        fn new() -> Self {
+            let mut state = DesiredState::default();
+            for ns in ["x", "y"] {
+                state.namespaces.insert(
+                    ns.into(),
+                    Namespace {
+                        name: ns.into(),
+                        labels: labels(&[("ns", ns)]),
+                    },
+                );
+            }
+            let pod = |ns: &str, name: &str, addr: &str| Pod {
+                namespace: ns.into(),
+                name: name.into(),
+                labels: labels(&[("pod", name)]),
+                ips: vec![ip(addr)],
+                ports: vec![],
+                origin: Origin::default(),
+            };
+            let mut a = pod("x", "a", "10.0.0.1");
+            a.ports.push(NamedPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 8080,
+            });
+            state.pods = vec![a, pod("x", "b", "10.0.0.2"), pod("y", "c", "10.0.1.3")];
+            Self { state }
+        }
+
+        fn with_policy(mut self, ns: &str, name: &str, policy: Policy) -> Self {
+            self.state.policies.push(Policy {
+                namespace: ns.into(),
+                name: name.into(),
+                ..policy
+            });
+            self
+        }
+
+        fn compile(&self) -> MapSet {
+            let mut node = NodeView::default();
+            for (ifindex, pod) in (1u32..).zip(&self.state.pods) {
+                node.local_routes.insert(pod.ips[0], ifindex);
+            }
+            compile(&self.state, &node).unwrap()
+        }
+    }
+
+    fn ingress_only(pod_selector: LabelSelector, rules: Vec<Rule>) -> Policy {
+        Policy {
+            pod_selector,
+            ingress: Some(rules),
+            ..Policy::default()
+        }
+    }
+
+    fn tcp(first: u16, last: u16) -> PortMatch {
+        PortMatch {
+            protocol: Protocol::Tcp,
+            port: Some(PortSpec::Range { first, last }),
+        }
+    }
+
+    fn pods_in_own_ns(ns: &str, sel: LabelSelector) -> Peer {
+        Peer::Pods {
+            namespaces: NamespaceScope::Own(ns.into()),
+            pods: sel,
+        }
+    }
+
+    fn entries_of(maps: &MapSet, ifindex: u32) -> Vec<PolicyKey> {
+        maps.policy
+            .keys()
+            .filter(|k| k.endpoint == ifindex)
+            .copied()
+            .collect()
+    }
+
+    fn class_of(maps: &MapSet, addr: &str) -> u32 {
+        maps.endpoints[&to_addr(ip(addr))].peer_class
+    }
+
+    #[test]
+    fn isolation_follows_policy_types_and_namespace() {
+        let maps = Cluster::new()
+            .with_policy(
+                "x",
+                "deny-a",
+                ingress_only(selector(&[("pod", "a")]), vec![]),
+            )
+            .compile();
+        let a = maps.local_pods[&1].clone();
+        assert!(a.ingress_isolated && !a.egress_isolated);
+        assert!(!maps.local_pods[&2].ingress_isolated, "b is not selected");
+        assert!(
+            !maps.local_pods[&3].ingress_isolated,
+            "policies of x never select y/c"
+        );
+        assert!(maps.policy.is_empty(), "deny-all has no allow entries");
+        let flags = maps.endpoints[&to_addr(ip("10.0.0.1"))].flags;
+        assert_eq!(
+            flags,
+            endpoint_flags::LOCAL_POD | endpoint_flags::INGRESS_ISOLATED
+        );
+    }
+
+    #[test]
+    fn rule_without_peers_or_ports_is_one_wildcard_entry() {
+        let maps = Cluster::new()
+            .with_policy(
+                "x",
+                "allow-all",
+                ingress_only(LabelSelector::everything(), vec![Rule::default()]),
+            )
+            .compile();
+        let keys = entries_of(&maps, 1);
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].peer_class, PEER_CLASS_ANY);
+        assert_eq!((keys[0].proto, keys[0].port_h), (proto::ANY, PORT_ANY));
+    }
+
+    #[test]
+    fn pod_selector_peer_covers_only_matching_pods_of_own_namespace() {
+        let rule = Rule {
+            peers: vec![pods_in_own_ns("x", selector(&[("pod", "b")]))],
+            ports: vec![tcp(80, 80)],
+        };
+        let maps = Cluster::new()
+            .with_policy(
+                "x",
+                "p",
+                ingress_only(selector(&[("pod", "a")]), vec![rule]),
+            )
+            .compile();
+        let b = class_of(&maps, "10.0.0.2");
+        assert_ne!(b, PEER_CLASS_WORLD);
+        assert_eq!(class_of(&maps, "10.0.1.3"), PEER_CLASS_WORLD);
+        let keys = entries_of(&maps, 1);
+        assert_eq!(keys.len(), 1);
+        assert_eq!((keys[0].peer_class, keys[0].port_h), (b, 80));
+    }
+
+    #[test]
+    fn namespace_and_pod_selector_in_one_peer_are_anded() {
+        let peer = Peer::Pods {
+            namespaces: NamespaceScope::Selected(selector(&[("ns", "y")])),
+            pods: LabelSelector {
+                match_expressions: vec![Requirement {
+                    key: "pod".into(),
+                    operator: Operator::In,
+                    values: ["b".to_owned(), "c".to_owned()].into(),
+                }],
+                ..LabelSelector::default()
+            },
+        };
+        let rule = Rule {
+            peers: vec![peer],
+            ports: vec![],
+        };
+        let maps = Cluster::new()
+            .with_policy(
+                "x",
+                "p",
+                ingress_only(selector(&[("pod", "a")]), vec![rule]),
+            )
+            .compile();
+        assert_ne!(
+            class_of(&maps, "10.0.1.3"),
+            PEER_CLASS_WORLD,
+            "y/c matches both"
+        );
+        assert_eq!(class_of(&maps, "10.0.0.2"), PEER_CLASS_WORLD, "x/b is in x");
+    }
+
+    #[test]
+    fn end_port_expands_and_full_range_is_a_wildcard() {
+        let rule = |m| Rule {
+            peers: vec![],
+            ports: vec![m],
+        };
+        let maps = Cluster::new()
+            .with_policy(
+                "x",
+                "p",
+                ingress_only(
+                    selector(&[("pod", "a")]),
+                    vec![rule(tcp(1000, 1009)), rule(tcp(1, 65535))],
+                ),
+            )
+            .compile();
+        let ports: Vec<u16> = entries_of(&maps, 1).iter().map(|k| k.port_h).collect();
+        assert_eq!(ports.len(), 11);
+        assert!(ports.contains(&PORT_ANY));
+        assert!((1000..=1009).all(|p| ports.contains(&p)));
+    }
+
+    #[test]
+    fn named_ports_resolve_on_the_destination() {
+        let named = PortMatch {
+            protocol: Protocol::Tcp,
+            port: Some(PortSpec::Named("http".into())),
+        };
+        let ingress = Rule {
+            peers: vec![],
+            ports: vec![named.clone()],
+        };
+        let egress = Rule {
+            peers: vec![],
+            ports: vec![named],
+        };
+        let maps = Cluster::new()
+            .with_policy(
+                "x",
+                "p",
+                Policy {
+                    pod_selector: LabelSelector::everything(),
+                    ingress: Some(vec![ingress]),
+                    egress: Some(vec![egress]),
+                    ..Policy::default()
+                },
+            )
+            .compile();
+        // Ingress: only a declares http, so only a gets an entry (8080); b gets none.
+        let a_in: Vec<_> = entries_of(&maps, 1)
+            .into_iter()
+            .filter(|k| k.direction == Direction::Ingress as u8)
+            .collect();
+        assert_eq!(a_in.len(), 1);
+        assert_eq!(a_in[0].port_h, 8080);
+        assert!(
+            entries_of(&maps, 2)
+                .iter()
+                .all(|k| k.direction == Direction::Egress as u8)
+        );
+        // Egress from b: towards a's class only, on 8080.
+        let b_out = entries_of(&maps, 2);
+        assert_eq!(b_out.len(), 1);
+        assert_eq!(b_out[0].peer_class, class_of(&maps, "10.0.0.1"));
+        assert_eq!(b_out[0].port_h, 8080);
+    }
+
+    #[test]
+    fn ip_block_except_gets_its_own_prefix_and_pods_inside_match() {
+        let block = Peer::IpBlock {
+            cidr: "10.0.0.0/16".parse().unwrap(),
+            except: vec!["10.0.1.0/24".parse().unwrap()],
+        };
+        let rule = Rule {
+            peers: vec![block],
+            ports: vec![],
+        };
+        let maps = Cluster::new()
+            .with_policy(
+                "x",
+                "p",
+                ingress_only(selector(&[("pod", "a")]), vec![rule]),
+            )
+            .compile();
+        let cidr = maps.cidrs[&(96 + 16, to_addr(ip("10.0.0.0")))].peer_class;
+        let except = maps.cidrs[&(96 + 24, to_addr(ip("10.0.1.0")))].peer_class;
+        assert_ne!(cidr, PEER_CLASS_WORLD);
+        assert_eq!(except, PEER_CLASS_WORLD);
+        assert_eq!(class_of(&maps, "10.0.0.2"), cidr, "x/b is inside the block");
+        assert_eq!(
+            class_of(&maps, "10.0.1.3"),
+            PEER_CLASS_WORLD,
+            "y/c is excepted"
+        );
+    }
+
+    #[test]
+    fn policies_are_unioned_and_the_first_one_is_reported() {
+        let rule = |port| Rule {
+            peers: vec![],
+            ports: vec![tcp(port, port)],
+        };
+        let maps = Cluster::new()
+            .with_policy(
+                "x",
+                "one",
+                ingress_only(selector(&[("pod", "a")]), vec![rule(80)]),
+            )
+            .with_policy(
+                "x",
+                "two",
+                ingress_only(selector(&[("pod", "a")]), vec![rule(80), rule(81)]),
+            )
+            .compile();
+        let keys = entries_of(&maps, 1);
+        assert_eq!(keys.len(), 2);
+        let by_port: BTreeMap<u16, u32> = maps
+            .policy
+            .iter()
+            .map(|(k, v)| (k.port_h, v.policy))
+            .collect();
+        assert_eq!(by_port[&80], 0);
+        assert_eq!(by_port[&81], 1);
+    }
+
+    #[test]
+    fn compiling_is_deterministic() {
+        let cluster = Cluster::new().with_policy(
+            "x",
+            "p",
+            ingress_only(
+                LabelSelector::everything(),
+                vec![Rule {
+                    peers: vec![pods_in_own_ns("x", LabelSelector::everything())],
+                    ports: vec![tcp(80, 90)],
+                }],
+            ),
+        );
+        assert_eq!(cluster.compile(), cluster.compile());
+    }
+
+    #[test]
+    fn a_state_that_does_not_fit_names_the_policy() {
+        // 10 local pods × 3 protocols × 65 533 ports each exceed the 1M entries of the map.
+        let mut cluster = Cluster::new();
+        for i in 0..8u8 {
+            let mut extra = cluster.state.pods[1].clone();
+            extra.name = format!("extra-{i}");
+            extra.ips = vec![IpAddr::from([10, 0, 2, i])];
+            cluster.state.pods.push(extra);
+        }
+        for (name, protocol) in [
+            ("p-tcp", Protocol::Tcp),
+            ("p-udp", Protocol::Udp),
+            ("p-sctp", Protocol::Sctp),
+        ] {
+            let rule = Rule {
+                peers: vec![],
+                ports: vec![PortMatch {
+                    protocol,
+                    port: Some(PortSpec::Range {
+                        first: 2,
+                        last: 65534,
+                    }),
+                }],
+            };
+            cluster = cluster.with_policy(
+                "x",
+                name,
+                ingress_only(LabelSelector::everything(), vec![rule]),
+            );
+        }
+        let mut node = NodeView::default();
+        for (ifindex, pod) in (1u32..).zip(&cluster.state.pods) {
+            node.local_routes.insert(pod.ips[0], ifindex);
+        }
+        let Err(err) = compile(&cluster.state, &node) else {
+            panic!("a state of over 1M entries compiled");
+        };
+        let text = err.to_string();
+        assert!(text.contains("policy x/p-"), "{text}");
+        assert!(text.contains("WEIR_POL_V1"), "{text}");
+    }
+
+    #[test]
+    fn host_addresses_are_marked() {
+        let cluster = Cluster::new();
+        let mut node = NodeView::default();
+        node.host_addrs.insert(ip("10.0.255.1"));
+        let maps = compile(&cluster.state, &node).unwrap();
+        assert_eq!(
+            maps.endpoints[&to_addr(ip("10.0.255.1"))].flags,
+            endpoint_flags::HOST
+        );
+        assert!(maps.local_pods.is_empty(), "no routes: no local pods");
+    }
+}
