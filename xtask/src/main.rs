@@ -14,7 +14,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xtask", bin_name = "cargo xtask", about = "Weir's task runner", version)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Weir's task runner",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
