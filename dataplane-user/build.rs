@@ -1,5 +1,5 @@
 //! Builds the eBPF object with the nightly toolchain and bpf-linker (installed by
-//! `cargo xtask setup`) and leaves it in OUT_DIR, where `src/loader.rs` embeds it.
+//! `cargo xtask setup`) and leaves it in `OUT_DIR`, where `src/dataplane.rs` embeds it.
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 

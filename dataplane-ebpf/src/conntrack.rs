@@ -145,7 +145,7 @@ pub fn create(key: &CtKey, origin: Direction, tcp_flags: u8, policy_epoch: u32) 
         flags,
         _pad: [0; 2],
     };
-    let _ = CONNTRACK.insert(key, &entry, 0);
+    let _ = CONNTRACK.insert(key, entry, 0);
 }
 
 /// Forgets a connection policy no longer allows.

@@ -25,7 +25,7 @@ pub fn resolve_ports(pkt: &mut Packet) -> Result<(), DropReason> {
         return Ok(());
     };
     // SAFETY: the value is copied out before the program run ends.
-    let ports = unsafe { FRAGMENTS.get(&key(pkt, id)) }.ok_or(DropReason::FragmentUnknown)?;
+    let ports = unsafe { FRAGMENTS.get(key(pkt, id)) }.ok_or(DropReason::FragmentUnknown)?;
     pkt.src_port_h = ports.src_port_h;
     pkt.dst_port_h = ports.dst_port_h;
     Ok(())
@@ -39,6 +39,6 @@ pub fn remember(pkt: &Packet) {
             src_port_h: pkt.src_port_h,
             dst_port_h: pkt.dst_port_h,
         };
-        let _ = FRAGMENTS.insert(&key(pkt, id), &ports, 0);
+        let _ = FRAGMENTS.insert(key(pkt, id), ports, 0);
     }
 }

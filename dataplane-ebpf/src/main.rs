@@ -2,6 +2,10 @@
 //! parse → fragment → conntrack → policy → verdict, one module each.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::inline_always,
+    reason = "BPF: every helper is inlined into its program, so the verifier sees one function"
+)]
 
 mod conntrack;
 mod fragment;
@@ -54,12 +58,20 @@ static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReaso
 
 /// Packets the pod sends (TC ingress of its host-side veth).
 #[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the classifier macro passes the context by value"
+)]
 pub fn weir_from_pod(ctx: TcContext) -> i32 {
     verdict::finish(process(&ctx, Direction::Egress))
 }
 
 /// Packets delivered to the pod (TC egress of its host-side veth).
 #[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the classifier macro passes the context by value"
+)]
 pub fn weir_to_pod(ctx: TcContext) -> i32 {
     verdict::finish(process(&ctx, Direction::Ingress))
 }

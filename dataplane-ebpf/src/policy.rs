@@ -103,13 +103,13 @@ fn rule_allows(endpoint: u32, dir: Direction, peer_class: u32, l4_proto: u8, por
     // Ports only mean something to protocols that have them; ICMP and others match only
     // rules without `ports`.
     let has_ports = matches!(l4_proto, proto::TCP | proto::UDP | proto::SCTP);
-    if has_ports && POLICY.get_ptr(&key).is_some() {
+    if has_ports && POLICY.get_ptr(key).is_some() {
         return true;
     }
     key.port_h = PORT_ANY;
-    if has_ports && POLICY.get_ptr(&key).is_some() {
+    if has_ports && POLICY.get_ptr(key).is_some() {
         return true;
     }
     key.proto = proto::ANY;
-    POLICY.get_ptr(&key).is_some()
+    POLICY.get_ptr(key).is_some()
 }
