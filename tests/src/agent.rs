@@ -1,0 +1,286 @@
+//! The Weir agent under test: `weir run` inside the node namespace, killed on drop.
+//!
+//! The contract the tests rely on:
+//! - `weir run --manifests DIR --health-addr ADDR` reads every `*.yaml` of `DIR` and
+//!   enforces it, re-reading when the directory changes;
+//! - `GET /readyz` answers 200 once the dataplane enforces the manifests;
+//! - `GET /status` answers JSON `{"generation": N, "last_error": null | "...", ...}`, where
+//!   `generation` grows by one after each change of `DIR` that was applied successfully.
+
+use std::fs::File;
+use std::io::{self, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::tempdir::TempDir;
+use crate::topology::Topology;
+
+/// Loading and attaching the eBPF programs takes well under a second; the margin is for a
+/// debug build on a busy two-core machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Applying a change of the manifests is a re-read and a map diff.
+const GENERATION_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time given to the agent to detach its programs after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Lines of the agent's log shown when a test fails.
+const LOG_TAIL_LINES: usize = 60;
+
+/// What `GET /status` reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Status {
+    pub generation: u64,
+    pub last_error: Option<String>,
+    /// The whole answer, for messages.
+    pub raw: serde_json::Value,
+}
+
+/// A running `weir run`. Borrows the topology so that it stops before the namespaces go.
+#[derive(Debug)]
+pub struct Agent<'t> {
+    topology: &'t Topology,
+    child: Child,
+    health: SocketAddr,
+    log: PathBuf,
+    _log_dir: TempDir,
+}
+
+impl<'t> Agent<'t> {
+    /// Starts `weir run` in the node namespace of `topology`, reading `manifests`.
+    ///
+    /// `ip netns exec` also gives the agent a private mount namespace: whatever it pins in
+    /// bpffs disappears when it exits, so a killed agent leaves nothing in the host's
+    /// `/sys/fs/bpf`. The tests never restart an agent, so they need no pin to survive it.
+    pub fn start(topology: &'t Topology, manifests: &Path) -> Self {
+        let binary = weir_binary();
+        let port = topology.node().run(free_loopback_port);
+        let health = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let log_dir = TempDir::new("agent-log");
+        let log = log_dir.path().join("weir.log");
+        let log_file = File::create(&log).expect("creating the agent log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", topology.node().name()])
+            .arg(binary)
+            .arg("run")
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--health-addr")
+            .arg(health.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("cloning the log handle"))
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        Self {
+            topology,
+            child,
+            health,
+            log,
+            _log_dir: log_dir,
+        }
+    }
+
+    /// Waits until `GET /readyz` answers 200; panics with the agent's log on timeout or
+    /// when the agent exits.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.assert_running();
+            if let Ok((200, _)) = self.get("/readyz") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weir not ready after {READY_TIMEOUT:?}\n{}",
+                self.log_tail()
+            );
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// The current `/status`; panics when the agent does not answer it.
+    pub fn status(&mut self) -> Status {
+        self.assert_running();
+        match self.get("/status") {
+            Ok((200, body)) => {
+                parse_status(&body).unwrap_or_else(|e| panic!("bad /status answer {body:?}: {e}"))
+            }
+            other => panic!("GET /status: {other:?}\n{}", self.log_tail()),
+        }
+    }
+
+    /// Waits until the generation is above `generation`, that is, until a change made after
+    /// reading `generation` has been applied; returns the new status.
+    pub fn wait_generation_after(&mut self, generation: u64) -> Status {
+        let deadline = Instant::now() + GENERATION_TIMEOUT;
+        loop {
+            let status = self.status();
+            if status.generation > generation {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weir did not apply a change within {GENERATION_TIMEOUT:?} (generation still \
+                 {generation}); last status {}\n{}",
+                status.raw,
+                self.log_tail()
+            );
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// The last lines of the agent's output, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+        format!(
+            "--- weir log (last {} lines) ---\n{}",
+            tail.len(),
+            tail.join("\n")
+        )
+    }
+
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("weir exited: {status}\n{}", self.log_tail());
+        }
+    }
+
+    /// A GET to the health endpoint, from inside the node namespace where it listens.
+    fn get(&self, path: &str) -> io::Result<(u16, String)> {
+        let addr = self.health;
+        self.topology.node().run(|| http_get(addr, path))
+    }
+}
+
+impl Drop for Agent<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+        stop(&mut self.child);
+    }
+}
+
+/// SIGTERM, so that the agent can detach and clean up; SIGKILL if it does not exit in time.
+fn stop(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+    eprintln!("warning: weir ignored SIGTERM for {STOP_TIMEOUT:?}; killing it");
+    child.kill().ok();
+    child.wait().ok();
+}
+
+/// A TCP port nothing listens on in the calling thread's namespace.
+fn free_loopback_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("binding an ephemeral loopback port")
+        .port()
+}
+
+/// A minimal HTTP/1.0 GET: the server closes the connection after the body and, for a 1.0
+/// client, sends it without chunked encoding. Returns the status code and body.
+fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
+    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| io::Error::other("no end of headers"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("bad status line in {head:?}")))?;
+    Ok((code, body.to_owned()))
+}
+
+fn parse_status(body: &str) -> Result<Status, String> {
+    let raw: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let generation = raw["generation"]
+        .as_u64()
+        .ok_or("no unsigned `generation`")?;
+    let last_error = match &raw["last_error"] {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => {
+            return Err(format!(
+                "`last_error` is neither null nor a string: {other}"
+            ));
+        }
+    };
+    Ok(Status {
+        generation,
+        last_error,
+        raw,
+    })
+}
+
+/// The `weir` binary: `$WEIR_BIN`, or else built once per test process with cargo.
+pub fn weir_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| match std::env::var_os("WEIR_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => build_weir(),
+    })
+}
+
+/// `cargo build -p dataplane-user --bin weir`, reading the binary's path from cargo's JSON
+/// messages (it follows `CARGO_TARGET_DIR` and build profiles without guessing).
+fn build_weir() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(workspace)
+        .args(["build", "-p", "dataplane-user", "--bin", "weir"])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running cargo build");
+    assert!(output.status.success(), "cargo build of weir failed");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "weir")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo reported no weir executable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_parses_generation_and_error() {
+        let ok = parse_status(r#"{"generation": 3, "last_error": null, "pods": 9}"#).unwrap();
+        assert_eq!((ok.generation, ok.last_error), (3, None));
+        let bad = parse_status(r#"{"generation": 4, "last_error": "x.yaml:3: bad"}"#).unwrap();
+        assert_eq!(bad.last_error.as_deref(), Some("x.yaml:3: bad"));
+        assert!(parse_status(r#"{"last_error": null}"#).is_err());
+    }
+}
