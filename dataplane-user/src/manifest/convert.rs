@@ -5,7 +5,7 @@
 //! into a line and column, and which a client of the Kubernetes API can print as it is.
 //!
 //! Every function checks all of its input before giving up, so that one run reports every
-//! mistake. A part that fails returns [`Invalid`] after recording why in [`Errors`]; an object is
+//! mistake. A part that fails returns `Invalid` after recording why in `Errors`; an object is
 //! converted only when nothing was recorded, so no rule is ever dropped or widened silently.
 
 use std::collections::BTreeMap;
@@ -713,5 +713,77 @@ impl FieldError {
             message,
             on_key: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde_json::json;
+
+    use super::*;
+
+    /// What a Kubernetes API client would hand over: a typed object, no YAML, no file.
+    #[test]
+    fn a_policy_from_the_api_converts_without_yaml() {
+        let policy = networking::NetworkPolicy {
+            metadata: ObjectMeta {
+                name: Some("deny".to_owned()),
+                namespace: Some("shop".to_owned()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(networking::NetworkPolicySpec {
+                policy_types: Some(vec!["Egress".to_owned()]),
+                ..networking::NetworkPolicySpec::default()
+            }),
+        };
+        let converted = network_policy(&policy).unwrap();
+        assert_eq!((converted.ingress, converted.egress), (None, Some(vec![])));
+        assert_eq!(converted.pod_selector, LabelSelector::everything());
+    }
+
+    #[test]
+    fn errors_name_their_field() {
+        let policy = networking::NetworkPolicy {
+            spec: Some(networking::NetworkPolicySpec {
+                policy_types: Some(vec!["Sideways".to_owned()]),
+                ..networking::NetworkPolicySpec::default()
+            }),
+            ..networking::NetworkPolicy::default()
+        };
+        let errors = network_policy(&policy).unwrap_err();
+        let paths: Vec<String> = errors.iter().map(|e| e.path.to_string()).collect();
+        assert_eq!(paths, ["metadata.name", "spec.policyTypes[0]"]);
+    }
+
+    #[test]
+    fn decoding_reports_unknown_fields_at_their_key() {
+        let json = json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "web", "creationTimestamp": null},
+            "spec": {"podSelecter": {}, "ingress": [{"form": []}]},
+            "status": {},
+        });
+        let errors = decode::<networking::NetworkPolicy>(&json, UnknownFields::Reject).unwrap_err();
+        let found: Vec<(String, bool)> = errors
+            .iter()
+            .map(|e| (e.path.to_string(), e.on_key))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("spec.ingress[0].form".to_owned(), true),
+                ("spec.podSelecter".to_owned(), true)
+            ]
+        );
+        assert!(decode::<networking::NetworkPolicy>(&json, UnknownFields::Ignore).is_ok());
+    }
+
+    #[test]
+    fn decoding_reports_type_errors_with_their_path() {
+        let json = json!({"metadata": {"labels": {"app": 7}}});
+        let errors = decode::<core::Pod>(&json, UnknownFields::Ignore).unwrap_err();
+        assert_eq!(errors[0].path.to_string(), "metadata.labels.app");
     }
 }
