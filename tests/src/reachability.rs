@@ -153,6 +153,17 @@ impl<'a> Peer<'a> {
         }
     }
 
+    /// The single pod `ns/name`.
+    pub fn exact(id: &'a str) -> Self {
+        let (ns, pod) = id
+            .split_once('/')
+            .unwrap_or_else(|| panic!("pod ids are ns/name, got {id:?}"));
+        Self {
+            namespace: Some(ns),
+            pod: Some(pod),
+        }
+    }
+
     /// Pods named `pod`, in every namespace.
     pub fn pod_name(pod: &'a str) -> Self {
         Self {
@@ -194,12 +205,12 @@ impl Reachability {
 
     /// Sets every pair whose destination is `to`, except from the node.
     pub fn expect_all_ingress(&mut self, to: &str, connected: bool) -> &mut Self {
-        self.expect_peer(Peer::any(), Peer::namespace_and_pod(to), connected)
+        self.expect_peer(Peer::any(), Peer::exact(to), connected)
     }
 
     /// Sets every pair whose source is `from`.
     pub fn expect_all_egress(&mut self, from: &str, connected: bool) -> &mut Self {
-        self.expect_peer(Peer::namespace_and_pod(from), Peer::any(), connected)
+        self.expect_peer(Peer::exact(from), Peer::any(), connected)
     }
 
     /// Sets every pair whose source matches `from` and destination matches `to`.
@@ -233,19 +244,6 @@ impl Reachability {
                 comparison.pretty()
             )
         })
-    }
-}
-
-impl Peer<'_> {
-    /// The single pod `ns/name`.
-    fn namespace_and_pod(id: &str) -> Peer<'_> {
-        let (ns, pod) = id
-            .split_once('/')
-            .unwrap_or_else(|| panic!("pod ids are ns/name, got {id:?}"));
-        Peer {
-            namespace: Some(ns),
-            pod: Some(pod),
-        }
     }
 }
 

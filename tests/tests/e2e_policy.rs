@@ -308,7 +308,7 @@ spec:
                 let mut r = all(true);
                 r.expect_all_ingress("x/a", false).expect_peer(
                     Peer::namespace("y"),
-                    pod("x/a"),
+                    Peer::exact("x/a"),
                     true,
                 );
                 r
@@ -366,7 +366,7 @@ spec:
             expect: |_| {
                 let mut r = all(true);
                 r.expect_all_ingress("x/a", false)
-                    .expect_peer(Peer::namespace("y"), pod("x/a"), true)
+                    .expect_peer(Peer::namespace("y"), Peer::exact("x/a"), true)
                     .expect("x/b", "x/a", true);
                 r
             },
@@ -421,7 +421,7 @@ spec:
 ",
             expect: |_| {
                 let mut r = all(true);
-                r.expect_peer(Peer::namespace("y"), pod("x/a"), false);
+                r.expect_peer(Peer::namespace("y"), Peer::exact("x/a"), false);
                 r
             },
         },
@@ -499,7 +499,7 @@ spec:
             // No namespace has a `team` label: every namespace, pods other than c.
             expect: |_| {
                 let mut r = all(true);
-                r.expect_peer(Peer::pod_name("c"), pod("x/a"), false);
+                r.expect_peer(Peer::pod_name("c"), Peer::exact("x/a"), false);
                 r
             },
         },
@@ -856,7 +856,7 @@ spec:
                 r.expect_all_ingress("x/a", false)
                     .expect("x/b", "x/a", true)
                     .expect_all_egress("x/a", false)
-                    .expect_peer(pod("x/a"), Peer::namespace("y"), true);
+                    .expect_peer(Peer::exact("x/a"), Peer::namespace("y"), true);
                 r
             },
         },
@@ -895,7 +895,7 @@ spec:
 ",
             expect: |_| {
                 let mut r = all(true);
-                r.expect_peer(Peer::namespace("x"), pod("x/a"), false);
+                r.expect_peer(Peer::namespace("x"), Peer::exact("x/a"), false);
                 r
             },
         },
@@ -1000,7 +1000,7 @@ spec:
                 let mut r = all(true);
                 r.expect_all_ingress("x/a", false)
                     .expect_all_egress("x/a", false)
-                    .expect_peer(pod("x/a"), Peer::namespace("x"), true);
+                    .expect_peer(Peer::exact("x/a"), Peer::namespace("x"), true);
                 r
             },
         },
@@ -1123,7 +1123,7 @@ spec:
                 let mut r = all(true);
                 r.expect_all_ingress("x/a", false).expect_peer(
                     Peer::pod_name("b"),
-                    pod("x/a"),
+                    Peer::exact("x/a"),
                     true,
                 );
                 r
@@ -1149,15 +1149,6 @@ fn pod_ids() -> Vec<String> {
 /// Every pod pair connected (or not); the node always is.
 fn all(connected: bool) -> Reachability {
     Reachability::new(&pod_ids(), connected)
-}
-
-/// The single pod `ns/name` as a peer.
-fn pod(id: &str) -> Peer<'_> {
-    let (namespace, pod) = id.split_once('/').expect("pod ids are ns/name");
-    Peer {
-        namespace: Some(namespace),
-        pod: Some(pod),
-    }
 }
 
 /// Whether `case` is the traffic `proto`/`port` (of either family).
