@@ -1,7 +1,7 @@
 //! The compiler: desired state + what this node hosts → the contents of every map the agent
 //! writes. Pure: no I/O, no clock, deterministic (ordered maps), so two outputs diff cleanly.
 //!
-//! How NetworkPolicy becomes O(1) lookups:
+//! How `NetworkPolicy` becomes O(1) lookups:
 //! - Every distinct `from`/`to` peer of every policy is a *peer atom*.
 //! - Every address gets a *peer class*: the set of atoms it matches (plus, for pods, the
 //!   numbers of the named ports egress rules mention). Addresses with the same set share a class.

@@ -2,8 +2,14 @@
 //! keeps those maps in sync.
 //!
 //! The path from input to kernel, one module each:
-//! `manifest` (YAML → validated [`model::DesiredState`]) → `compile` (pure: state → [`compile::MapSet`])
-//! → `dataplane` (the thin syscall layer: load, attach, apply a diff of map contents).
+//! [`manifest`] (YAML → validated [`model::DesiredState`]) → [`compile`] (pure: state and
+//! [`compile::NodeView`] → [`compile::MapSet`]) → [`dataplane`] (the thin syscall layer: load,
+//! attach, apply a diff of map contents). [`node`] reads what the node hosts; [`agent`] runs the
+//! loop and serves health and status.
 
+pub mod agent;
+pub mod compile;
+pub mod dataplane;
 pub mod manifest;
 pub mod model;
+pub mod node;

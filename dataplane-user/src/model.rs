@@ -40,7 +40,7 @@ pub struct DesiredState {
     pub namespaces: BTreeMap<String, Namespace>,
     /// All pods of the cluster, local or not: remote pods are peers that selectors match.
     pub pods: Vec<Pod>,
-    /// All NetworkPolicies.
+    /// All network policies.
     pub policies: Vec<Policy>,
 }
 
@@ -72,7 +72,7 @@ pub struct NamedPort {
     pub port: u16,
 }
 
-/// Transport protocols a NetworkPolicy port can name.
+/// Transport protocols a `NetworkPolicy` port can name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     #[default]
@@ -112,7 +112,7 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A `networking.k8s.io/v1` NetworkPolicy, validated.
+/// A `networking.k8s.io/v1` `NetworkPolicy`, validated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     pub namespace: String,

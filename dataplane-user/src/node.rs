@@ -40,6 +40,10 @@ fn host_addresses() -> io::Result<BTreeSet<IpAddr>> {
 
 /// # Safety
 /// `sa` is null or points at a valid sockaddr of its family's size.
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "read with read_unaligned: no alignment is assumed"
+)]
 unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
     if sa.is_null() {
         return None;

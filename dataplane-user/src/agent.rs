@@ -1,0 +1,303 @@
+//! The agent: follows a manifests directory and this node's routes, recompiles on change,
+//! applies the difference, and serves health, readiness and status over HTTP.
+//!
+//! Level-triggered: every change (file written, pod interface added) recomputes the whole
+//! desired state and applies the difference. A bad change set is refused whole and the last
+//! good state keeps being enforced.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+use crate::compile::{self, NodeView};
+use crate::dataplane::Dataplane;
+use crate::manifest;
+use crate::model::DesiredState;
+use crate::node;
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Directory of Kubernetes manifests to enforce.
+    pub manifests: PathBuf,
+    /// Where `/healthz`, `/readyz`, `/status` and `/metrics` are served.
+    pub health_addr: SocketAddr,
+    /// How often the directory and the routes are checked for changes.
+    pub poll_interval: Duration,
+}
+
+/// What the agent reports on `/status`; shared between the sync loop and the HTTP server.
+#[derive(Clone, Debug, Default)]
+struct Status {
+    /// Set once the first desired state is enforced.
+    ready: bool,
+    /// Number of successful applies so far.
+    generation: u64,
+    last_error: Option<String>,
+    last_sync: Option<SystemTime>,
+    local_pods: Vec<String>,
+    summary: String,
+    counters: Option<crate::dataplane::Counters>,
+}
+
+type Shared = Arc<Mutex<Status>>;
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let status: Shared = Arc::default();
+    let listener = TcpListener::bind(config.health_addr)
+        .await
+        .with_context(|| format!("binding the health endpoint {}", config.health_addr))?;
+    tokio::spawn(serve_http(listener, status.clone()));
+    let mut dataplane = Dataplane::load().context("loading the dataplane")?;
+    tracing::info!(manifests = %config.manifests.display(), health = %config.health_addr, "agent started");
+
+    let mut sync = SyncLoop::default();
+    let mut ticker = tokio::time::interval(config.poll_interval);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => sync.tick(&config.manifests, &mut dataplane, &status),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    tracing::info!("agent stopping; programs detach with it");
+    Ok(())
+}
+
+/// Change detection with a debounce: a change is acted on once the inputs have stayed the
+/// same for one poll interval, so a burst of file writes becomes one change set.
+#[derive(Default)]
+struct SyncLoop {
+    /// Fingerprint of the inputs at the previous tick.
+    seen: Option<Inputs>,
+    /// Fingerprint of the inputs last acted on (applied or refused).
+    acted: Option<Inputs>,
+    /// The desired state last loaded without error.
+    state: Option<DesiredState>,
+}
+
+/// What the agent's output depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Inputs {
+    files: BTreeSet<(PathBuf, u64, SystemTime)>,
+    node: NodeView,
+}
+
+impl SyncLoop {
+    fn tick(&mut self, dir: &Path, dataplane: &mut Dataplane, status: &Shared) {
+        let inputs = match read_inputs(dir) {
+            Ok(inputs) => inputs,
+            Err(err) => {
+                record_error(status, format!("{err:#}"));
+                return;
+            }
+        };
+        let stable = self.seen.as_ref() == Some(&inputs);
+        self.seen = Some(inputs.clone());
+        let first = self.acted.is_none();
+        if self.acted.as_ref() == Some(&inputs) || !(stable || first) {
+            refresh_counters(dataplane, status);
+            return;
+        }
+        let files_changed = self.acted.as_ref().is_none_or(|a| a.files != inputs.files);
+        self.acted = Some(inputs.clone());
+        if files_changed || self.state.is_none() {
+            match manifest::load_dir(dir) {
+                Ok(loaded) => {
+                    for ignored in &loaded.ignored {
+                        tracing::info!("{ignored}");
+                    }
+                    self.state = Some(loaded.state);
+                }
+                Err(err) => {
+                    for e in &err.errors {
+                        tracing::error!("{e}");
+                    }
+                    record_error(status, err.to_string());
+                    return;
+                }
+            }
+        }
+        let Some(state) = &self.state else { return };
+        apply(state, &inputs.node, dataplane, status);
+    }
+}
+
+fn read_inputs(dir: &Path) -> anyhow::Result<Inputs> {
+    let mut files = BTreeSet::new();
+    list_manifests(dir, &mut files)
+        .with_context(|| format!("reading manifests directory {}", dir.display()))?;
+    let node = node::read().context("reading this node's addresses and routes")?;
+    Ok(Inputs { files, node })
+}
+
+/// The fingerprint of every manifest file: path, size, modification time.
+fn list_manifests(
+    dir: &Path,
+    out: &mut BTreeSet<(PathBuf, u64, SystemTime)>,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            list_manifests(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.insert((path, meta.len(), meta.modified()?));
+        }
+    }
+    Ok(())
+}
+
+fn apply(state: &DesiredState, node: &NodeView, dataplane: &mut Dataplane, status: &Shared) {
+    let started = std::time::Instant::now();
+    let compiled = match compile::compile(state, node) {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::error!("{err}");
+            record_error(status, err.to_string());
+            return;
+        }
+    };
+    for w in &compiled.warnings {
+        tracing::warn!("{w}");
+    }
+    match dataplane.apply(&compiled) {
+        Ok(applied) => {
+            tracing::info!(
+                upserts = applied.upserts,
+                removals = applied.removals,
+                attached = applied.attached,
+                detached = applied.detached,
+                elapsed_ms = started.elapsed().as_millis(),
+                "applied"
+            );
+            let mut s = status.lock().unwrap_or_else(PoisonError::into_inner);
+            s.ready = true;
+            s.generation += 1;
+            s.last_error = None;
+            s.last_sync = Some(SystemTime::now());
+            s.summary = compiled.to_string();
+            s.local_pods = compiled
+                .local_pods
+                .values()
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect();
+        }
+        Err(err) => {
+            let text = format!("{:#}", anyhow::Error::new(err));
+            tracing::error!("applying: {text}; the previous state stays enforced");
+            record_error(status, text);
+        }
+    }
+}
+
+fn record_error(status: &Shared, text: String) {
+    status
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .last_error = Some(text);
+}
+
+fn refresh_counters(dataplane: &Dataplane, status: &Shared) {
+    if let Ok(c) = dataplane.counters() {
+        status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counters = Some(c);
+    }
+}
+
+/// A minimal HTTP/1.1 server: probes and scrapes need nothing more.
+async fn serve_http(listener: TcpListener, status: Shared) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let status = status.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await
+            else {
+                return;
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let snapshot = status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let (code, content_type, body) = respond(path, &snapshot);
+            let reply = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes()).await;
+        });
+    }
+}
+
+fn respond(path: &str, s: &Status) -> (&'static str, &'static str, String) {
+    match path {
+        "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
+        "/readyz" if s.ready => ("200 OK", "text/plain", "ready\n".into()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "not ready\n".into(),
+        ),
+        "/status" => ("200 OK", "application/json", status_json(s)),
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics(s)),
+        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+    }
+}
+
+fn status_json(s: &Status) -> String {
+    let last_sync = s
+        .last_sync
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    serde_json::json!({
+        "ready": s.ready,
+        "generation": s.generation,
+        "last_error": s.last_error,
+        "last_sync_unix": last_sync,
+        "local_pods": s.local_pods,
+        "summary": s.summary,
+    })
+    .to_string()
+}
+
+fn metrics(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# TYPE weir_generation counter\nweir_generation {}",
+        s.generation
+    );
+    if let Some(c) = &s.counters {
+        let _ = writeln!(out, "# TYPE weir_packets_passed_total counter");
+        for (reason, n) in &c.passed {
+            let _ = writeln!(out, "weir_packets_passed_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(out, "# TYPE weir_packets_dropped_total counter");
+        for (reason, n) in &c.dropped {
+            let _ = writeln!(out, "weir_packets_dropped_total{{reason=\"{reason}\"}} {n}");
+        }
+    }
+    out
+}
