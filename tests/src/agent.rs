@@ -26,6 +26,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const GENERATION_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time given to the agent to detach its programs after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an error must persist before it counts as the agent's answer to a change, so
+/// that one failed read (a file replaced while listed) does not fail a test.
+const ERROR_GRACE: Duration = Duration::from_secs(2);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Lines of the agent's log shown when a test fails.
@@ -120,12 +123,26 @@ impl<'t> Agent<'t> {
 
     /// Waits until the generation is above `generation`, that is, until a change made after
     /// reading `generation` has been applied; returns the new status.
+    ///
+    /// An error the agent keeps reporting for [`ERROR_GRACE`] ends the wait at once: the
+    /// change was rejected, and waiting for the timeout would only hide why.
     pub fn wait_generation_after(&mut self, generation: u64) -> Status {
         let deadline = Instant::now() + GENERATION_TIMEOUT;
+        let mut error_since: Option<Instant> = None;
         loop {
             let status = self.status();
             if status.generation > generation {
                 return status;
+            }
+            if let Some(error) = &status.last_error {
+                let since = *error_since.get_or_insert_with(Instant::now);
+                assert!(
+                    since.elapsed() < ERROR_GRACE,
+                    "weir rejected the change (generation still {generation}): {error}\n{}",
+                    self.log_tail()
+                );
+            } else {
+                error_since = None;
             }
             assert!(
                 Instant::now() < deadline,
@@ -204,7 +221,10 @@ fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
     stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
     stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // One write, hence one segment: `write!` on a socket would send each piece of the format
+    // separately, and a minimal server that parses its first read() would see "GET " alone.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response

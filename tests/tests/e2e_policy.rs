@@ -168,6 +168,9 @@ spec:
 
 /// The policies, in the order they are applied. The first has none: it checks that the
 /// agent alone breaks nothing.
+///
+/// Namespace `y` is always quoted: YAML 1.1, which kubectl's parser follows, reads a bare
+/// `y` as the boolean true, and a manifest with `namespace: y` is rejected.
 #[expect(
     clippy::too_many_lines,
     reason = "a table of scenarios: each entry reads on its own, splitting them would not"
@@ -288,7 +291,7 @@ spec:
         },
         Scenario {
             name: "ingress from a namespace selector",
-            policy: r"
+            policy: r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -302,8 +305,8 @@ spec:
     - from:
         - namespaceSelector:
             matchLabels:
-              ns: y
-",
+              ns: "y"
+"#,
             expect: |_| {
                 let mut r = all(true);
                 r.expect_all_ingress("x/a", false).expect_peer(
@@ -316,7 +319,7 @@ spec:
         },
         Scenario {
             name: "namespace and pod selector in one peer: AND",
-            policy: r"
+            policy: r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -330,11 +333,11 @@ spec:
     - from:
         - namespaceSelector:
             matchLabels:
-              ns: y
+              ns: "y"
           podSelector:
             matchLabels:
               pod: b
-",
+"#,
             expect: |_| {
                 let mut r = all(true);
                 r.expect_all_ingress("x/a", false)
@@ -344,7 +347,7 @@ spec:
         },
         Scenario {
             name: "namespace selector and pod selector as two peers: OR",
-            policy: r"
+            policy: r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -358,11 +361,11 @@ spec:
     - from:
         - namespaceSelector:
             matchLabels:
-              ns: y
+              ns: "y"
         - podSelector:
             matchLabels:
               pod: b
-",
+"#,
             expect: |_| {
                 let mut r = all(true);
                 r.expect_all_ingress("x/a", false)
@@ -401,7 +404,7 @@ spec:
         },
         Scenario {
             name: "matchExpressions NotIn on namespaces",
-            policy: r"
+            policy: r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -417,8 +420,8 @@ spec:
             matchExpressions:
               - key: ns
                 operator: NotIn
-                values: [y]
-",
+                values: ["y"]
+"#,
             expect: |_| {
                 let mut r = all(true);
                 r.expect_peer(Peer::namespace("y"), Peer::exact("x/a"), false);
@@ -427,12 +430,12 @@ spec:
         },
         Scenario {
             name: "matchExpressions Exists selects every pod; peers named a",
-            policy: r"
+            policy: r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
   name: y-from-pods-a
-  namespace: y
+  namespace: "y"
 spec:
   podSelector:
     matchExpressions:
@@ -447,7 +450,7 @@ spec:
           podSelector:
             matchLabels:
               pod: a
-",
+"#,
             expect: |_| {
                 let mut r = all(true);
                 r.expect_peer(Peer::any(), Peer::namespace("y"), false)
@@ -828,7 +831,7 @@ spec:
         },
         Scenario {
             name: "ingress and egress rules in one policy",
-            policy: r"
+            policy: r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -848,8 +851,8 @@ spec:
     - to:
         - namespaceSelector:
             matchLabels:
-              ns: y
-",
+              ns: "y"
+"#,
             // x/b → x/a is allowed by x/a's ingress; x/a → x/b is not in x/a's egress.
             expect: |_| {
                 let mut r = all(true);
@@ -862,7 +865,7 @@ spec:
         },
         Scenario {
             name: "several policies on one pod add up",
-            policy: r"
+            policy: r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -876,7 +879,7 @@ spec:
     - from:
         - namespaceSelector:
             matchLabels:
-              ns: y
+              ns: "y"
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -892,7 +895,7 @@ spec:
         - namespaceSelector:
             matchLabels:
               ns: z
-",
+"#,
             expect: |_| {
                 let mut r = all(true);
                 r.expect_peer(Peer::namespace("x"), Peer::exact("x/a"), false);
@@ -901,18 +904,18 @@ spec:
         },
         Scenario {
             name: "a policy in y leaves x and z alone",
-            policy: r"
+            policy: r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
   name: y-from-y
-  namespace: y
+  namespace: "y"
 spec:
   podSelector: {}
   ingress:
     - from:
         - podSelector: {}
-",
+"#,
             expect: |_| {
                 let mut r = all(true);
                 r.expect_peer(Peer::any(), Peer::namespace("y"), false)
@@ -1070,7 +1073,7 @@ spec:
         },
         Scenario {
             name: "deny all everywhere: only the node gets through",
-            policy: r"
+            policy: r#"
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -1084,7 +1087,7 @@ apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
   name: deny-all
-  namespace: y
+  namespace: "y"
 spec:
   podSelector: {}
   policyTypes: [Ingress, Egress]
@@ -1097,7 +1100,7 @@ metadata:
 spec:
   podSelector: {}
   policyTypes: [Ingress, Egress]
-",
+"#,
             expect: |_| all(false),
         },
         Scenario {
