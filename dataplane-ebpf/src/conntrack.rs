@@ -124,7 +124,9 @@ pub fn touch(tracked: &Tracked, tcp_flags: u8, policy_epoch: u32) {
     if now.saturating_sub(e.last_seen_ns) > ct_timeout::REFRESH_NS {
         e.last_seen_ns = now;
     }
-    e.policy_epoch = policy_epoch;
+    if e.policy_epoch != policy_epoch {
+        e.policy_epoch = policy_epoch;
+    }
 }
 
 /// Starts tracking a connection policy has just allowed. A full table evicts the least

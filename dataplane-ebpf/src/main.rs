@@ -101,10 +101,10 @@ fn process(ctx: &TcContext, dir: Direction) -> Result<PassReason, DropReason> {
     // SAFETY: `skb` points at the context the kernel passed this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let local = policy::local_endpoint(&local_addr, ifindex)?;
-    let remote = match policy::remote_peer(&remote_addr, &local) {
-        Remote::Trusted(reason) => return Ok(reason),
-        Remote::Peer(class) => class,
-    };
+    let remote = policy::remote_peer(&remote_addr, &local);
+    if let Remote::Trusted(reason) = remote {
+        return Ok(reason);
+    }
     fragment::resolve_ports(pkt)?;
     let epoch = policy_epoch();
 
@@ -115,10 +115,11 @@ fn process(ctx: &TcContext, dir: Direction) -> Result<PassReason, DropReason> {
 
     let flow = Flow::of_packet(pkt, dir);
     if let Some(tracked) = conntrack::lookup(&flow.key) {
-        return established(pkt, &flow, &tracked, &local, remote, epoch);
+        return established(pkt, &flow, &tracked, &local, &remote, &remote_addr, epoch);
     }
 
-    let reason = policy::decide(&local, dir, remote, pkt.proto, flow.dst_port_h)?;
+    let class = remote.class(&remote_addr);
+    let reason = policy::decide(&local, dir, class, pkt.proto, flow.dst_port_h)?;
     conntrack::create(&flow.key, dir, pkt.tcp_flags, epoch);
     fragment::remember(pkt);
     Ok(reason)
@@ -133,10 +134,12 @@ fn established(
     flow: &Flow,
     tracked: &conntrack::Tracked,
     local: &Local,
-    remote: u32,
+    remote: &Remote,
+    remote_addr: &Addr,
     epoch: u32,
 ) -> Result<PassReason, DropReason> {
     if tracked.policy_epoch != epoch {
+        let remote = remote.class(remote_addr);
         let origin_dst_port = match tracked.origin {
             Direction::Egress => flow.key.remote_port_h,
             Direction::Ingress => flow.key.local_port_h,

@@ -43,8 +43,27 @@ pub fn local_endpoint(addr: &Addr, ifindex: u32) -> Result<Local, DropReason> {
 pub enum Remote {
     /// This node, or the local pod itself: always allowed.
     Trusted(PassReason),
-    /// Any other address, with its peer class.
-    Peer(u32),
+    /// A pod, with its peer class.
+    Pod(u32),
+    /// Not a pod: its class comes from the ipBlock trie, looked up only when a policy decision
+    /// needs it, so established connections never pay for the trie walk.
+    Other,
+}
+
+impl Remote {
+    /// The peer class of a remote that is not trusted.
+    #[inline(always)]
+    pub fn class(&self, addr: &Addr) -> u32 {
+        match self {
+            Remote::Pod(class) => *class,
+            Remote::Trusted(_) | Remote::Other => {
+                let key = Key::new(128, *addr);
+                CIDRS
+                    .get(&key)
+                    .map_or(PEER_CLASS_WORLD, |info| info.peer_class)
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -57,13 +76,9 @@ pub fn remote_peer(addr: &Addr, local: &Local) -> Remote {
         if ep.flags & endpoint_flags::LOCAL_POD != 0 && ep.endpoint == local.endpoint {
             return Remote::Trusted(PassReason::SelfTraffic);
         }
-        return Remote::Peer(ep.peer_class);
+        return Remote::Pod(ep.peer_class);
     }
-    let key = Key::new(128, *addr);
-    match CIDRS.get(&key) {
-        Some(info) => Remote::Peer(info.peer_class),
-        None => Remote::Peer(PEER_CLASS_WORLD),
-    }
+    Remote::Other
 }
 
 /// Whether `local` is isolated for `dir`, and if so, whether a rule allows the peer.
