@@ -1,5 +1,5 @@
 //! Crafted Ethernet frames for `BPF_PROG_TEST_RUN`: IPv4 (with options and fragments), IPv6
-//! (with extension headers and fragments), TCP, UDP, SCTP, ICMP and ICMPv6, and truncations.
+//! (with extension headers and fragments), TCP, UDP, SCTP, ICMP and `ICMPv6`, and truncations.
 //! Checksums are left zero: the policy path does not read them.
 
 use std::net::IpAddr;

@@ -62,8 +62,8 @@ fn ports(protocol: Protocol, first: u16, last: u16) -> PortMatch {
     }
 }
 
-/// Local pod x/a (10.0.0.1, fd00::1). Remote pods x/b (10.0.0.2, fd00::2) and y/c (10.0.1.3,
-/// fd00:1::3). The node is 10.0.255.1 / fd00:ff::1.
+/// Local pod `x/a` (`10.0.0.1`, `fd00::1`). Remote pods `x/b` (`10.0.0.2`, `fd00::2`) and `y/c`
+/// (`10.0.1.3`, `fd00:1::3`). The node is `10.0.255.1` / `fd00:ff::1`.
 fn state(allow_b_on_80: bool) -> DesiredState {
     let mut namespaces = BTreeMap::new();
     for ns in ["x", "y"] {
@@ -273,6 +273,10 @@ use Expect::{Drop, Pass};
 use Way::{FromPod, ToPod};
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table: one row per line reads best"
+)]
 fn ipv4_policy_table() {
     if !is_root() {
         eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
@@ -497,6 +501,10 @@ fn ipv4_policy_table() {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table: one row per line reads best"
+)]
 fn ipv6_policy_table() {
     if !is_root() {
         eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
