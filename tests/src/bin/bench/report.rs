@@ -66,7 +66,7 @@ impl Case {
             Self::NodeTraffic => "+ second endpoint lookup",
             Self::NewDenied => "+ conntrack miss, 6 policy misses",
             Self::EstablishedPod => "conntrack hit, 2 clock reads",
-            Self::EstablishedIpBlock => "+ LPM trie lookup of the peer",
+            Self::EstablishedIpBlock => "non-pod peer: no trie walk once tracked",
             Self::NewAllowed => "",
         }
     }
@@ -322,8 +322,7 @@ impl Report {
         let _ = writeln!(
             out,
             "Where the time goes: packets that leave the program at successive stages (ns per \
-             packet,\nsame rounds as above). Every TCP field is read with bpf_skb_load_bytes, a \
-             helper call.",
+             packet,\nsame rounds as above). Headers are read directly from the linear skb.",
         );
         let _ = write!(out, "{:<27}{:<36}", "packet", "stages run");
         for c in &self.configs {
