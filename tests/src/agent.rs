@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -66,7 +67,22 @@ impl<'t> Agent<'t> {
         let log_dir = TempDir::new("agent-log");
         let log = log_dir.path().join("weir.log");
         let log_file = File::create(&log).expect("creating the agent log");
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        // SAFETY: prctl is async-signal-safe, the only kind of call allowed between fork
+        // and exec. The setting survives the exec of `ip` and then of `weir`.
+        unsafe {
+            command.pre_exec(|| {
+                // A test killed outright (CI timeout, ^C) runs no Drop: the kernel then stops
+                // the agent, so that no orphan keeps enforcing in a namespace. The signal
+                // follows the thread that starts the agent, the test's own.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+        let child = command
             .args(["netns", "exec", topology.node().name()])
             .arg(binary)
             .arg("run")

@@ -6,8 +6,10 @@
 //! - [`Reachability`]: expected connectivity, compared with probes in upstream's format;
 //! - [`Agent`]: the `weir` binary running in the node namespace.
 //!
-//! Nothing here touches the root network namespace (shared GUIDE, section 3). Everything
-//! needs root: tests call [`require_root!`] first.
+//! Nothing here touches the root network namespace (shared GUIDE, section 3). Guards delete
+//! what they made on every path a test can take, panics included; a process killed outright
+//! runs no Drop, so its agent dies with it and the next test process deletes its namespaces
+//! ([`reap_orphans`]). Everything needs root: tests call [`require_root!`] first.
 //!
 //! Failures panic with context instead of returning errors: every caller is a test, and a
 //! panic with the namespace, command and output in its message is the report it needs.
@@ -29,7 +31,7 @@ mod topology;
 mod selftest;
 
 pub use agent::{Agent, Status, weir_binary};
-pub use netns::{Netns, RunTag, netns_path};
+pub use netns::{Netns, RunTag, netns_path, reap_orphans};
 pub use probe::{CONNECT_TIMEOUT, Case, Family, Proto, REPLY_TIMEOUT};
 pub use reachability::{NODE, Peer, Reachability, TruthTable};
 pub use servers::PROBE_PORTS;

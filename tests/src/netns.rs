@@ -8,10 +8,14 @@ use std::io::{self, Read as _};
 use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::Once;
 use std::thread;
 
 /// Where `ip netns add` bind-mounts a namespace so that it outlives its creating process.
 const NETNS_DIR: &str = "/var/run/netns";
+/// Where the owner of each namespace is recorded; on tmpfs, like the namespaces' own bind
+/// mounts, so both vanish at reboot.
+pub(crate) const REGISTRY_DIR: &str = "/run/weir-testbed";
 
 /// A random tag shared by every object of one test run (`weir-<6 hex>-...`), so that a person
 /// reading `ip netns list` sees which namespaces belong together.
@@ -45,9 +49,27 @@ pub struct Netns {
 
 impl Netns {
     /// Creates `weir-<tag>-<role>`. Panics when the name is taken or `ip` fails.
+    ///
+    /// The first call of a process also deletes the namespaces of earlier test processes
+    /// that were killed before their guards could drop (see [`reap_orphans`]).
     pub fn new(tag: &RunTag, role: &str) -> Self {
+        static REAP: Once = Once::new();
+        REAP.call_once(reap_orphans);
         let name = format!("weir-{}-{role}", tag.as_str());
-        run_checked(Command::new("ip").args(["netns", "add", &name]));
+        // Recorded before it exists, so that no kill can leave it unrecorded.
+        registry::record(&name);
+        let created = Command::new("ip")
+            .args(["netns", "add", &name])
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawning ip netns add");
+        if !created.status.success() {
+            registry::forget(&name);
+            panic!(
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&created.stderr).trim()
+            );
+        }
         Self { name }
     }
 
@@ -145,18 +167,98 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // Runs during unwinding too, so it reports instead of panicking (a panic here
         // would abort the test binary and hide the original failure).
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output()
-        {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "warning: ip netns del {}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(e) => eprintln!("warning: ip netns del {}: {e}", self.name),
+        if let Err(e) = delete(&self.name) {
+            eprintln!("warning: {e}");
         }
+        registry::forget(&self.name);
+    }
+}
+
+/// Deletes the namespaces recorded by test processes that no longer run: killed by a CI
+/// timeout or ^C, they ran no Drop. Namespaces of live processes, this one's or a concurrent
+/// run's, are left alone.
+pub fn reap_orphans() {
+    for (name, owner_alive) in registry::entries() {
+        if owner_alive {
+            continue;
+        }
+        match delete(&name) {
+            Ok(()) => eprintln!("deleted {name}, left behind by a killed test run"),
+            Err(e) if netns_path(&name).exists() => {
+                eprintln!("warning: {e}");
+                continue; // keep the record: a later run tries again
+            }
+            Err(_) => {} // never created, or deleted by hand
+        }
+        registry::forget(&name);
+    }
+}
+
+fn delete(name: &str) -> Result<(), String> {
+    match Command::new("ip").args(["netns", "del", name]).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "ip netns del {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("ip netns del {name}: {e}")),
+    }
+}
+
+/// Which process made each namespace: one file per namespace under [`REGISTRY_DIR`],
+/// holding the owner's pid and start time (a pid alone could have been reused).
+mod registry {
+    use std::path::PathBuf;
+
+    use super::REGISTRY_DIR as DIR;
+
+    pub(super) fn record(name: &str) {
+        std::fs::create_dir_all(DIR).unwrap_or_else(|e| panic!("creating {DIR}: {e}"));
+        let me = std::process::id();
+        let started = start_time(me).expect("this process has a start time");
+        let path = entry(name);
+        std::fs::write(&path, format!("{me} {started}\n"))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+
+    pub(super) fn forget(name: &str) {
+        std::fs::remove_file(entry(name)).ok();
+    }
+
+    /// Every recorded namespace, and whether its owner still runs.
+    pub(super) fn entries() -> Vec<(String, bool)> {
+        let Ok(dir) = std::fs::read_dir(DIR) else {
+            return Vec::new();
+        };
+        dir.filter_map(Result::ok)
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+                (name, is_alive(&owner))
+            })
+            .collect()
+    }
+
+    fn entry(name: &str) -> PathBuf {
+        PathBuf::from(DIR).join(name)
+    }
+
+    /// `owner` is "pid start-time"; unreadable records count as alive, so that nothing is
+    /// deleted on a guess.
+    fn is_alive(owner: &str) -> bool {
+        let mut fields = owner.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(pid)), Some(Ok(started))) = (fields.next(), fields.next()) else {
+            return true;
+        };
+        u32::try_from(pid).ok().and_then(start_time) == Some(started)
+    }
+
+    /// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
+    fn start_time(pid: u32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may hold spaces and parentheses: count from its end.
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        after_name.split_whitespace().nth(19)?.parse().ok()
     }
 }
 

@@ -170,6 +170,34 @@ fn a_panicking_test_leaves_no_namespace_behind() {
 }
 
 #[test]
+fn namespaces_of_a_killed_run_are_deleted_by_the_next() {
+    crate::require_root!();
+    // What a run killed by SIGKILL leaves: a namespace, and its record naming an owner that
+    // no longer exists (no pid reaches u32::MAX).
+    let name = format!("weir-{}-orphan", crate::RunTag::random().as_str());
+    let created = std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .expect("running ip netns add");
+    assert!(created.success(), "ip netns add {name}");
+    let record = std::path::Path::new(crate::netns::REGISTRY_DIR).join(&name);
+    std::fs::create_dir_all(crate::netns::REGISTRY_DIR).expect("creating the registry");
+    std::fs::write(&record, format!("{} 1\n", u32::MAX)).expect("writing a record");
+
+    crate::netns::reap_orphans();
+
+    let survived = netns_path(&name).exists();
+    if survived {
+        std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .status()
+            .ok();
+    }
+    assert!(!survived, "{name} outlived its dead owner");
+    assert!(!record.exists(), "the record of {name} was kept");
+}
+
+#[test]
 fn manifests_cover_every_namespace_and_pod_and_relabel_rewrites_one_file() {
     crate::require_root!();
     let topology = Topology::builder()
