@@ -24,8 +24,7 @@ pub(crate) fn write_all(dir: &Path, pods: &[Pod]) {
             let yaml = namespace_yaml(&spec.namespace, &spec.namespace_labels);
             write_atomic(dir, &format!("namespace-{}.yaml", spec.namespace), &yaml);
         }
-        let ips = [pod.ip(crate::Family::V4), pod.ip(crate::Family::V6)];
-        write_pod(dir, spec, &ips);
+        write_pod(dir, spec, &pod.ips());
     }
 }
 

@@ -112,6 +112,11 @@ impl Pod {
         self.spec.id()
     }
 
+    /// The pod's addresses, IPv4 first, as `status.podIPs` lists them.
+    pub fn ips(&self) -> [IpAddr; 2] {
+        [self.ipv4.into(), self.ipv6.into()]
+    }
+
     pub fn ip(&self, family: Family) -> IpAddr {
         match family {
             Family::V4 => self.ipv4.into(),
@@ -195,7 +200,7 @@ impl TopologyBuilder {
         topology.servers = topology
             .pods
             .iter()
-            .map(|pod| EchoServers::start(&pod.netns, vec![pod.ipv4.into(), pod.ipv6.into()]))
+            .map(|pod| EchoServers::start(&pod.netns, pod.ips().to_vec()))
             .collect();
         topology
     }
@@ -281,26 +286,21 @@ impl Topology {
         results
     }
 
-    /// Probes every pair of `case` (node → pod and pod → other pod) and fills a truth table.
+    /// Probes every pair (node → pod, pod → other pod) of each of `cases`, all at once;
+    /// one truth table per case.
     pub fn observe(&self, cases: &[Case]) -> Vec<TruthTable> {
-        let pods = self.pod_ids();
-        let template = TruthTable::new(&pods, false);
-        let probes: Vec<Probe> = cases
+        let template = TruthTable::new(&self.pod_ids(), false);
+        let cells: Vec<(usize, Probe)> = cases
             .iter()
-            .flat_map(|case| {
-                template.pairs().map(|(from, to)| Probe {
-                    from: source_of(from),
-                    to: to.to_owned(),
-                    case: *case,
-                })
+            .enumerate()
+            .flat_map(|(i, case)| {
+                template
+                    .pairs()
+                    .map(move |(from, to)| (i, Probe::of_cell(from, to, *case)))
             })
             .collect();
-        let results = self.probe_all(&probes);
         let mut tables = vec![template.clone(); cases.len()];
-        for (probe, ok) in probes.iter().zip(results) {
-            let i = cases.iter().position(|c| *c == probe.case).expect("a case");
-            tables[i].set(&source_name(&probe.from), &probe.to, ok);
-        }
+        self.probe_into(&cells, &mut tables);
         tables
     }
 
@@ -311,14 +311,11 @@ impl Topology {
         let cases: Vec<Case> = expectations.iter().map(|(c, _)| *c).collect();
         let mut observed = self.observe(&cases);
         for _ in 0..FALSE_NEGATIVE_RETRIES {
-            let retry: Vec<(usize, Probe)> = false_negatives(expectations, &observed);
+            let retry = false_negatives(expectations, &observed);
             if retry.is_empty() {
                 break;
             }
-            let probes: Vec<Probe> = retry.iter().map(|(_, p)| p.clone()).collect();
-            for ((i, probe), ok) in retry.iter().zip(self.probe_all(&probes)) {
-                observed[*i].set(&source_name(&probe.from), &probe.to, ok);
-            }
+            self.probe_into(&retry, &mut observed);
         }
         expectations
             .iter()
@@ -343,7 +340,15 @@ impl Topology {
             labels: labels.clone(),
             ..pod.spec.clone()
         };
-        crate::manifests::write_pod(dir, &spec, &[pod.ipv4.into(), pod.ipv6.into()]);
+        crate::manifests::write_pod(dir, &spec, &pod.ips());
+    }
+
+    /// Runs the probes of `cells` and records each result in the table of its case index.
+    fn probe_into(&self, cells: &[(usize, Probe)], tables: &mut [TruthTable]) {
+        let probes: Vec<Probe> = cells.iter().map(|(_, p)| p.clone()).collect();
+        for ((i, probe), ok) in cells.iter().zip(self.probe_all(&probes)) {
+            tables[*i].set(&source_name(&probe.from), &probe.to, ok);
+        }
     }
 
     fn source_netns(&self, source: &Source) -> &Netns {
@@ -369,23 +374,26 @@ fn false_negatives(
             if expected.expected().get(from, to) == Some(true)
                 && observed.get(from, to) == Some(false)
             {
-                let probe = Probe {
-                    from: source_of(from),
-                    to: to.to_owned(),
-                    case: *case,
-                };
-                retry.push((i, probe));
+                retry.push((i, Probe::of_cell(from, to, *case)));
             }
         }
     }
     retry
 }
 
-fn source_of(row: &str) -> Source {
-    if row == NODE {
-        Source::Node
-    } else {
-        Source::Pod(row.to_owned())
+impl Probe {
+    /// The probe behind one cell of a truth table (row `from`, column `to`).
+    fn of_cell(from: &str, to: &str, case: Case) -> Self {
+        let from = if from == NODE {
+            Source::Node
+        } else {
+            Source::Pod(from.to_owned())
+        };
+        Self {
+            from,
+            to: to.to_owned(),
+            case,
+        }
     }
 }
 
