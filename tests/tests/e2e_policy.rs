@@ -13,6 +13,8 @@
 //! policies (the kubelet's probes depend on it).
 //!
 //! Needs root; skips otherwise. Builds `weir` with cargo unless `WEIR_BIN` names a binary.
+//! Run: `cargo test -p weir-tests --test e2e_policy -- --nocapture` prints one line per
+//! scenario (how long the agent took to apply it, and the probes).
 
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
