@@ -220,6 +220,25 @@ fn refresh_counters(dataplane: &Dataplane, status: &Shared) {
     }
 }
 
+/// Reads up to the end of the request head (clients may send it in several writes), within
+/// 2 s and 8 KiB.
+async fn read_request_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = Vec::with_capacity(512);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
 /// A minimal HTTP/1.1 server: probes and scrapes need nothing more.
 async fn serve_http(listener: TcpListener, status: Shared) {
     loop {
@@ -228,13 +247,9 @@ async fn serve_http(listener: TcpListener, status: Shared) {
         };
         let status = status.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await
-            else {
+            let Some(request) = read_request_head(&mut stream).await else {
                 return;
             };
-            let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let snapshot = status
                 .lock()

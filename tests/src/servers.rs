@@ -33,15 +33,15 @@ pub struct EchoServers {
 }
 
 impl EchoServers {
-    /// Binds every probe port on each of `addrs` inside `netns` and starts serving. Returns
+    /// Binds every port of `ports` on each of `addrs` inside `netns` and starts serving. Returns
     /// once all sockets are bound, so that a probe sent right after cannot race the bind.
-    pub fn start(netns: &Netns, addrs: Vec<IpAddr>) -> Self {
+    pub fn start(netns: &Netns, addrs: Vec<IpAddr>, ports: Vec<u16>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread_stop = Arc::clone(&stop);
         let thread = netns.spawn(
             format!("echo-{}", netns.name()),
-            move || match Sockets::bind(&addrs) {
+            move || match Sockets::bind(&addrs, &ports) {
                 Ok(sockets) => {
                     ready_tx.send(Ok(())).ok();
                     sockets.serve(&thread_stop);
@@ -82,7 +82,7 @@ struct Sockets {
 }
 
 impl Sockets {
-    fn bind(addrs: &[IpAddr]) -> io::Result<Self> {
+    fn bind(addrs: &[IpAddr], ports: &[u16]) -> io::Result<Self> {
         let mut sockets = Self {
             listeners: Vec::new(),
             udp: Vec::new(),
@@ -91,8 +91,8 @@ impl Sockets {
         // Bound to the pod's own addresses rather than the wildcard: a v6 wildcard socket
         // is dual-stack by default and would collide with the v4 one.
         for addr in addrs {
-            for port in PROBE_PORTS {
-                let at = SocketAddr::new(*addr, port);
+            for port in ports {
+                let at = SocketAddr::new(*addr, *port);
                 let listener = TcpListener::bind(at)?;
                 listener.set_nonblocking(true)?;
                 sockets.listeners.push(listener);

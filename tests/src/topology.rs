@@ -21,6 +21,7 @@ use crate::netns::{self, Netns, RunTag};
 use crate::probe::{self, Case, Family, Proto};
 use crate::reachability::{NODE, Reachability, TruthTable};
 use crate::servers::EchoServers;
+use crate::servers::PROBE_PORTS;
 
 /// Labels of a pod or namespace.
 pub type Labels = BTreeMap<String, String>;
@@ -45,6 +46,10 @@ pub struct PodSpec {
     pub name: String,
     pub labels: Labels,
     pub namespace_labels: Labels,
+    /// Addresses from a manifest; `None`: the next free pair of the test range.
+    pub addresses: Option<(Ipv4Addr, Ipv6Addr)>,
+    /// Ports served on TCP and UDP.
+    pub ports: Vec<u16>,
 }
 
 impl PodSpec {
@@ -54,7 +59,23 @@ impl PodSpec {
             name: name.to_owned(),
             labels: Labels::new(),
             namespace_labels: Labels::new(),
+            addresses: None,
+            ports: PROBE_PORTS.to_vec(),
         }
+    }
+
+    /// Gives the pod these addresses instead of the next free pair.
+    #[must_use]
+    pub fn addresses(mut self, v4: Ipv4Addr, v6: Ipv6Addr) -> Self {
+        self.addresses = Some((v4, v6));
+        self
+    }
+
+    /// Serves these ports (TCP and UDP) instead of the probe ports.
+    #[must_use]
+    pub fn serving(mut self, ports: Vec<u16>) -> Self {
+        self.ports = ports;
+        self
     }
 
     #[must_use]
@@ -200,7 +221,7 @@ impl TopologyBuilder {
         topology.servers = topology
             .pods
             .iter()
-            .map(|pod| EchoServers::start(&pod.netns, pod.ips().to_vec()))
+            .map(|pod| EchoServers::start(&pod.netns, pod.ips().to_vec(), pod.spec.ports.clone()))
             .collect();
         topology
     }
@@ -454,8 +475,10 @@ fn add_pod(tag: &RunTag, node: &Netns, index: usize, spec: PodSpec) -> Pod {
         .filter(|n| *n < 0xff00)
         .expect("the node address range (10.99.255.0/24) is not for pods");
     let [hi, lo] = n.to_be_bytes();
-    let ipv4 = Ipv4Addr::new(10, 99, hi, lo);
-    let ipv6 = Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, n);
+    let (ipv4, ipv6) = spec.addresses.unwrap_or((
+        Ipv4Addr::new(10, 99, hi, lo),
+        Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, n),
+    ));
     let host_veth = format!("wv{index}");
     let netns = Netns::new(tag, &format!("{}-{}", spec.namespace, spec.name));
     // Before the veth exists: its IPv6 settings are copied from `default` when it appears.
