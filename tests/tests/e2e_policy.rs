@@ -168,6 +168,99 @@ spec:
     check(&topology, "policy file removed", |_| all(true));
 }
 
+#[test]
+fn a_bad_change_is_refused_whole_and_the_last_good_state_stays_enforced() {
+    testbed::require_root!();
+    let _slot = ONE_AGENT_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let topology = model_topology();
+    let dir = TempDir::new("manifests");
+    topology.write_manifests(dir.path());
+    let mut agent = Agent::start(&topology, dir.path());
+    agent.wait_ready();
+    let deny_x = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: deny-ingress
+  namespace: x
+spec:
+  podSelector: {}
+";
+    let x_isolated = |_: Case| {
+        let mut r = all(true);
+        for pod in PODS {
+            r.expect_all_ingress(&format!("x/{pod}"), false);
+        }
+        r
+    };
+    apply_policy(&mut agent, dir.path(), deny_x);
+    check(&topology, "deny all ingress in x", x_isolated);
+
+    // One change set: a valid policy that would open x, and an invalid one. Applying the
+    // valid half would open x; the agent must refuse both and keep x closed.
+    let bad = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow-all
+  namespace: x
+spec:
+  podSelector: {}
+  ingress:
+    - {}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: broken
+  namespace: x
+spec:
+  podSelector: {}
+  ingress:
+    - ports:
+        - port: 0
+";
+    let generation = agent.status().generation;
+    manifests::write_atomic(dir.path(), "bad.yaml", bad);
+    let error = wait_for_error(&mut agent);
+    assert!(
+        error.contains("bad.yaml:21:") && error.contains("spec.ingress[0].ports[0].port"),
+        "the error names the file, line and field: {error}"
+    );
+    assert_eq!(
+        agent.status().generation,
+        generation,
+        "a refused change must not count as applied"
+    );
+    check(&topology, "bad change refused", x_isolated);
+
+    manifests::remove(dir.path(), "bad.yaml");
+    agent.wait_generation_after(generation);
+    assert_eq!(
+        agent.status().last_error,
+        None,
+        "the error clears once fixed"
+    );
+    check(&topology, "bad file removed", x_isolated);
+}
+
+/// Polls `/status` until the agent reports an error (bounded: 10 s).
+fn wait_for_error(agent: &mut Agent<'_>) -> String {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(error) = agent.status().last_error {
+            return error;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent reported no error within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The policies, in the order they are applied. The first has none: it checks that the
 /// agent alone breaks nothing.
 ///
