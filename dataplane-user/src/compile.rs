@@ -737,12 +737,17 @@ mod tests {
             self
         }
 
-        fn compile(&self) -> MapSet {
+        /// A node hosting every pod, pod i behind ifindex i + 1.
+        fn node(&self) -> NodeView {
             let mut node = NodeView::default();
             for (ifindex, pod) in (1u32..).zip(&self.state.pods) {
                 node.local_routes.insert(pod.ips[0], ifindex);
             }
-            compile(&self.state, &node).unwrap()
+            node
+        }
+
+        fn compile(&self) -> MapSet {
+            compile(&self.state, &self.node()).unwrap()
         }
     }
 
@@ -1044,11 +1049,7 @@ mod tests {
                 ingress_only(LabelSelector::everything(), vec![rule]),
             );
         }
-        let mut node = NodeView::default();
-        for (ifindex, pod) in (1u32..).zip(&cluster.state.pods) {
-            node.local_routes.insert(pod.ips[0], ifindex);
-        }
-        let Err(err) = compile(&cluster.state, &node) else {
+        let Err(err) = compile(&cluster.state, &cluster.node()) else {
             panic!("a state of over 1M entries compiled");
         };
         let text = err.to_string();
