@@ -5,9 +5,7 @@
 //! desired state and applies the difference. A bad change set is refused whole and the last
 //! good state keeps being enforced.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -17,15 +15,14 @@ use tokio::net::TcpListener;
 
 use crate::compile::{self, NodeView};
 use crate::dataplane::Dataplane;
-use crate::manifest;
 use crate::model::DesiredState;
 use crate::node;
+use crate::source::Source;
 
 /// How the agent runs.
-#[derive(Clone, Debug)]
 pub struct Config {
-    /// Directory of Kubernetes manifests to enforce.
-    pub manifests: PathBuf,
+    /// Where the desired state comes from.
+    pub source: Box<dyn Source>,
     /// Where `/healthz`, `/readyz`, `/status` and `/metrics` are served.
     pub health_addr: SocketAddr,
     /// How often the directory and the routes are checked for changes.
@@ -56,14 +53,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding the health endpoint {}", config.health_addr))?;
     tokio::spawn(serve_http(listener, status.clone()));
     let mut dataplane = Dataplane::load().context("loading the dataplane")?;
-    tracing::info!(manifests = %config.manifests.display(), health = %config.health_addr, "agent started");
+    tracing::info!(source = %config.source.describe(), health = %config.health_addr, "agent started");
 
+    let mut source = config.source;
     let mut sync = SyncLoop::default();
     let mut ticker = tokio::time::interval(config.poll_interval);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = ticker.tick() => sync.tick(&config.manifests, &mut dataplane, &status),
+            _ = ticker.tick() => sync.tick(source.as_mut(), &mut dataplane, &status),
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
@@ -87,13 +85,13 @@ struct SyncLoop {
 /// What the agent's output depends on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Inputs {
-    files: BTreeSet<(PathBuf, u64, SystemTime)>,
+    source: u64,
     node: NodeView,
 }
 
 impl SyncLoop {
-    fn tick(&mut self, dir: &Path, dataplane: &mut Dataplane, status: &Shared) {
-        let inputs = match read_inputs(dir) {
+    fn tick(&mut self, source: &mut dyn Source, dataplane: &mut Dataplane, status: &Shared) {
+        let inputs = match read_inputs(source) {
             Ok(inputs) => inputs,
             Err(err) => {
                 record_error(status, format!("{err:#}"));
@@ -107,10 +105,13 @@ impl SyncLoop {
             refresh_counters(dataplane, status);
             return;
         }
-        let files_changed = self.acted.as_ref().is_none_or(|a| a.files != inputs.files);
+        let source_changed = self
+            .acted
+            .as_ref()
+            .is_none_or(|a| a.source != inputs.source);
         self.acted = Some(inputs.clone());
-        if files_changed || self.state.is_none() {
-            match manifest::load_dir(dir) {
+        if source_changed || self.state.is_none() {
+            match source.load() {
                 Ok(loaded) => {
                     for ignored in &loaded.ignored {
                         tracing::info!("{ignored}");
@@ -131,34 +132,10 @@ impl SyncLoop {
     }
 }
 
-fn read_inputs(dir: &Path) -> anyhow::Result<Inputs> {
-    let mut files = BTreeSet::new();
-    list_manifests(dir, &mut files)
-        .with_context(|| format!("reading manifests directory {}", dir.display()))?;
+fn read_inputs(source: &mut dyn Source) -> anyhow::Result<Inputs> {
+    let source = source.version()?;
     let node = node::read().context("reading this node's addresses and routes")?;
-    Ok(Inputs { files, node })
-}
-
-/// The fingerprint of every manifest file: path, size, modification time.
-fn list_manifests(
-    dir: &Path,
-    out: &mut BTreeSet<(PathBuf, u64, SystemTime)>,
-) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        let meta = entry.metadata()?;
-        if meta.is_dir() {
-            list_manifests(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.insert((path, meta.len(), meta.modified()?));
-        }
-    }
-    Ok(())
+    Ok(Inputs { source, node })
 }
 
 fn apply(state: &DesiredState, node: &NodeView, dataplane: &mut Dataplane, status: &Shared) {

@@ -13,3 +13,4 @@ pub mod dataplane;
 pub mod manifest;
 pub mod model;
 pub mod node;
+pub mod source;

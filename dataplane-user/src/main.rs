@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use weir::compile::{self, NodeView};
+use weir::source::directory::Directory;
 use weir::{agent, manifest};
 
 #[derive(Parser)]
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
             health_addr,
             poll_ms,
         } => run(agent::Config {
-            manifests,
+            source: Box::new(Directory::new(manifests)),
             health_addr,
             poll_interval: Duration::from_millis(poll_ms.max(10)),
         }),
