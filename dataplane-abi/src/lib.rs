@@ -1,5 +1,5 @@
 //! The ABI shared by Weir's eBPF programs and its agent: map names, map keys and values,
-//! verdict and drop-reason numbers.
+//! verdict and drop-reason numbers, flow events.
 //!
 //! Conventions, for every type in this crate:
 //! - `#[repr(C)]`, explicit padding fields (always written as zero: uninitialised padding in a
@@ -10,9 +10,11 @@
 //! - A layout change gets a new map name (`_v2`): an old pinned map is then never misread.
 #![no_std]
 
+pub mod event;
 pub mod maps;
 pub mod reason;
 
+pub use event::*;
 pub use maps::*;
 pub use reason::*;
 

@@ -13,6 +13,14 @@ pub mod names {
     pub const CONFIG: &str = "WEIR_CFG_V1";
     pub const PASS_COUNTERS: &str = "WEIR_PASS_V1";
     pub const DROP_COUNTERS: &str = "WEIR_DROP_V1";
+    /// Ring buffer of [`crate::FlowEvent`]s.
+    pub const FLOWS: &str = "WEIR_FLOWS_V1";
+    /// The single [`crate::ObserveConfig`] entry.
+    pub const OBSERVE: &str = "WEIR_OBS_V1";
+    /// Per-CPU [`crate::TokenBucket`] of the flow-event rate limiter.
+    pub const OBSERVE_BUCKETS: &str = "WEIR_OBS_TB_V1";
+    /// Per-CPU counters indexed by [`crate::ObserveCounter`].
+    pub const OBSERVE_COUNTERS: &str = "WEIR_OBS_CNT_V1";
 }
 
 /// Names of the programs in the eBPF object.
@@ -32,6 +40,9 @@ pub mod capacity {
     pub const POLICY: u32 = 1_048_576;
     pub const CONNTRACK: u32 = 262_144;
     pub const FRAGMENTS: u32 = 8_192;
+    /// Bytes of the flow-event ring buffer (a power of two, a multiple of the page size):
+    /// 6 553 events of 80 bytes (the event and the ring's own 8-byte header).
+    pub const FLOW_RING_BYTES: u32 = 512 * 1024;
 }
 
 /// An IPv6 address, or an IPv4 address mapped into IPv6, in network byte order.
@@ -105,13 +116,18 @@ pub struct PolicyKey {
 }
 const _: () = assert!(size_of::<PolicyKey>() == 12);
 
-/// Value of `WEIR_POL_V1`: which rule allowed it, for observability.
+/// Value of `WEIR_POL_V1`: which rule allowed it, for observability (flow events, `explain`).
+///
+/// `rule` took the slot that was padding, always written as zero, in the same layout: the map
+/// keeps its name because no reader ever gave those bytes a meaning, and the agent rewrites
+/// every entry of a map it did not fill itself.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyValue {
     /// Index of the policy in the agent's compiled state (stable for one generation).
     pub policy: u32,
-    pub _pad: u32,
+    /// Index of the rule in that policy's `ingress` or `egress` list (the key's direction).
+    pub rule: u32,
 }
 const _: () = assert!(size_of::<PolicyValue>() == 8);
 

@@ -492,17 +492,19 @@ impl RuleContext<'_> {
         policy: &Policy,
         out: &mut BTreeMap<PolicyKey, PolicyValue>,
     ) {
-        let value = PolicyValue {
-            policy: u32::try_from(policy_idx).unwrap_or(u32::MAX),
-            _pad: 0,
-        };
+        let policy_idx = u32::try_from(policy_idx).unwrap_or(u32::MAX);
         for (dir, rules) in [
             (Direction::Ingress, &policy.ingress),
             (Direction::Egress, &policy.egress),
         ] {
-            for rule in rules.iter().flatten() {
+            for (rule_idx, rule) in (0u32..).zip(rules.iter().flatten()) {
+                let value = PolicyValue {
+                    policy: policy_idx,
+                    rule: rule_idx,
+                };
                 for key in self.rule_keys(dir, rule) {
-                    // The first policy (in manifest order) to allow a key is the one reported.
+                    // The first rule (policies in manifest order, rules in policy order) to
+                    // allow a key is the one reported.
                     out.entry(key).or_insert(value);
                 }
             }
@@ -993,13 +995,14 @@ mod tests {
             .compile();
         let keys = entries_of(&maps, 1);
         assert_eq!(keys.len(), 2);
-        let by_port: BTreeMap<u16, u32> = maps
+        let by_port: BTreeMap<u16, (u32, u32)> = maps
             .policy
             .iter()
-            .map(|(k, v)| (k.port_h, v.policy))
+            .map(|(k, v)| (k.port_h, (v.policy, v.rule)))
             .collect();
-        assert_eq!(by_port[&80], 0);
-        assert_eq!(by_port[&81], 1);
+        // Port 80: policy "one", its rule 0. Port 81: policy "two", its second rule.
+        assert_eq!(by_port[&80], (0, 0));
+        assert_eq!(by_port[&81], (1, 1));
     }
 
     #[test]
