@@ -1,5 +1,5 @@
 //! Weir's TC programs: entry points and maps. The path of every packet:
-//! parse → fragment → conntrack → policy → verdict, one module each.
+//! parse → fragment → conntrack → policy → verdict (→ observe), one module each.
 #![no_std]
 #![no_main]
 #![expect(
@@ -9,21 +9,24 @@
 
 mod conntrack;
 mod fragment;
+mod observe;
 mod parse;
 mod policy;
 mod verdict;
 
 use aya_ebpf::{
     macros::{classifier, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use dataplane_abi::{
     Addr, CidrInfo, Config, CtEntry, CtKey, Direction, DropReason, EndpointInfo, FragKey,
-    FragPorts, PassReason, PolicyKey, PolicyValue, capacity,
+    FragPorts, ObserveConfig, ObserveCounter, PassReason, PolicyKey, PolicyValue, TokenBucket,
+    capacity,
 };
 
 use conntrack::Flow;
+use observe::Trace;
 use parse::{Packet, Parsed};
 use policy::{Local, Remote};
 
@@ -56,6 +59,18 @@ static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "WEIR_DROP_V1")]
 static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
 
+#[map(name = "WEIR_FLOWS_V1")]
+static FLOWS: RingBuf = RingBuf::with_byte_size(capacity::FLOW_RING_BYTES, 0);
+
+#[map(name = "WEIR_OBS_V1")]
+static OBSERVE: Array<ObserveConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "WEIR_OBS_TB_V1")]
+static OBSERVE_BUCKETS: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "WEIR_OBS_CNT_V1")]
+static OBSERVE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ObserveCounter::COUNT, 0);
+
 /// Packets the pod sends (TC ingress of its host-side veth).
 #[classifier]
 #[expect(
@@ -63,7 +78,9 @@ static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReaso
     reason = "the classifier macro passes the context by value"
 )]
 pub fn weir_from_pod(ctx: TcContext) -> i32 {
-    verdict::finish(process(&ctx, Direction::Egress))
+    let mut trace = Trace::new();
+    let outcome = process(&ctx, Direction::Egress, &mut trace);
+    verdict::finish(&ctx, Direction::Egress, outcome, &trace)
 }
 
 /// Packets delivered to the pod (TC egress of its host-side veth).
@@ -73,7 +90,9 @@ pub fn weir_from_pod(ctx: TcContext) -> i32 {
     reason = "the classifier macro passes the context by value"
 )]
 pub fn weir_to_pod(ctx: TcContext) -> i32 {
-    verdict::finish(process(&ctx, Direction::Ingress))
+    let mut trace = Trace::new();
+    let outcome = process(&ctx, Direction::Ingress, &mut trace);
+    verdict::finish(&ctx, Direction::Ingress, outcome, &trace)
 }
 
 /// An empty classifier: the cost of running any TC program at all, for the benchmark.
@@ -83,7 +102,7 @@ pub fn weir_floor(_ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn process(ctx: &TcContext, dir: Direction) -> Result<PassReason, DropReason> {
+fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassReason, DropReason> {
     // SAFETY: slot 0 always exists; only this program run on this CPU uses it.
     let Some(pkt) = SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }) else {
         return Err(DropReason::Malformed);
@@ -115,11 +134,21 @@ fn process(ctx: &TcContext, dir: Direction) -> Result<PassReason, DropReason> {
 
     let flow = Flow::of_packet(pkt, dir);
     if let Some(tracked) = conntrack::lookup(&flow.key) {
-        return established(pkt, &flow, &tracked, &local, &remote, &remote_addr, epoch);
+        return established(
+            pkt,
+            &flow,
+            &tracked,
+            &local,
+            &remote,
+            &remote_addr,
+            epoch,
+            trace,
+        );
     }
 
     let class = remote.class(&remote_addr);
-    let reason = policy::decide(&local, dir, class, pkt.proto, flow.dst_port_h)?;
+    trace.peer_class = class;
+    let reason = policy::decide(&local, dir, class, pkt.proto, flow.dst_port_h, trace)?;
     conntrack::create(&flow.key, dir, pkt.tcp_flags, epoch);
     fragment::remember(pkt);
     Ok(reason)
@@ -129,6 +158,10 @@ fn process(ctx: &TcContext, dir: Direction) -> Result<PassReason, DropReason> {
 /// allowed, its first packet is judged again, as it would be now: a connection the new policy
 /// denies is cut (see README, "Policy changes and established connections").
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into one program: a struct would only move the same values through the stack"
+)]
 fn established(
     pkt: &Packet,
     flow: &Flow,
@@ -137,14 +170,25 @@ fn established(
     remote: &Remote,
     remote_addr: &Addr,
     epoch: u32,
+    trace: &mut Trace,
 ) -> Result<PassReason, DropReason> {
     if tracked.policy_epoch != epoch {
         let remote = remote.class(remote_addr);
+        trace.peer_class = remote;
         let origin_dst_port = match tracked.origin {
             Direction::Egress => flow.key.remote_port_h,
             Direction::Ingress => flow.key.local_port_h,
         };
-        if policy::decide(local, tracked.origin, remote, pkt.proto, origin_dst_port).is_err() {
+        if policy::decide(
+            local,
+            tracked.origin,
+            remote,
+            pkt.proto,
+            origin_dst_port,
+            trace,
+        )
+        .is_err()
+        {
             conntrack::remove(&flow.key);
             return Err(DropReason::PolicyRevoked);
         }

@@ -11,9 +11,10 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use dataplane_abi::{
     Addr, Direction, DropReason, EndpointInfo, PEER_CLASS_ANY, PEER_CLASS_WORLD, PORT_ANY,
-    PassReason, PolicyKey, endpoint_flags, proto,
+    PassReason, PolicyKey, PolicyValue, endpoint_flags, proto,
 };
 
+use crate::observe::Trace;
 use crate::{CIDRS, ENDPOINTS, POLICY};
 
 /// The local pod a packet belongs to.
@@ -81,7 +82,8 @@ pub fn remote_peer(addr: &Addr, local: &Local) -> Remote {
     Remote::Other
 }
 
-/// Whether `local` is isolated for `dir`, and if so, whether a rule allows the peer.
+/// Whether `local` is isolated for `dir`, and if so, whether a rule allows the peer. The
+/// entry that allows it is recorded in `trace`, for the flow event.
 #[inline(always)]
 pub fn decide(
     local: &Local,
@@ -89,6 +91,7 @@ pub fn decide(
     peer_class: u32,
     l4_proto: u8,
     dst_port_h: u16,
+    trace: &mut Trace,
 ) -> Result<PassReason, DropReason> {
     let isolated_bit = match dir {
         Direction::Ingress => endpoint_flags::INGRESS_ISOLATED,
@@ -97,17 +100,27 @@ pub fn decide(
     if local.flags & isolated_bit == 0 {
         return Ok(PassReason::NotIsolated);
     }
-    if rule_allows(local.endpoint, dir, peer_class, l4_proto, dst_port_h)
-        || rule_allows(local.endpoint, dir, PEER_CLASS_ANY, l4_proto, dst_port_h)
-    {
-        Ok(PassReason::PolicyAllowed)
-    } else {
-        Err(DropReason::PolicyDenied)
+    let found = rule_allows(local.endpoint, dir, peer_class, l4_proto, dst_port_h)
+        .or_else(|| rule_allows(local.endpoint, dir, PEER_CLASS_ANY, l4_proto, dst_port_h));
+    match found {
+        Some(value) => {
+            trace.allowed_by(value);
+            Ok(PassReason::PolicyAllowed)
+        }
+        None => Err(DropReason::PolicyDenied),
     }
 }
 
+/// The entry allowing `peer_class` on this protocol and port: exact port, then any port of the
+/// protocol, then any protocol.
 #[inline(always)]
-fn rule_allows(endpoint: u32, dir: Direction, peer_class: u32, l4_proto: u8, port_h: u16) -> bool {
+fn rule_allows(
+    endpoint: u32,
+    dir: Direction,
+    peer_class: u32,
+    l4_proto: u8,
+    port_h: u16,
+) -> Option<PolicyValue> {
     let mut key = PolicyKey {
         endpoint,
         peer_class,
@@ -118,13 +131,19 @@ fn rule_allows(endpoint: u32, dir: Direction, peer_class: u32, l4_proto: u8, por
     // Ports only mean something to protocols that have them; ICMP and others match only
     // rules without `ports`.
     let has_ports = matches!(l4_proto, proto::TCP | proto::UDP | proto::SCTP);
-    if has_ports && POLICY.get_ptr(key).is_some() {
-        return true;
+    if has_ports && let Some(value) = lookup(&key) {
+        return Some(value);
     }
     key.port_h = PORT_ANY;
-    if has_ports && POLICY.get_ptr(key).is_some() {
-        return true;
+    if has_ports && let Some(value) = lookup(&key) {
+        return Some(value);
     }
     key.proto = proto::ANY;
-    POLICY.get_ptr(key).is_some()
+    lookup(&key)
+}
+
+#[inline(always)]
+fn lookup(key: &PolicyKey) -> Option<PolicyValue> {
+    // SAFETY: the value is copied out before the program run ends.
+    POLICY.get_ptr(key).map(|value| unsafe { *value })
 }

@@ -1,22 +1,32 @@
-//! Verdict: the one place a stage's outcome becomes a TC action, and is counted.
+//! Verdict: the one place a stage's outcome becomes a TC action, is counted, and is reported
+//! as a flow event.
 
 use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
-use dataplane_abi::{DropReason, PassReason};
+use aya_ebpf::programs::TcContext;
+use dataplane_abi::{Direction, DropReason, PassReason};
 
+use crate::observe::{self, Trace};
 use crate::{DROP_COUNTERS, PASS_COUNTERS};
 
+/// Adds one to slot `index` of a per-CPU counter array.
 #[inline(always)]
-fn count(counters: &aya_ebpf::maps::PerCpuArray<u64>, index: u32) {
+pub fn count(counters: &aya_ebpf::maps::PerCpuArray<u64>, index: u32) {
     if let Some(c) = counters.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
         unsafe { *c += 1 };
     }
 }
 
-/// Counts the outcome and turns it into the TC return code.
+/// Counts the outcome, reports it when it deserves a flow event, and turns it into the TC
+/// return code.
 #[inline(always)]
-pub fn finish(outcome: Result<PassReason, DropReason>) -> i32 {
-    match outcome {
+pub fn finish(
+    ctx: &TcContext,
+    dir: Direction,
+    outcome: Result<PassReason, DropReason>,
+    trace: &Trace,
+) -> i32 {
+    let action = match outcome {
         Ok(reason) => {
             count(&PASS_COUNTERS, reason as u32);
             TC_ACT_OK
@@ -25,5 +35,10 @@ pub fn finish(outcome: Result<PassReason, DropReason>) -> i32 {
             count(&DROP_COUNTERS, reason as u32);
             TC_ACT_SHOT
         }
+    };
+    // The action is fixed above: whatever the event path does, it cannot change it.
+    if observe::wanted(outcome) {
+        observe::flow(ctx, dir, outcome, trace);
     }
+    action
 }
