@@ -4,6 +4,7 @@
 //! [`Source::load`] once the version has changed and then held still for a tick (debounce).
 
 pub mod directory;
+pub mod kubernetes;
 
 use crate::manifest::{LoadError, Loaded};
 
@@ -17,4 +18,9 @@ pub trait Source: Send {
 
     /// What this source reads, for logs and `/status`.
     fn describe(&self) -> String;
+
+    /// How the source's connection is doing, for `/status`, if it has one to report.
+    fn health(&self) -> Option<String> {
+        None
+    }
 }
