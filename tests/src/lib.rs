@@ -19,6 +19,7 @@
 )]
 
 mod agent;
+pub mod fakeapi;
 pub mod manifests;
 mod netns;
 mod probe;
