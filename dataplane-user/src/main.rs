@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
 use weir::compile::{self, NodeView};
+use weir::source::Source;
 use weir::source::directory::Directory;
+use weir::source::kubernetes::{Kubernetes, Target};
 use weir::{agent, manifest};
 
 #[derive(Parser)]
@@ -23,11 +26,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enforce the manifests of a directory on this node, following changes.
+    /// Enforce the policies of a manifests directory or of the Kubernetes API on this node,
+    /// following changes.
     Run {
-        /// Directory of Kubernetes manifests (*.yaml, *.yml, recursive).
+        #[command(flatten)]
+        source: SourceArgs,
+        /// This node's name (default: the host name). The Kubernetes source keeps it for
+        /// features that need it; policy enforcement does not use it.
         #[arg(long)]
-        manifests: PathBuf,
+        node_name: Option<String>,
         /// Address of /healthz, /readyz, /status and /metrics.
         #[arg(long, default_value = "127.0.0.1:9876")]
         health_addr: SocketAddr,
@@ -42,6 +49,45 @@ enum Command {
     },
 }
 
+/// Where `weir run` reads the desired state: exactly one of these.
+#[derive(Args)]
+#[group(multiple = false)]
+struct SourceArgs {
+    /// Directory of Kubernetes manifests (*.yaml, *.yml, recursive).
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// Follow the Kubernetes API server of this kubeconfig file's current context.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Follow the API server of the cluster this runs in, with its service account. The
+    /// default when no other source is given and `KUBERNETES_SERVICE_HOST` is set.
+    #[arg(long)]
+    in_cluster: bool,
+}
+
+/// A source chosen from the command line, not opened yet.
+#[derive(Debug, PartialEq, Eq)]
+enum SourceChoice {
+    Directory(PathBuf),
+    Kubernetes(Target),
+}
+
+impl SourceArgs {
+    /// The source asked for; in-cluster by default inside a pod, which is how a `DaemonSet`
+    /// runs the agent.
+    fn choose(self, in_a_pod: bool) -> anyhow::Result<SourceChoice> {
+        match (self.manifests, self.kubeconfig, self.in_cluster) {
+            (Some(dir), ..) => Ok(SourceChoice::Directory(dir)),
+            (None, Some(path), _) => Ok(SourceChoice::Kubernetes(Target::Kubeconfig(path))),
+            (None, None, true) => Ok(SourceChoice::Kubernetes(Target::InCluster)),
+            (None, None, false) if in_a_pod => Ok(SourceChoice::Kubernetes(Target::InCluster)),
+            (None, None, false) => anyhow::bail!(
+                "no source of policies: pass --manifests DIR, --kubeconfig FILE or --in-cluster"
+            ),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -51,11 +97,12 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Command::Run {
-            manifests,
+            source,
+            node_name,
             health_addr,
             poll_ms,
-        } => run(agent::Config {
-            source: Box::new(Directory::new(manifests)),
+        } => run(source, node_name, |source| agent::Config {
+            source,
             health_addr,
             poll_interval: Duration::from_millis(poll_ms.max(10)),
         }),
@@ -63,7 +110,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: agent::Config) -> ExitCode {
+/// Opens the source, then runs the agent with the configuration `config` makes around it.
+fn run(
+    source: SourceArgs,
+    node_name: Option<String>,
+    config: impl FnOnce(Box<dyn Source>) -> agent::Config,
+) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -71,13 +123,39 @@ fn run(config: agent::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(agent::run(config)) {
+    let in_a_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let agent = async {
+        let source = open(source.choose(in_a_pod)?, node_name).await?;
+        agent::run(config(source)).await
+    };
+    match runtime.block_on(agent) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Opens the chosen source. The Kubernetes source's watchers start on the current runtime.
+async fn open(choice: SourceChoice, node_name: Option<String>) -> anyhow::Result<Box<dyn Source>> {
+    match choice {
+        SourceChoice::Directory(dir) => Ok(Box::new(Directory::new(dir))),
+        SourceChoice::Kubernetes(target) => {
+            let node_name = match node_name {
+                Some(name) => name,
+                None => host_name().context("reading the host name (pass --node-name)")?,
+            };
+            let source = Kubernetes::connect(&target, node_name).await?;
+            Ok(Box::new(source))
+        }
+    }
+}
+
+/// The kernel's host name: the node name of a `hostNetwork` pod, as the kubelet's default.
+fn host_name() -> std::io::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    Ok(name.trim().to_owned())
 }
 
 /// Loads and compiles as a node hosting every pod would: the largest the maps can get.
@@ -124,4 +202,33 @@ fn all_local(state: &weir::model::DesiredState) -> NodeView {
         }
     }
     node
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn choice(args: &[&str], in_a_pod: bool) -> anyhow::Result<SourceChoice> {
+        let cli = Cli::try_parse_from([&["weir", "run"], args].concat())?;
+        let Command::Run { source, .. } = cli.command else {
+            unreachable!("parsed a run command");
+        };
+        source.choose(in_a_pod)
+    }
+
+    #[test]
+    fn run_reads_exactly_one_source() {
+        let dir = SourceChoice::Directory(PathBuf::from("p"));
+        assert_eq!(choice(&["--manifests", "p"], true).unwrap(), dir);
+        let file = SourceChoice::Kubernetes(Target::Kubeconfig(PathBuf::from("k")));
+        assert_eq!(choice(&["--kubeconfig", "k"], false).unwrap(), file);
+        let in_cluster = SourceChoice::Kubernetes(Target::InCluster);
+        assert_eq!(choice(&["--in-cluster"], false).unwrap(), in_cluster);
+        assert_eq!(choice(&[], true).unwrap(), in_cluster);
+        assert!(choice(&[], false).is_err());
+        assert!(choice(&["--manifests", "p", "--kubeconfig", "k"], false).is_err());
+        assert!(choice(&["--kubeconfig", "k", "--in-cluster"], false).is_err());
+    }
 }
