@@ -16,6 +16,9 @@ mod kind;
 mod store;
 mod watch;
 
+#[cfg(test)]
+mod deploy_tests;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
