@@ -152,6 +152,8 @@ pub mod ct_flags {
     pub const CLOSING: u8 = 1 << 0;
     /// The first packet was a TCP SYN (not a mid-stream pickup).
     pub const SEEN_SYN: u8 = 1 << 1;
+    /// A packet went the other way: the peer answered (TCP past SYN-SENT, UDP a dialogue).
+    pub const REPLIED: u8 = 1 << 2;
 }
 
 /// Value of `WEIR_CT_V1`.
@@ -212,6 +214,20 @@ pub mod ct_timeout {
     pub const OTHER_NS: u64 = 60 * 1_000_000_000;
     /// A connection's timestamp is rewritten at most this often, to spare a map write per packet.
     pub const REFRESH_NS: u64 = 1_000_000_000;
+
+    /// How long an entry of protocol `proto` with `ct_flags` bits `flags` lives after its
+    /// last packet. Shared by the programs (lazy expiry) and the agent (collection).
+    #[must_use]
+    pub const fn for_entry(proto: u8, flags: u8) -> u64 {
+        use super::ct_flags::{CLOSING, REPLIED};
+        match proto {
+            crate::proto::TCP if flags & CLOSING != 0 => TCP_CLOSING_NS,
+            crate::proto::TCP if flags & REPLIED == 0 => TCP_SYN_NS,
+            crate::proto::TCP => TCP_ESTABLISHED_NS,
+            crate::proto::UDP => UDP_NS,
+            _ => OTHER_NS,
+        }
+    }
 }
 
 #[cfg(feature = "user")]

@@ -2,7 +2,7 @@
 //! packets and ICMP errors about the connection find it whichever way they travel.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use dataplane_abi::{Addr, CtEntry, CtKey, Direction, ct_flags, ct_timeout, proto};
+use dataplane_abi::{Addr, CtEntry, CtKey, Direction, ct_flags, ct_timeout};
 
 use crate::CONNTRACK;
 use crate::parse::{Packet, tcp_flag};
@@ -13,6 +13,8 @@ pub struct Flow {
     pub key: CtKey,
     /// Destination port of the connection's first packet, were this packet the first.
     pub dst_port_h: u16,
+    /// The way this packet travels.
+    pub dir: Direction,
 }
 
 impl Flow {
@@ -26,6 +28,7 @@ impl Flow {
         Self {
             key: key(local, remote, local_port_h, remote_port_h, pkt.proto),
             dst_port_h: pkt.dst_port_h,
+            dir,
         }
     }
 
@@ -58,6 +61,7 @@ impl Flow {
         Self {
             key,
             dst_port_h: inner.dst_port_h,
+            dir,
         }
     }
 }
@@ -71,17 +75,6 @@ fn key(local: Addr, remote: Addr, local_port_h: u16, remote_port_h: u16, proto: 
         remote_port_h,
         proto,
         _pad: [0; 3],
-    }
-}
-
-/// How long an entry lives after its last packet.
-#[inline(always)]
-fn timeout_ns(key: &CtKey, entry: &CtEntry) -> u64 {
-    match key.proto {
-        proto::TCP if entry.flags & ct_flags::CLOSING != 0 => ct_timeout::TCP_CLOSING_NS,
-        proto::TCP => ct_timeout::TCP_ESTABLISHED_NS,
-        proto::UDP => ct_timeout::UDP_NS,
-        _ => ct_timeout::OTHER_NS,
     }
 }
 
@@ -100,7 +93,7 @@ pub fn lookup(key: &CtKey) -> Option<Tracked> {
     // timestamps and flags, which a torn read cannot turn into a wrong verdict.
     let e = unsafe { &*entry };
     let now = unsafe { bpf_ktime_get_ns() };
-    if now.saturating_sub(e.last_seen_ns) > timeout_ns(key, e) {
+    if now.saturating_sub(e.last_seen_ns) > ct_timeout::for_entry(key.proto, e.flags) {
         let _ = CONNTRACK.remove(key);
         return None;
     }
@@ -112,14 +105,17 @@ pub fn lookup(key: &CtKey) -> Option<Tracked> {
 }
 
 /// Records a packet of a tracked connection: refreshes its timestamp (at most once a second,
-/// to spare cache lines) and notes TCP teardown.
+/// to spare cache lines), notes the first reply and TCP teardown.
 #[inline(always)]
-pub fn touch(tracked: &Tracked, tcp_flags: u8, policy_epoch: u32) {
+pub fn touch(tracked: &Tracked, dir: Direction, tcp_flags: u8, policy_epoch: u32) {
     // SAFETY: see `lookup`.
     let e = unsafe { &mut *tracked.entry };
     let now = unsafe { bpf_ktime_get_ns() };
     if tcp_flags & (tcp_flag::FIN | tcp_flag::RST) != 0 {
         e.flags |= ct_flags::CLOSING;
+    }
+    if dir != tracked.origin && e.flags & ct_flags::REPLIED == 0 {
+        e.flags |= ct_flags::REPLIED;
     }
     if now.saturating_sub(e.last_seen_ns) > ct_timeout::REFRESH_NS {
         e.last_seen_ns = now;

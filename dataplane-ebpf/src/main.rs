@@ -193,7 +193,7 @@ fn established(
             return Err(DropReason::PolicyRevoked);
         }
     }
-    conntrack::touch(tracked, pkt.tcp_flags, epoch);
+    conntrack::touch(tracked, flow.dir, pkt.tcp_flags, epoch);
     fragment::remember(pkt);
     Ok(PassReason::Established)
 }

@@ -27,6 +27,8 @@ pub struct Config {
     pub health_addr: SocketAddr,
     /// How often the directory and the routes are checked for changes.
     pub poll_interval: Duration,
+    /// Where maps and links are pinned, so enforcement outlives the agent.
+    pub pins: crate::pins::Pins,
 }
 
 /// What the agent reports on `/status`; shared between the sync loop and the HTTP server.
@@ -41,6 +43,7 @@ struct Status {
     local_pods: Vec<String>,
     summary: String,
     counters: Option<crate::dataplane::Counters>,
+    conntrack: Option<crate::dataplane::ConntrackStats>,
 }
 
 type Shared = Arc<Mutex<Status>>;
@@ -52,22 +55,62 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the health endpoint {}", config.health_addr))?;
     tokio::spawn(serve_http(listener, status.clone()));
-    let mut dataplane = Dataplane::load().context("loading the dataplane")?;
+    let mut dataplane = Dataplane::load_pinned(&config.pins).context("loading the dataplane")?;
     tracing::info!(source = %config.source.describe(), health = %config.health_addr, "agent started");
 
     let mut source = config.source;
     let mut sync = SyncLoop::default();
     let mut ticker = tokio::time::interval(config.poll_interval);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut conntrack_gc = tokio::time::interval(CONNTRACK_GC_INTERVAL);
     loop {
         tokio::select! {
             _ = ticker.tick() => sync.tick(source.as_mut(), &mut dataplane, &status),
+            _ = conntrack_gc.tick() => collect_conntrack(&mut dataplane, &status),
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
     }
-    tracing::info!("agent stopping; programs detach with it");
+    tracing::info!(
+        pins = %config.pins.root().display(),
+        "agent stopping; pinned programs keep enforcing (weir uninstall removes them)"
+    );
     Ok(())
+}
+
+/// How often expired connection-tracking entries are collected.
+const CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Occupancy past which a nearly full conntrack table is worth a warning: past capacity the
+/// least recently used connections are evicted, and judged as new on their next packet.
+const CONNTRACK_WARN_PERCENT: usize = 90;
+
+fn collect_conntrack(dataplane: &mut Dataplane, status: &Shared) {
+    match dataplane.collect_conntrack() {
+        Ok(ct) => {
+            let percent = ct.live * 100 / (ct.capacity as usize).max(1);
+            if percent >= CONNTRACK_WARN_PERCENT {
+                tracing::warn!(
+                    live = ct.live,
+                    capacity = ct.capacity,
+                    "conntrack table {percent}% full: least recently used connections will be \
+                     evicted and re-checked against policy"
+                );
+            }
+            if ct.collected > 0 {
+                tracing::debug!(
+                    collected = ct.collected,
+                    live = ct.live,
+                    "conntrack collected"
+                );
+            }
+            status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .conntrack = Some(ct);
+        }
+        Err(err) => tracing::warn!(error = %anyhow::Error::new(err), "collecting conntrack"),
+    }
 }
 
 /// Change detection with a debounce: a change is acted on once the inputs have stayed the
@@ -269,6 +312,10 @@ fn status_json(s: &Status) -> String {
         "last_sync_unix": last_sync,
         "local_pods": s.local_pods,
         "summary": s.summary,
+        "conntrack": s.conntrack.map(|ct| serde_json::json!({
+            "live": ct.live,
+            "capacity": ct.capacity,
+        })),
     })
     .to_string()
 }
@@ -290,6 +337,14 @@ fn metrics(s: &Status) -> String {
         for (reason, n) in &c.dropped {
             let _ = writeln!(out, "weir_packets_dropped_total{{reason=\"{reason}\"}} {n}");
         }
+    }
+    if let Some(ct) = &s.conntrack {
+        let _ = writeln!(
+            out,
+            "# TYPE weir_conntrack_entries gauge\nweir_conntrack_entries {}\n\
+             # TYPE weir_conntrack_capacity gauge\nweir_conntrack_capacity {}",
+            ct.live, ct.capacity
+        );
     }
     out
 }

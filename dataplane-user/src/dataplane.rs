@@ -4,17 +4,22 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
-use aya::programs::tc::{SchedClassifierLinkId, TcAttachType};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachType};
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
-use aya::{Ebpf, EbpfError};
+use aya::{Ebpf, EbpfError, EbpfLoader};
 use dataplane_abi::{
-    Addr, CidrInfo, Config, DropReason, EndpointInfo, PassReason, PolicyKey, PolicyValue, names,
-    programs,
+    Addr, CidrInfo, Config, CtEntry, CtKey, DropReason, EndpointInfo, PassReason, PolicyKey,
+    PolicyValue, capacity, ct_timeout, names, programs,
 };
 
 use crate::compile::MapSet;
+use crate::pins::{Hook, Pins};
+
 
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));
@@ -40,6 +45,24 @@ pub enum DataplaneError {
     },
     #[error("interface {ifindex} has no name (was the pod deleted?)")]
     NoInterface { ifindex: u32 },
+    #[error("pin {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("link of program {name}")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("adopting the pinned link {path}")]
+    Adopt {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
 }
 
 /// What one [`Dataplane::apply`] changed.
@@ -51,6 +74,29 @@ pub struct ApplyStats {
     pub detached: usize,
 }
 
+/// Connection tracking after a collection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackStats {
+    /// Entries still live.
+    pub live: usize,
+    /// Expired entries this collection deleted.
+    pub collected: usize,
+    /// Entries the table holds; past it, the least recently used connection is evicted and
+    /// judged as new on its next packet.
+    pub capacity: u32,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-parameter for a clock every Linux has.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
 /// Per-reason packet counters, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -58,31 +104,166 @@ pub struct Counters {
     pub dropped: BTreeMap<&'static str, u64>,
 }
 
+/// One attached program, held open by the agent; pinned links also stay after it exits.
+struct Held {
+    link: FdLink,
+    pin: Option<PathBuf>,
+}
+
+impl Held {
+    /// Detaches: removing the pin and closing the last descriptor destroys a TCX link.
+    fn detach(self) {
+        if let Some(pin) = &self.pin
+            && let Err(e) = std::fs::remove_file(pin)
+        {
+            tracing::warn!(path = %pin.display(), error = %e, "removing a link pin");
+        }
+        drop(self.link);
+    }
+}
+
 /// The loaded programs and maps, and what the agent last wrote to them.
 pub struct Dataplane {
     ebpf: Ebpf,
     applied: MapSet,
-    links: BTreeMap<u32, [SchedClassifierLinkId; 2]>,
+    links: BTreeMap<u32, [Held; 2]>,
     epoch: u32,
+    pins: Option<Pins>,
 }
 
 impl Dataplane {
-    /// Loads the programs and creates empty maps. Nothing is attached yet.
+    /// Loads the programs with fresh, unpinned maps: everything goes away with this value.
+    /// For tests and benchmarks.
     pub fn load() -> Result<Self, DataplaneError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(DataplaneError::Load)?;
+        let ebpf = Ebpf::load(OBJECT).map_err(DataplaneError::Load)?;
+        let mut dp = Self::with_programs(ebpf, None)?;
+        dp.bump_epoch()?;
+        Ok(dp)
+    }
+
+    /// Loads the programs on the maps pinned under `pins` (creating and pinning them on first
+    /// start), reads back what the maps hold, and takes over the pinned links: the new
+    /// programs replace the old ones inside each link atomically, so enforcement never stops.
+    pub fn load_pinned(pins: &Pins) -> Result<Self, DataplaneError> {
+        pins.prepare().map_err(|source| DataplaneError::Pin {
+            path: pins.root().to_path_buf(),
+            source,
+        })?;
+        let mut loader = EbpfLoader::new();
+        for name in crate::pins::PINNED_MAPS {
+            loader.map_pin_path(name, pins.map(name));
+        }
+        let ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
+        let mut dp = Self::with_programs(ebpf, Some(pins.clone()))?;
+        dp.applied = dp.read_back()?;
+        dp.epoch = dp.read_epoch()?;
+        dp.adopt_links(pins)?;
+        dp.bump_epoch()?;
+        Ok(dp)
+    }
+
+    fn with_programs(mut ebpf: Ebpf, pins: Option<Pins>) -> Result<Self, DataplaneError> {
         for name in [programs::FROM_POD, programs::TO_POD, programs::FLOOR] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
-        let mut dp = Self {
+        Ok(Self {
             ebpf,
             applied: MapSet::default(),
             links: BTreeMap::new(),
             epoch: 0,
+            pins,
+        })
+    }
+
+    /// The contents of the maps the agent writes, as the kernel holds them.
+    fn read_back(&mut self) -> Result<MapSet, DataplaneError> {
+        let mut out = MapSet::default();
+        for entry in &self.endpoint_map()? {
+            let (k, v) = entry.map_err(map_err(names::ENDPOINTS))?;
+            out.endpoints.insert(k, v);
+        }
+        for entry in &self.cidr_map()? {
+            let (k, v) = entry.map_err(map_err(names::CIDRS))?;
+            out.cidrs.insert((k.prefix_len(), k.data()), v);
+        }
+        for entry in &self.policy_map()? {
+            let (k, v) = entry.map_err(map_err(names::POLICY))?;
+            out.policy.insert(k, v);
+        }
+        Ok(out)
+    }
+
+    fn read_epoch(&mut self) -> Result<u32, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(names::CONFIG)
+            .ok_or(DataplaneError::MissingMap {
+                name: names::CONFIG,
+            })?;
+        let config: Array<&mut MapData, Config> =
+            Array::try_from(map).map_err(map_err(names::CONFIG))?;
+        Ok(config
+            .get(&0, 0)
+            .map_err(map_err(names::CONFIG))?
+            .policy_epoch)
+    }
+
+    /// Puts this process's programs into every pinned link. A link whose interface is gone
+    /// (the kernel destroyed it) is unpinned.
+    fn adopt_links(&mut self, pins: &Pins) -> Result<(), DataplaneError> {
+        let pinned = pins.pinned_links().map_err(|source| DataplaneError::Pin {
+            path: pins.root().to_path_buf(),
+            source,
+        })?;
+        let mut by_ifindex: BTreeMap<u32, Vec<(Hook, Held)>> = BTreeMap::new();
+        for (ifindex, hook, path) in pinned {
+            match self.adopt_link(hook, &path) {
+                Ok(held) => by_ifindex.entry(ifindex).or_default().push((hook, held)),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "dropping a stale link pin");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        for (ifindex, mut held) in by_ifindex {
+            held.sort_by_key(|(hook, _)| *hook);
+            let mut it = held.into_iter();
+            match (it.next(), it.next()) {
+                (Some((Hook::FromPod, from)), Some((Hook::ToPod, to))) => {
+                    self.links.insert(ifindex, [from, to]);
+                }
+                // Half a pair: attach afresh on the next sync.
+                (a, b) => a.into_iter().chain(b).for_each(|(_, h)| h.detach()),
+            }
+        }
+        Ok(())
+    }
+
+    fn adopt_link(&mut self, hook: Hook, path: &std::path::Path) -> Result<Held, DataplaneError> {
+        let adopt_err = |source| DataplaneError::Adopt {
+            path: path.to_path_buf(),
+            source,
         };
-        dp.bump_epoch()?;
-        Ok(dp)
+        let fd_link: FdLink = PinnedLink::from_pin(path).map_err(adopt_err)?.into();
+        let link = SchedClassifierLink::try_from(fd_link).map_err(adopt_err)?;
+        let name = match hook {
+            Hook::FromPod => programs::FROM_POD,
+            Hook::ToPod => programs::TO_POD,
+        };
+        let prog = program(&mut self.ebpf, name)?;
+        let id = prog
+            .attach_to_link(link)
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        let link = FdLink::try_from(link).map_err(adopt_err)?;
+        Ok(Held {
+            link,
+            pin: Some(path.to_path_buf()),
+        })
     }
 
     /// What the maps hold now, as last written.
@@ -200,8 +381,9 @@ impl Dataplane {
             .copied()
             .collect();
         for ifindex in &gone {
-            if let Some(links) = self.links.remove(ifindex) {
-                self.detach(links);
+            if let Some([from, to]) = self.links.remove(ifindex) {
+                from.detach();
+                to.detach();
             }
         }
         let mut attached = 0;
@@ -220,38 +402,48 @@ impl Dataplane {
         (attached, gone.len())
     }
 
-    fn attach(&mut self, ifindex: u32) -> Result<[SchedClassifierLinkId; 2], DataplaneError> {
+    fn attach(&mut self, ifindex: u32) -> Result<[Held; 2], DataplaneError> {
         let name = interface_name(ifindex).ok_or(DataplaneError::NoInterface { ifindex })?;
-        let from = program(&mut self.ebpf, programs::FROM_POD)?
-            .attach(&name, TcAttachType::Ingress)
-            .map_err(|source| DataplaneError::Program {
-                name: programs::FROM_POD,
-                source,
-            })?;
-        let to =
-            match program(&mut self.ebpf, programs::TO_POD)?.attach(&name, TcAttachType::Egress) {
-                Ok(to) => to,
-                Err(source) => {
-                    if let Ok(p) = program(&mut self.ebpf, programs::FROM_POD) {
-                        let _ = p.detach(from);
-                    }
-                    return Err(DataplaneError::Program {
-                        name: programs::TO_POD,
-                        source,
-                    });
-                }
-            };
+        let from = self.attach_one(ifindex, &name, Hook::FromPod)?;
+        // On failure `from` drops here and detaches: never half a pair.
+        let to = self.attach_one(ifindex, &name, Hook::ToPod)?;
         Ok([from, to])
     }
 
-    fn detach(&mut self, [from, to]: [SchedClassifierLinkId; 2]) {
-        // Detaching from a deleted interface fails harmlessly: the kernel dropped the link.
-        if let Ok(p) = program(&mut self.ebpf, programs::FROM_POD) {
-            let _ = p.detach(from);
-        }
-        if let Ok(p) = program(&mut self.ebpf, programs::TO_POD) {
-            let _ = p.detach(to);
-        }
+    fn attach_one(
+        &mut self,
+        ifindex: u32,
+        iface: &str,
+        hook: Hook,
+    ) -> Result<Held, DataplaneError> {
+        let (name, attach_type) = match hook {
+            Hook::FromPod => (programs::FROM_POD, TcAttachType::Ingress),
+            Hook::ToPod => (programs::TO_POD, TcAttachType::Egress),
+        };
+        let prog = program(&mut self.ebpf, name)?;
+        let id = prog
+            .attach(iface, attach_type)
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        let link =
+            FdLink::try_from(link).map_err(|source| DataplaneError::Link { name, source })?;
+        let Some(pins) = &self.pins else {
+            return Ok(Held { link, pin: None });
+        };
+        let path = pins.link(ifindex, hook);
+        // A pin left by a link the kernel destroyed (the interface was deleted and its index
+        // reused) is stale: replace it.
+        let _ = std::fs::remove_file(&path);
+        let pinned = link.pin(&path).map_err(|e| DataplaneError::Pin {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        Ok(Held {
+            link: pinned.into(),
+            pin: Some(path),
+        })
     }
 
     /// Runs `name` once per `repeat` on `frame` with `BPF_PROG_TEST_RUN`: the TC action and
@@ -276,6 +468,33 @@ impl Dataplane {
             reason = "TC actions are small signed numbers the kernel returns as u32"
         )]
         Ok((result.return_value as i32, result.duration))
+    }
+
+    /// Deletes the connection-tracking entries whose timeout has passed (the programs only
+    /// notice expiry when a connection's next packet comes, which for most never does).
+    pub fn collect_conntrack(&mut self) -> Result<ConntrackStats, DataplaneError> {
+        let now = monotonic_ns();
+        let mut map: HashMap<&mut MapData, CtKey, CtEntry> =
+            typed_map(&mut self.ebpf, names::CONNTRACK, HashMap::try_from)?;
+        let mut live = 0;
+        let mut expired = Vec::new();
+        // Entries may vanish while we walk (LRU eviction, the programs' own expiry).
+        for (key, entry) in map.iter().flatten() {
+            let timeout = ct_timeout::for_entry(key.proto, entry.flags);
+            if now.saturating_sub(entry.last_seen_ns) > timeout {
+                expired.push(key);
+            } else {
+                live += 1;
+            }
+        }
+        for key in &expired {
+            remove_existing(map.remove(key)).map_err(map_err(names::CONNTRACK))?;
+        }
+        Ok(ConntrackStats {
+            live,
+            collected: expired.len(),
+            capacity: capacity::CONNTRACK,
+        })
     }
 
     /// Packet counters by reason, summed over CPUs.

@@ -13,4 +13,5 @@ pub mod dataplane;
 pub mod manifest;
 pub mod model;
 pub mod node;
+pub mod pins;
 pub mod source;

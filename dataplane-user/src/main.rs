@@ -41,6 +41,16 @@ enum Command {
         /// How often the directory and routes are checked, in milliseconds.
         #[arg(long, default_value_t = 250)]
         poll_ms: u64,
+        /// Where maps and links are pinned (bpffs is mounted on its parent when missing).
+        #[arg(long, default_value = weir::pins::DEFAULT_ROOT)]
+        pin_path: PathBuf,
+    },
+    /// Remove everything Weir pinned: links (interfaces stop being filtered) and maps.
+    /// Stop the agent first: a running agent keeps what it holds until it exits.
+    Uninstall {
+        /// The agent's `--pin-path`.
+        #[arg(long, default_value = weir::pins::DEFAULT_ROOT)]
+        pin_path: PathBuf,
     },
     /// Validate a directory and print what would be compiled, without touching the kernel.
     Check {
@@ -101,11 +111,14 @@ fn main() -> ExitCode {
             node_name,
             health_addr,
             poll_ms,
+            pin_path,
         } => run(source, node_name, |source| agent::Config {
             source,
             health_addr,
             poll_interval: Duration::from_millis(poll_ms.max(10)),
+            pins: weir::pins::Pins::new(pin_path),
         }),
+        Command::Uninstall { pin_path } => uninstall(&weir::pins::Pins::new(pin_path)),
         Command::Check { dir } => check(&dir),
     }
 }
@@ -132,6 +145,22 @@ fn run(
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn uninstall(pins: &weir::pins::Pins) -> ExitCode {
+    match pins.remove_all() {
+        Ok(n) => {
+            println!("removed {n} pinned objects under {}", pins.root().display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!(
+                "error: removing pins under {}: {err}",
+                pins.root().display()
+            );
             ExitCode::FAILURE
         }
     }

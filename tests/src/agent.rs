@@ -44,6 +44,16 @@ pub struct Status {
     pub raw: serde_json::Value,
 }
 
+/// How the agent process enters the node namespace.
+#[derive(Clone, Debug)]
+pub enum Launch {
+    /// `ip netns exec`: a private mount namespace too, so its pins die with it.
+    Private,
+    /// `nsenter --net`: the host's mounts, so pins under `pin_path` outlive the process, as
+    /// on a real node; the test removes them (`weir uninstall`).
+    Pinned { pin_path: PathBuf },
+}
+
 /// A running `weir run`. Borrows the topology so that it stops before the namespaces go.
 #[derive(Debug)]
 pub struct Agent<'t> {
@@ -61,13 +71,29 @@ impl<'t> Agent<'t> {
     /// bpffs disappears when it exits, so a killed agent leaves nothing in the host's
     /// `/sys/fs/bpf`. The tests never restart an agent, so they need no pin to survive it.
     pub fn start(topology: &'t Topology, manifests: &Path) -> Self {
+        Self::start_with(topology, manifests, &Launch::Private)
+    }
+
+    /// Starts `weir run` as `launch` says.
+    pub fn start_with(topology: &'t Topology, manifests: &Path, launch: &Launch) -> Self {
         let binary = weir_binary();
         let port = topology.node().run(free_loopback_port);
         let health = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let log_dir = TempDir::new("agent-log");
         let log = log_dir.path().join("weir.log");
         let log_file = File::create(&log).expect("creating the agent log");
-        let mut command = Command::new("ip");
+        let mut command = match launch {
+            Launch::Private => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", topology.node().name()]);
+                c
+            }
+            Launch::Pinned { .. } => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", topology.node().path().display()));
+                c
+            }
+        };
         // SAFETY: prctl is async-signal-safe, the only kind of call allowed between fork
         // and exec. The setting survives the exec of `ip` and then of `weir`.
         unsafe {
@@ -82,10 +108,16 @@ impl<'t> Agent<'t> {
                 }
             });
         }
+        if let Launch::Pinned { pin_path } = launch {
+            command
+                .arg(binary)
+                .arg("run")
+                .arg("--pin-path")
+                .arg(pin_path);
+        } else {
+            command.arg(binary).arg("run");
+        }
         let child = command
-            .args(["netns", "exec", topology.node().name()])
-            .arg(binary)
-            .arg("run")
             .arg("--manifests")
             .arg(manifests)
             .arg("--health-addr")
@@ -171,6 +203,12 @@ impl<'t> Agent<'t> {
         }
     }
 
+    /// Kills the agent outright (SIGKILL): no shutdown code runs.
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The last lines of the agent's output, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -207,6 +245,9 @@ impl Drop for Agent<'_> {
 
 /// SIGTERM, so that the agent can detach and clean up; SIGKILL if it does not exit in time.
 fn stop(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return; // already reaped (killed by the test): its pid may belong to another process
+    }
     if let Ok(pid) = i32::try_from(child.id()) {
         // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
         unsafe { libc::kill(pid, libc::SIGTERM) };
