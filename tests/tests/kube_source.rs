@@ -2,15 +2,21 @@
 //! (`testbed::fakeapi`): lists, chunked watch streams, 410 Gone both ways, outages.
 //!
 //! These tests drive the source as the agent does (`version()` then `load()`) and need no
-//! root. Run: `cargo test -p weir-tests --test kube_source -- --nocapture` also prints how
+//! root; the last one runs the agent in network namespaces and needs root. Run: `cargo test -p weir-tests --test kube_source -- --nocapture` also prints how
 //! long the source took to resync after each disruption.
 
+use std::fs::File;
+use std::io::{self, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use testbed::TempDir;
 use testbed::fakeapi::{self, FakeApi, Gone};
+use testbed::{Family, PodSpec, Proto, TempDir, Topology};
 use weir::manifest::{LoadError, Loaded};
 use weir::source::Source as _;
 use weir::source::kubernetes::{Kubernetes, Target};
@@ -310,4 +316,230 @@ fn an_invalid_policy_from_the_api_refuses_the_change_set_naming_object_and_field
         .apply(fakeapi::network_policy("shop", "bad", fixed));
     let loaded = fixture.wait("the fixed policy", |fixture| fixture.source.load().ok());
     assert_eq!(names(&loaded).1, ["shop/bad", "shop/deny"]);
+}
+
+/// End to end: `weir run --kubeconfig` in a node namespace, reading pods and a policy from
+/// the fake API server (listening inside that namespace, where the agent connects), enforces
+/// the policy on real traffic and lifts it when the policy is deleted. Needs root.
+#[test]
+fn the_agent_enforces_a_policy_from_the_api_server() {
+    testbed::require_root!();
+    let topology = Topology::builder()
+        .pods(["a", "b", "c"].map(|pod| PodSpec::new("x", pod).label("pod", pod)))
+        .build();
+    let listener = topology
+        .node()
+        .run(|| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .expect("binding the fake API server in the node namespace");
+    let api = FakeApi::start_on(listener);
+    api.apply(fakeapi::namespace("x", &[]));
+    for pod in topology.pods() {
+        api.apply(pod_object(pod));
+    }
+    let mut agent = KubeAgent::start(&topology, &api);
+    let ready = agent.wait_ready();
+    let open = [("x/c", "x/a", 80, true)];
+    assert_eq!(probe(&topology, &open), open, "before any policy");
+
+    // Pod a admits pod b on its port named `http` (80), and nothing else.
+    let policy = json!({
+        "podSelector": {"matchLabels": {"pod": "a"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}],
+                     "ports": [{"port": "http"}]}],
+    });
+    api.apply(fakeapi::network_policy("x", "a-from-b", policy));
+    let applied = agent.wait_generation_after(ready);
+    let isolated = [
+        ("x/b", "x/a", 80, true),
+        ("x/b", "x/a", 81, false),
+        ("x/c", "x/a", 80, false),
+        ("x/c", "x/b", 80, true),
+    ];
+    assert_eq!(probe(&topology, &isolated), isolated, "with the policy");
+
+    api.delete("NetworkPolicy", "x", "a-from-b");
+    agent.wait_generation_after(applied);
+    assert_eq!(probe(&topology, &open), open, "after the policy's deletion");
+}
+
+/// A pod of the topology as the API server shows it.
+fn pod_object(pod: &testbed::Pod) -> serde_json::Value {
+    let spec = pod.spec();
+    let labels: Vec<(&str, &str)> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let ips = pod.ips().map(|ip| ip.to_string());
+    let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+    fakeapi::pod(&spec.namespace, &spec.name, &labels, &ips)
+}
+
+/// Probes `(from, to, port, expected)` over TCP, IPv4 and IPv6, and returns what was observed
+/// (`true` only when both families connected). An expected connection that failed is tried
+/// again, since an allowed probe can lose a race with a busy machine; a denied one never
+/// passes by accident.
+fn probe<'a>(
+    topology: &Topology,
+    cases: &[(&'a str, &'a str, u16, bool)],
+) -> Vec<(&'a str, &'a str, u16, bool)> {
+    cases
+        .iter()
+        .map(|&(from, to, port, expected)| {
+            let tries = if expected { 3 } else { 1 };
+            let connected = (0..tries).any(|_| {
+                [Family::V4, Family::V6]
+                    .into_iter()
+                    .all(|family| topology.probe(from, to, port, Proto::Tcp, family))
+            });
+            (from, to, port, connected)
+        })
+        .collect()
+}
+
+/// `weir run --kubeconfig` in the node namespace of a topology; stopped on drop.
+struct KubeAgent<'t> {
+    topology: &'t Topology,
+    child: Child,
+    health: SocketAddr,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl<'t> KubeAgent<'t> {
+    fn start(topology: &'t Topology, api: &FakeApi) -> Self {
+        let dir = TempDir::new("kube-agent");
+        let kubeconfig = api.write_kubeconfig(dir.path());
+        let port = topology.node().run(|| {
+            let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0));
+            listener
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port()
+        });
+        let health = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let log = dir.path().join("weir.log");
+        let log_file = File::create(&log).expect("creating the agent log");
+        let mut command = Command::new("ip");
+        // SAFETY: prctl is async-signal-safe, as required between fork and exec. The agent
+        // then dies with the test's thread, even when the test is killed outright.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+        let child = command
+            .args(["netns", "exec", topology.node().name()])
+            .arg(testbed::weir_binary())
+            .arg("run")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--node-name=node-1")
+            .arg(format!("--health-addr={health}"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("cloning the log handle"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting weir");
+        Self {
+            topology,
+            child,
+            health,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until `/readyz` answers 200, and returns the generation then.
+    fn wait_ready(&mut self) -> u64 {
+        self.wait("/readyz to answer 200", |agent| {
+            let (code, _) = agent.get("/readyz")?;
+            (code == 200).then(|| agent.generation()).flatten()
+        })
+    }
+
+    /// Waits until a change after `generation` has been applied, and returns the new one.
+    fn wait_generation_after(&mut self, generation: u64) -> u64 {
+        self.wait(&format!("a generation after {generation}"), |agent| {
+            agent.generation().filter(|now| *now > generation)
+        })
+    }
+
+    fn generation(&self) -> Option<u64> {
+        let (code, body) = self.get("/status")?;
+        let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == 200)
+            .then(|| status["generation"].as_u64())
+            .flatten()
+    }
+
+    fn wait<T>(&mut self, what: &str, mut check: impl FnMut(&Self) -> Option<T>) -> T {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("weir exited ({status})\n{}", self.log_tail());
+            }
+            if let Some(answer) = check(self) {
+                return answer;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {TIMEOUT:?} waiting for {what}; /status: {:?}\n{}",
+                self.get("/status"),
+                self.log_tail()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    /// A GET to the health endpoint, from the node namespace where it listens.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let addr = self.health;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        self.topology.node().run(move || {
+            let timeout = Duration::from_secs(1);
+            let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+            stream.set_read_timeout(Some(timeout)).ok()?;
+            stream.write_all(request.as_bytes()).ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).ok()?;
+            let (head, body) = response.split_once("\r\n\r\n")?;
+            let code = head.split_whitespace().nth(1)?.parse().ok()?;
+            Some((code, body.to_owned()))
+        })
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        format!("--- weir log ---\n{tail}")
+    }
+}
+
+impl Drop for KubeAgent<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+        // SIGTERM first, so that the agent detaches its programs; SIGKILL if it lingers.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child, not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(POLL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
