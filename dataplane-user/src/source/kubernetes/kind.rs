@@ -138,7 +138,7 @@ pub(super) fn convert(kind: Kind, key: &ObjectKey, mut object: DynamicObject) ->
     // Server-side apply bookkeeping: often the largest part of an object, never read here.
     object.metadata.managed_fields = None;
     if !kind.shapes_policy() {
-        return Entry::Kept(Box::new(object));
+        return Entry::Kept(Box::new(slim(object)));
     }
     let label = key.label(kind);
     let json = match serde_json::to_value(&object) {
@@ -159,7 +159,9 @@ pub(super) fn convert(kind: Kind, key: &ObjectKey, mut object: DynamicObject) ->
         // (one a newer API server added) could change what the policy selects or allows.
         Kind::NetworkPolicy => decode(&json, UnknownFields::Reject, convert::network_policy)
             .map(|policy| Entry::Policy(Policy { origin, ..policy })),
-        Kind::Service | Kind::EndpointSlice | Kind::Node => return Entry::Kept(Box::new(object)),
+        Kind::Service | Kind::EndpointSlice | Kind::Node => {
+            return Entry::Kept(Box::new(slim(object)));
+        }
     };
     converted.unwrap_or_else(|errors| {
         let errors = errors
@@ -167,6 +169,25 @@ pub(super) fn convert(kind: Kind, key: &ObjectKey, mut object: DynamicObject) ->
             .map(|error| object_error(&label, &error.path.to_string(), error.message));
         Entry::Invalid(errors.collect())
     })
+}
+
+/// Drops the parts of a kept object that no feature reads and that make up most of its size,
+/// since every node's agent keeps every Service, `EndpointSlice` and Node of the cluster.
+fn slim(mut object: DynamicObject) -> DynamicObject {
+    if let Some(annotations) = &mut object.metadata.annotations {
+        // A copy of the whole object as last applied by `kubectl apply`.
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    // A Node's `status.images` lists every image on the node with its size: often tens of
+    // kilobytes per node.
+    if let Some(status) = object
+        .data
+        .get_mut("status")
+        .and_then(|s| s.as_object_mut())
+    {
+        status.remove("images");
+    }
+    object
 }
 
 /// Decodes `json` into the k8s-openapi type `K`, then converts it to the model.
@@ -271,6 +292,25 @@ mod tests {
         assert_eq!(
             convert(Kind::Pod, &key, pod("Pending")),
             convert(Kind::Pod, &key, pod("Running"))
+        );
+    }
+
+    #[test]
+    fn kept_objects_lose_what_no_feature_reads() {
+        let node = object(json!({
+            "metadata": {"name": "n1", "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{}", "zone": "a"}},
+            "status": {"images": [{"names": ["app"]}], "addresses": [{"type": "InternalIP"}]},
+        }));
+        let key = ObjectKey::of(&node);
+        let Entry::Kept(kept) = convert(Kind::Node, &key, node) else {
+            panic!("not kept");
+        };
+        let annotations = kept.metadata.annotations.unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["zone"]);
+        assert_eq!(
+            kept.data["status"],
+            json!({"addresses": [{"type": "InternalIP"}]})
         );
     }
 

@@ -105,11 +105,19 @@ impl Store {
         self.lock(kind).health.connected = true;
     }
 
-    /// Notes an error of the watcher of `kind`; its objects stay as they are.
-    pub fn error(&self, kind: Kind, error: String) {
+    /// Notes an error of the watcher of `kind`; its objects stay as they are. Returns
+    /// whether it is news: the first error since the watcher was connected, or another
+    /// error than the last.
+    pub fn error(&self, kind: Kind, error: String) -> bool {
         let health = &mut self.lock(kind).health;
+        let repeated = health
+            .last_error
+            .as_ref()
+            .is_some_and(|(_, last)| *last == error);
+        let news = health.connected || !repeated;
         health.connected = false;
         health.last_error = Some((SystemTime::now(), error));
+        news
     }
 
     /// The health of every kind's watcher.
@@ -312,6 +320,16 @@ mod tests {
         assert_eq!(store.version(), added, "a kind kept for later");
         store.remove(Kind::Pod, &key("x", "a"));
         assert_ne!(store.version(), added);
+    }
+
+    #[test]
+    fn only_new_errors_are_news() {
+        let store = Store::default();
+        assert!(store.error(Kind::Pod, "forbidden".to_owned()));
+        assert!(!store.error(Kind::Pod, "forbidden".to_owned()));
+        assert!(store.error(Kind::Pod, "connection refused".to_owned()));
+        store.replace(Kind::Pod, Objects::new());
+        assert!(store.error(Kind::Pod, "connection refused".to_owned()));
     }
 
     #[test]

@@ -34,8 +34,12 @@ pub(super) async fn follow(kind: Kind, api: Api<DynamicObject>, store: Arc<Store
                     relist.handle(kind, event, &store);
                 }
                 Err(error) => {
-                    tracing::warn!(kind = %kind, "watch: {error}; retrying");
-                    store.error(kind, error.to_string());
+                    // A warning for each new error; the same error again, every 2 s of an outage, is debug.
+                    if store.error(kind, error.to_string()) {
+                        tracing::warn!(kind = %kind, "watch: {error}; retrying");
+                    } else {
+                        tracing::debug!(kind = %kind, "watch: {error}; retrying");
+                    }
                     tokio::time::sleep(backoff.next_delay()).await;
                     if expired_at_start(&error) {
                         break;
