@@ -8,8 +8,11 @@
 //! loop and serves health and status.
 
 pub mod agent;
+pub mod catalog;
 pub mod compile;
 pub mod dataplane;
+pub mod explain;
+pub mod flows;
 pub mod manifest;
 pub mod model;
 pub mod node;
