@@ -13,10 +13,11 @@ use anyhow::Context as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
-use crate::compile::{self, NodeView};
-use crate::dataplane::Dataplane;
+use crate::compile::{self, MapSet, NodeView};
+use crate::dataplane::{Dataplane, FlowEvents};
 use crate::model::DesiredState;
 use crate::node;
+use crate::observer::Observer;
 use crate::source::Source;
 
 /// How the agent runs.
@@ -29,6 +30,8 @@ pub struct Config {
     pub poll_interval: Duration,
     /// Where maps and links are pinned, so enforcement outlives the agent.
     pub pins: crate::pins::Pins,
+    /// How many flow events the programs may send.
+    pub flow_events: FlowEvents,
 }
 
 /// What the agent reports on `/status`; shared between the sync loop and the HTTP server.
@@ -54,12 +57,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.health_addr)
         .await
         .with_context(|| format!("binding the health endpoint {}", config.health_addr))?;
-    tokio::spawn(serve_http(listener, status.clone()));
+    let observer = Arc::new(Observer::default());
+    tokio::spawn(serve_http(listener, status.clone(), observer.clone()));
     let mut dataplane = Dataplane::load_pinned(&config.pins).context("loading the dataplane")?;
+    if let Err(err) = observer.attach(&mut dataplane, config.flow_events) {
+        // Enforcement does not depend on it: go on without flows.
+        tracing::warn!(error = %anyhow::Error::new(err), "flow events unavailable");
+    }
     tracing::info!(source = %config.source.describe(), health = %config.health_addr, "agent started");
 
     let mut source = config.source;
-    let mut sync = SyncLoop::default();
+    let mut sync = SyncLoop {
+        observer,
+        ..SyncLoop::default()
+    };
     let mut ticker = tokio::time::interval(config.poll_interval);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut conntrack_gc = tokio::time::interval(CONNTRACK_GC_INTERVAL);
@@ -70,6 +81,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
+    }
+    // Pinned programs outlive the agent: stop them sending events nobody will read.
+    if let Err(err) = dataplane.set_flow_events(FlowEvents::Off) {
+        tracing::warn!(error = %anyhow::Error::new(err), "turning flow events off");
     }
     tracing::info!(
         pins = %config.pins.root().display(),
@@ -123,6 +138,8 @@ struct SyncLoop {
     acted: Option<Inputs>,
     /// The desired state last loaded without error.
     state: Option<DesiredState>,
+    /// Told about every generation applied.
+    observer: Arc<Observer>,
 }
 
 /// What the agent's output depends on.
@@ -171,7 +188,10 @@ impl SyncLoop {
             }
         }
         let Some(state) = &self.state else { return };
-        apply(state, &inputs.node, dataplane, status);
+        if let Some(compiled) = apply(state, &inputs.node, dataplane, status) {
+            let attached: Vec<u32> = dataplane.attached().collect();
+            self.observer.publish(state, &compiled, &attached);
+        }
     }
 }
 
@@ -181,14 +201,20 @@ fn read_inputs(source: &mut dyn Source) -> anyhow::Result<Inputs> {
     Ok(Inputs { source, node })
 }
 
-fn apply(state: &DesiredState, node: &NodeView, dataplane: &mut Dataplane, status: &Shared) {
+/// Compiles and applies `state`; returns what is now enforced, or `None` on failure.
+fn apply(
+    state: &DesiredState,
+    node: &NodeView,
+    dataplane: &mut Dataplane,
+    status: &Shared,
+) -> Option<MapSet> {
     let started = std::time::Instant::now();
     let compiled = match compile::compile(state, node) {
         Ok(c) => c,
         Err(err) => {
             tracing::error!("{err}");
             record_error(status, err.to_string());
-            return;
+            return None;
         }
     };
     for w in &compiled.warnings {
@@ -215,11 +241,13 @@ fn apply(state: &DesiredState, node: &NodeView, dataplane: &mut Dataplane, statu
                 .values()
                 .map(|p| format!("{}/{}", p.namespace, p.name))
                 .collect();
+            Some(compiled)
         }
         Err(err) => {
             let text = format!("{:#}", anyhow::Error::new(err));
             tracing::error!("applying: {text}; the previous state stays enforced");
             record_error(status, text);
+            None
         }
     }
 }
@@ -260,22 +288,27 @@ async fn read_request_head(stream: &mut tokio::net::TcpStream) -> Option<String>
 }
 
 /// A minimal HTTP/1.1 server: probes and scrapes need nothing more.
-async fn serve_http(listener: TcpListener, status: Shared) {
+async fn serve_http(listener: TcpListener, status: Shared, observer: Arc<Observer>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
         let status = status.clone();
+        let observer = observer.clone();
         tokio::spawn(async move {
             let Some(request) = read_request_head(&mut stream).await else {
                 return;
             };
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let target = request.split_whitespace().nth(1).unwrap_or("/");
+            if crate::api::serve(&observer, target, &mut stream).await {
+                return;
+            }
+            let path = target.split_once('?').map_or(target, |(path, _)| path);
             let snapshot = status
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
-            let (code, content_type, body) = respond(path, &snapshot);
+            let (code, content_type, body) = respond(path, &snapshot, &observer);
             let reply = format!(
                 "HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -285,7 +318,7 @@ async fn serve_http(listener: TcpListener, status: Shared) {
     }
 }
 
-fn respond(path: &str, s: &Status) -> (&'static str, &'static str, String) {
+fn respond(path: &str, s: &Status, observer: &Observer) -> (&'static str, &'static str, String) {
     match path {
         "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
         "/readyz" if s.ready => ("200 OK", "text/plain", "ready\n".into()),
@@ -294,18 +327,18 @@ fn respond(path: &str, s: &Status) -> (&'static str, &'static str, String) {
             "text/plain",
             "not ready\n".into(),
         ),
-        "/status" => ("200 OK", "application/json", status_json(s)),
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics(s)),
+        "/status" => ("200 OK", "application/json", status_json(s, observer)),
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics(s, observer)),
         _ => ("404 Not Found", "text/plain", "not found\n".into()),
     }
 }
 
-fn status_json(s: &Status) -> String {
+fn status_json(s: &Status, observer: &Observer) -> String {
     let last_sync = s
         .last_sync
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map(|d| d.as_secs());
-    serde_json::json!({
+    let mut out = serde_json::json!({
         "ready": s.ready,
         "generation": s.generation,
         "last_error": s.last_error,
@@ -316,11 +349,18 @@ fn status_json(s: &Status) -> String {
             "live": ct.live,
             "capacity": ct.capacity,
         })),
-    })
-    .to_string()
+        "counters": s.counters.as_ref().map(|c| serde_json::json!({
+            "passed": c.passed,
+            "dropped": c.dropped,
+        })),
+    });
+    if let (Some(out), serde_json::Value::Object(more)) = (out.as_object_mut(), observer.status()) {
+        out.extend(more);
+    }
+    out.to_string()
 }
 
-fn metrics(s: &Status) -> String {
+fn metrics(s: &Status, observer: &Observer) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
@@ -346,5 +386,6 @@ fn metrics(s: &Status) -> String {
             ct.live, ct.capacity
         );
     }
+    observer.metrics(&mut out);
     out
 }

@@ -8,7 +8,9 @@
 //! loop and serves health and status.
 
 pub mod agent;
+pub mod api;
 pub mod catalog;
+pub mod cli;
 pub mod compile;
 pub mod dataplane;
 pub mod explain;
@@ -16,5 +18,6 @@ pub mod flows;
 pub mod manifest;
 pub mod model;
 pub mod node;
+pub mod observer;
 pub mod pins;
 pub mod source;

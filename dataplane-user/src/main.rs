@@ -11,7 +11,7 @@ use weir::compile::{self, NodeView};
 use weir::source::Source;
 use weir::source::directory::Directory;
 use weir::source::kubernetes::{Kubernetes, Target};
-use weir::{agent, manifest};
+use weir::{agent, cli, manifest};
 
 #[derive(Parser)]
 #[command(
@@ -44,7 +44,15 @@ enum Command {
         /// Where maps and links are pinned (bpffs is mounted on its parent when missing).
         #[arg(long, default_value = weir::pins::DEFAULT_ROOT)]
         pin_path: PathBuf,
+        #[command(flatten)]
+        flow_events: cli::FlowEventArgs,
     },
+    /// Print the flows the agent saw: drops and new connections (as `hubble observe`).
+    Flows(cli::FlowsArgs),
+    /// Explain which rules allow or deny a connection, from the maps being enforced.
+    Explain(cli::ExplainArgs),
+    /// Print the agent's status: local pods, maps, last sync, errors, counters.
+    Status(cli::StatusArgs),
     /// Remove everything Weir pinned: links (interfaces stop being filtered) and maps.
     /// Stop the agent first: a running agent keeps what it holds until it exits.
     Uninstall {
@@ -112,12 +120,17 @@ fn main() -> ExitCode {
             health_addr,
             poll_ms,
             pin_path,
+            flow_events,
         } => run(source, node_name, |source| agent::Config {
             source,
             health_addr,
             poll_interval: Duration::from_millis(poll_ms.max(10)),
             pins: weir::pins::Pins::new(pin_path),
+            flow_events: flow_events.events(),
         }),
+        Command::Flows(args) => cli::run(|| cli::flows(&args)),
+        Command::Explain(args) => cli::run(|| cli::explain(&args)),
+        Command::Status(args) => cli::run(|| cli::status(&args)),
         Command::Uninstall { pin_path } => uninstall(&weir::pins::Pins::new(pin_path)),
         Command::Check { dir } => check(&dir),
     }
