@@ -209,7 +209,7 @@ fn apply(
     status: &Shared,
 ) -> Option<MapSet> {
     let started = std::time::Instant::now();
-    let compiled = match compile::compile(state, node) {
+    let compiled = match compile::compile_with(state, node, &dataplane.applied().class_ids) {
         Ok(c) => c,
         Err(err) => {
             tracing::error!("{err}");

@@ -56,6 +56,8 @@ pub struct MapSet {
     pub local_pods: BTreeMap<u32, LocalPod>,
     /// Number of distinct peer classes (for `weir check` and metrics).
     pub peer_classes: usize,
+    /// The class ids this compilation gave out; the next compilation keeps them.
+    pub class_ids: ClassIds,
     /// Things worth a warning that do not stop compilation (duplicate pod addresses).
     pub warnings: Vec<String>,
 }
@@ -83,10 +85,21 @@ pub enum CompileError {
 
 /// Compiles `state` for the node described by `node`.
 pub fn compile(state: &DesiredState, node: &NodeView) -> Result<MapSet, CompileError> {
+    compile_with(state, node, &ClassIds::default())
+}
+
+/// Compiles `state`, keeping the peer class ids of `previous` (the last compilation's
+/// [`MapSet::class_ids`]) for every class that still exists: a change then rewrites only the
+/// entries it affects, and an id never changes meaning while entries may still use it.
+pub fn compile_with(
+    state: &DesiredState,
+    node: &NodeView,
+    previous: &ClassIds,
+) -> Result<MapSet, CompileError> {
     let atoms = PeerAtoms::collect(&state.policies);
     let egress_names = egress_port_names(&state.policies);
     let pods = PodIndex::new(state);
-    let mut classes = Classes::default();
+    let mut classes = Classes::new(&atoms, previous);
     let mut out = MapSet::default();
 
     let pod_atoms = atoms.match_pods(state, &pods);
@@ -146,6 +159,7 @@ pub fn compile(state: &DesiredState, node: &NodeView) -> Result<MapSet, CompileE
         out.local_pods.insert(lp.ifindex, lp.clone());
     }
     out.peer_classes = classes.len();
+    out.class_ids = classes.into_ids();
     check_capacity(&out)?;
     Ok(out)
 }
@@ -425,26 +439,82 @@ fn named_ports_for(pod: &Pod, names: &BTreeSet<(String, Protocol)>) -> ResolvedP
     out
 }
 
-/// Interned peer classes. Class 0 is the world: no atom, no named port.
-#[derive(Default)]
-struct Classes {
-    by_signature: HashMap<(Vec<u32>, ResolvedPorts), u32>,
-    list: Vec<(Vec<u32>, ResolvedPorts)>,
+/// A class in terms that survive recompilation: the peers (by content, not by their index in
+/// one compilation) and the resolved named ports.
+type Signature = (Vec<String>, ResolvedPorts);
+
+/// Peer class ids by signature, carried from one compilation to the next. Ids only grow: one
+/// that falls out of use is never given to another class.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClassIds {
+    by_signature: BTreeMap<Signature, u32>,
+    next: u32,
 }
 
-impl Classes {
+impl ClassIds {
+    /// Ids starting above `max_in_use`: for an agent that adopts maps it did not compile (a
+    /// restart), so that no new id takes the meaning of one the maps still hold.
+    pub fn above(max_in_use: u32) -> Self {
+        Self {
+            by_signature: BTreeMap::new(),
+            next: max_in_use.saturating_add(1),
+        }
+    }
+
+    fn next_id(&self) -> u32 {
+        // Ids start at 1: 0 is the world, u32::MAX the wildcard.
+        self.next.max(1)
+    }
+}
+
+/// The peer classes of one compilation. Class 0 is the world: no atom, no named port.
+struct Classes<'a> {
+    atom_keys: Vec<String>,
+    previous: &'a ClassIds,
+    next: u32,
+    by_atoms: HashMap<(Vec<u32>, ResolvedPorts), u32>,
+    /// Id → the atoms (indices of this compilation) and resolved ports.
+    list: BTreeMap<u32, (Vec<u32>, ResolvedPorts)>,
+}
+
+impl<'a> Classes<'a> {
+    fn new(atoms: &PeerAtoms, previous: &'a ClassIds) -> Self {
+        Self {
+            atom_keys: atoms.atoms.iter().map(|p| peer_key(p).0).collect(),
+            previous,
+            next: previous.next_id(),
+            by_atoms: HashMap::new(),
+            list: BTreeMap::new(),
+        }
+    }
+
+    fn signature(&self, atoms: &[u32], ports: &ResolvedPorts) -> Signature {
+        let mut keys: Vec<String> = atoms
+            .iter()
+            .map(|a| self.atom_keys[*a as usize].clone())
+            .collect();
+        keys.sort_unstable();
+        (keys, ports.clone())
+    }
+
     fn intern(&mut self, atoms: Vec<u32>, ports: ResolvedPorts) -> u32 {
         if atoms.is_empty() && ports.is_empty() {
             return PEER_CLASS_WORLD;
         }
-        let signature = (atoms, ports);
-        if let Some(id) = self.by_signature.get(&signature) {
+        let local = (atoms, ports);
+        if let Some(id) = self.by_atoms.get(&local) {
             return *id;
         }
-        // Ids start at 1: 0 is the world, u32::MAX the wildcard.
-        let id = u32::try_from(self.list.len() + 1).unwrap_or(PEER_CLASS_ANY - 1);
-        self.list.push(signature.clone());
-        self.by_signature.insert(signature, id);
+        let signature = self.signature(&local.0, &local.1);
+        let id = if let Some(id) = self.previous.by_signature.get(&signature) {
+            *id
+        } else {
+            let id = self.next.min(PEER_CLASS_ANY - 1);
+            self.next = self.next.saturating_add(1);
+            id
+        };
+        self.list.insert(id, local.clone());
+        self.by_atoms.insert(local, id);
         id
     }
 
@@ -455,9 +525,9 @@ impl Classes {
     /// For each atom, the classes that contain it.
     fn members_by_atom(&self) -> HashMap<u32, Vec<u32>> {
         let mut out: HashMap<u32, Vec<u32>> = HashMap::new();
-        for (id, (atoms, _)) in (1u32..).zip(&self.list) {
+        for (id, (atoms, _)) in &self.list {
             for atom in atoms {
-                out.entry(*atom).or_default().push(id);
+                out.entry(*atom).or_default().push(*id);
             }
         }
         out
@@ -465,14 +535,27 @@ impl Classes {
 
     /// Every class but the world, with its resolved named ports.
     fn all(&self) -> impl Iterator<Item = (u32, &ResolvedPorts)> {
-        (1u32..).zip(self.list.iter().map(|(_, ports)| ports))
+        self.list.iter().map(|(id, (_, ports))| (*id, ports))
     }
 
     fn ports(&self, class: u32) -> &[(String, Protocol, u16)] {
-        class
-            .checked_sub(1)
-            .and_then(|i| self.list.get(i as usize))
+        self.list
+            .get(&class)
             .map_or(&[][..], |(_, ports)| ports.as_slice())
+    }
+
+    /// The ids to carry into the next compilation.
+    fn into_ids(self) -> ClassIds {
+        let by_signature = self
+            .list
+            .values()
+            .map(|(atoms, ports)| self.signature(atoms, ports))
+            .zip(self.list.keys().copied())
+            .collect();
+        ClassIds {
+            by_signature,
+            next: self.next,
+        }
     }
 }
 
@@ -481,7 +564,7 @@ struct RuleContext<'a> {
     local: &'a Pod,
     endpoint: u32,
     atoms: &'a PeerAtoms,
-    classes: &'a Classes,
+    classes: &'a Classes<'a>,
     members: &'a HashMap<u32, Vec<u32>>,
 }
 
@@ -1058,6 +1141,50 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("policy x/p-"), "{text}");
         assert!(text.contains("WEIR_POL_V1"), "{text}");
+    }
+
+    #[test]
+    fn a_change_keeps_the_class_ids_of_classes_that_remain() {
+        let to_b = Rule {
+            peers: vec![pods_in_own_ns("x", selector(&[("pod", "b")]))],
+            ports: vec![tcp(80, 80)],
+        };
+        let cluster = Cluster::new().with_policy(
+            "x",
+            "p",
+            ingress_only(selector(&[("pod", "a")]), vec![to_b]),
+        );
+        let first = cluster.compile();
+        // A new policy whose peer sorts before the old one, and matches another pod.
+        let to_c = Rule {
+            peers: vec![Peer::Pods {
+                namespaces: NamespaceScope::Selected(LabelSelector::everything()),
+                pods: selector(&[("pod", "c")]),
+            }],
+            ports: vec![tcp(81, 81)],
+        };
+        let mut changed = cluster.with_policy(
+            "x",
+            "p0",
+            ingress_only(selector(&[("pod", "a")]), vec![to_c]),
+        );
+        changed.state.policies.rotate_right(1);
+        let second = compile_with(&changed.state, &changed.node(), &first.class_ids).unwrap();
+        assert_eq!(
+            class_of(&first, "10.0.0.2"),
+            class_of(&second, "10.0.0.2"),
+            "x/b keeps its class id"
+        );
+        assert!(
+            class_of(&second, "10.0.1.3") > class_of(&first, "10.0.0.2"),
+            "a new class gets a new id, never a reused one"
+        );
+        let unchanged = first
+            .endpoints
+            .iter()
+            .filter(|(k, v)| second.endpoints.get(*k) == Some(*v))
+            .count();
+        assert_eq!(unchanged, 2, "only y/c's endpoint entry changes");
     }
 
     #[test]

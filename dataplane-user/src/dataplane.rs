@@ -194,6 +194,21 @@ impl Dataplane {
             let (k, v) = entry.map_err(map_err(names::POLICY))?;
             out.policy.insert(k, v);
         }
+        // The signatures behind these ids are not in the maps: new ids start above them.
+        let max_class = out
+            .endpoints
+            .values()
+            .map(|e| e.peer_class)
+            .chain(out.cidrs.values().map(|c| c.peer_class))
+            .chain(
+                out.policy
+                    .keys()
+                    .map(|k| k.peer_class)
+                    .filter(|c| *c != dataplane_abi::PEER_CLASS_ANY),
+            )
+            .max()
+            .unwrap_or(0);
+        out.class_ids = crate::compile::ClassIds::above(max_class);
         Ok(out)
     }
 
