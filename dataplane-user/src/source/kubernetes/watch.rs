@@ -3,7 +3,7 @@
 
 use std::hash::{BuildHasher as _, RandomState};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use kube::Api;
@@ -19,22 +19,22 @@ use super::store::{Objects, Store};
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 /// Longest delay between two attempts, so that a returning API server is seen within it.
 const MAX_DELAY: Duration = Duration::from_secs(2);
+/// An error after this long without one starts again from [`FIRST_DELAY`].
+const QUIET: Duration = Duration::from_secs(10);
 
 /// Watches `kind` for ever (until the task is aborted), keeping its objects in `store`.
 pub(super) async fn follow(kind: Kind, api: Api<DynamicObject>, store: Arc<Store>) {
-    let mut backoff = Backoff::new(FIRST_DELAY, MAX_DELAY);
+    let mut backoff = Backoff::new(FIRST_DELAY, MAX_DELAY, QUIET);
     // Each turn is one watcher: it starts with a complete list.
     loop {
         let mut events = watcher::watcher(api.clone(), watcher_config()).boxed();
         let mut relist = Relist::default();
         while let Some(event) = events.next().await {
             match event {
-                Ok(event) => {
-                    backoff.reset();
-                    relist.handle(kind, event, &store);
-                }
+                Ok(event) => relist.handle(kind, event, &store),
                 Err(error) => {
-                    // A warning for each new error; the same error again, every 2 s of an outage, is debug.
+                    // A warning for each new error; the same one again (every 2 s of an
+                    // outage) is for debugging.
                     if store.error(kind, error.to_string()) {
                         tracing::warn!(kind = %kind, "watch: {error}; retrying");
                     } else {
@@ -104,27 +104,37 @@ impl Relist {
 /// Exponential backoff with jitter: `first`, doubling up to `max`, each delay drawn from its
 /// upper half so that the agents of many nodes do not relist in step after an API server
 /// restart.
+///
+/// It starts again from `first` after `quiet` without an error, not after any successful
+/// event: a server that lists fine but expires every watch at once (a misbehaving proxy)
+/// would otherwise be sent a full list ten times a second per kind.
 #[derive(Debug)]
 struct Backoff {
     first: Duration,
     max: Duration,
+    quiet: Duration,
     next: Duration,
+    last_error: Option<Instant>,
 }
 
 impl Backoff {
-    fn new(first: Duration, max: Duration) -> Self {
+    fn new(first: Duration, max: Duration, quiet: Duration) -> Self {
         Self {
             first,
             max,
+            quiet,
             next: first,
+            last_error: None,
         }
     }
 
-    fn reset(&mut self) {
-        self.next = self.first;
-    }
-
+    /// The delay before retrying after an error that happens now.
     fn next_delay(&mut self) -> Duration {
+        let now = Instant::now();
+        if self.last_error.is_some_and(|last| now - last > self.quiet) {
+            self.next = self.first;
+        }
+        self.last_error = Some(now);
         let full = self.next;
         self.next = (full * 2).min(self.max);
         let half = full / 2;
@@ -142,7 +152,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() {
-        let mut backoff = Backoff::new(FIRST_DELAY, MAX_DELAY);
+        let mut backoff = Backoff::new(FIRST_DELAY, MAX_DELAY, QUIET);
         let mut ceilings = Vec::new();
         for _ in 0..8 {
             let ceiling = backoff.next;
@@ -154,7 +164,18 @@ mod tests {
             ceilings.push(ceiling.as_millis());
         }
         assert_eq!(ceilings, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
-        backoff.reset();
+    }
+
+    #[test]
+    fn backoff_starts_again_after_a_quiet_period() {
+        // Long enough that no stall of a busy machine between two calls resets it.
+        let quiet = Duration::from_millis(500);
+        let mut backoff = Backoff::new(FIRST_DELAY, MAX_DELAY, quiet);
+        for _ in 0..4 {
+            backoff.next_delay();
+        }
+        assert!(backoff.next_delay() > FIRST_DELAY);
+        std::thread::sleep(quiet + quiet / 5);
         assert!(backoff.next_delay() <= FIRST_DELAY);
     }
 
