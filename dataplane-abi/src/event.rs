@@ -15,6 +15,11 @@ use crate::Addr;
 /// (no rule allowed the packet, or it left before the peer was classified).
 pub const FLOW_UNKNOWN: u32 = u32::MAX;
 
+/// The programs wake the ring's reader once this many bytes wait (about 200 events): a
+/// wake-up costs far more than an event. The reader also drains the ring on a timer, for the
+/// events of a quiet node.
+pub const FLOW_WAKEUP_BYTES: u64 = 16 * 1024;
+
 /// [`FlowEvent::verdict`]: which enum [`FlowEvent::reason`] is a number of.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

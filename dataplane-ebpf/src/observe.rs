@@ -6,10 +6,11 @@
 //! `FLOW_EVENTS`, at the cost of one array lookup and one branch per drop or new connection;
 //! packets of established connections never reach it.
 
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use dataplane_abi::{
-    Direction, DropReason, FLOW_UNKNOWN, FlowEvent, FlowVerdict, ObserveConfig, ObserveCounter,
-    PassReason, PolicyValue, flow_flags, observe_flags,
+    Direction, DropReason, FLOW_UNKNOWN, FLOW_WAKEUP_BYTES, FlowEvent, FlowVerdict, ObserveConfig,
+    ObserveCounter, PassReason, PolicyValue, flow_flags, observe_flags,
 };
 
 use crate::parse::Packet;
@@ -79,7 +80,15 @@ pub fn flow(
         return;
     };
     entry.write(event(ctx, dir, outcome, trace, now));
-    entry.submit(0);
+    // A wake-up (an irq_work, then the reader's CPU woken) costs microseconds, many times the
+    // event itself: wake the reader only once a batch is waiting. The agent also drains the
+    // ring on a timer, so a lone event waits no longer than that.
+    let wakeup = if FLOWS.query(BPF_RB_AVAIL_DATA.into()) >= FLOW_WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wakeup.into());
     count(&OBSERVE_COUNTERS, ObserveCounter::Emitted as u32);
 }
 

@@ -21,7 +21,7 @@ use crate::compile::MapSet;
 use crate::pins::{Hook, Pins};
 
 mod observe;
-pub use observe::{FlowEvents, MapReader};
+pub use observe::{FlowEvents, FlowRing, MapReader};
 
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));

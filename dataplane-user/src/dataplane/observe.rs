@@ -16,6 +16,9 @@ use dataplane_abi::{
 
 use super::{Dataplane, DataplaneError, map_err, program, typed_map};
 
+/// The flow-event ring buffer, as its one reader holds it.
+pub type FlowRing = RingBuf<MapData>;
+
 /// How many flow events the programs may send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlowEvents {
@@ -66,7 +69,7 @@ impl Dataplane {
     }
 
     /// The flow-event ring, for its one reader. A second call finds it gone.
-    pub fn take_flow_ring(&mut self) -> Result<RingBuf<MapData>, DataplaneError> {
+    pub fn take_flow_ring(&mut self) -> Result<FlowRing, DataplaneError> {
         let map = self
             .ebpf
             .take_map(names::FLOWS)
