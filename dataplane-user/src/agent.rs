@@ -46,6 +46,9 @@ struct Status {
     local_pods: Vec<String>,
     summary: String,
     counters: Option<crate::dataplane::Counters>,
+    /// What the source reads, and how its connection is doing.
+    source: String,
+    source_health: Option<String>,
     conntrack: Option<crate::dataplane::ConntrackStats>,
 }
 
@@ -151,6 +154,11 @@ struct Inputs {
 
 impl SyncLoop {
     fn tick(&mut self, source: &mut dyn Source, dataplane: &mut Dataplane, status: &Shared) {
+        {
+            let mut s = status.lock().unwrap_or_else(PoisonError::into_inner);
+            s.source = source.describe();
+            s.source_health = source.health();
+        }
         let inputs = match read_inputs(source) {
             Ok(inputs) => inputs,
             Err(err) => {
@@ -344,6 +352,8 @@ fn status_json(s: &Status, observer: &Observer) -> String {
         "last_error": s.last_error,
         "last_sync_unix": last_sync,
         "local_pods": s.local_pods,
+        "source": s.source,
+        "source_health": s.source_health,
         "summary": s.summary,
         "conntrack": s.conntrack.map(|ct| serde_json::json!({
             "live": ct.live,
