@@ -203,6 +203,12 @@ impl<'t> Agent<'t> {
         }
     }
 
+    /// Where the agent serves HTTP, on the node namespace's loopback: clients must run in
+    /// that namespace (`topology.node().exec(...)`).
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health
+    }
+
     /// Kills the agent outright (SIGKILL): no shutdown code runs.
     pub fn kill_9(mut self) {
         let _ = self.child.kill();

@@ -4,6 +4,9 @@
 //! expected TC action and the expected reason (read back from the reason counters). Rows run
 //! in order against one loaded dataplane, so a row may rely on the connections earlier rows
 //! opened. The local pod sits behind ifindex 1: `BPF_PROG_TEST_RUN` runs on loopback.
+//!
+//! Flow events are read back from the ring buffer: one per drop and per new connection, with
+//! the packet's fields, none for established packets, and never a different verdict.
 
 #[path = "../src/packet.rs"]
 mod packet;
@@ -11,10 +14,14 @@ mod packet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use dataplane_abi::{DropReason, PassReason, programs};
+use dataplane_abi::{
+    Direction, DropReason, FLOW_UNKNOWN, FlowEvent, FlowVerdict, PEER_CLASS_WORLD, PassReason,
+    flow_flags, programs, proto,
+};
 use packet::{ACK, FIN, Frag, L4, Packet, SYN};
-use weir::compile::{self, NodeView};
-use weir::dataplane::Dataplane;
+use weir::compile::{self, MapSet, NodeView};
+use weir::dataplane::{Dataplane, FlowEvents};
+use weir::flows::ring::drain;
 use weir::model::{
     DesiredState, LabelSelector, NamedPort, Namespace, NamespaceScope, Origin, Peer, Pod, Policy,
     PortMatch, PortSpec, Protocol, Rule,
@@ -273,16 +280,19 @@ use Expect::{Drop, Pass};
 use Way::{FromPod, ToPod};
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "a table: one row per line reads best"
-)]
 fn ipv4_policy_table() {
     if !is_root() {
         eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
         return;
     }
-    let mut dp = loaded(true);
+    run(&mut loaded(true), &ipv4_rows());
+}
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table: one row per line reads best"
+)]
+fn ipv4_rows() -> Vec<Row> {
     let a = "10.0.0.1";
     let b = "10.0.0.2";
     let c = "10.0.1.3";
@@ -291,7 +301,7 @@ fn ipv4_policy_table() {
     let denied = Drop(DropReason::PolicyDenied);
     let est = Pass(PassReason::Established);
     let quoted = udp(a, 40000, "172.16.3.3", 53);
-    let rows = vec![
+    vec![
         row(
             "b → a tcp/80 allowed",
             ToPod,
@@ -496,28 +506,30 @@ fn ipv4_policy_table() {
             &tcp(b, 40000, a, 80, FIN | ACK),
             est,
         ),
-    ];
-    run(&mut dp, &rows);
+    ]
 }
 
 #[test]
-#[expect(
-    clippy::too_many_lines,
-    reason = "a table: one row per line reads best"
-)]
 fn ipv6_policy_table() {
     if !is_root() {
         eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
         return;
     }
-    let mut dp = loaded(true);
+    run(&mut loaded(true), &ipv6_rows());
+}
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table: one row per line reads best"
+)]
+fn ipv6_rows() -> Vec<Row> {
     let a = "fd00::1";
     let b = "fd00::2";
     let c = "fd00:1::3";
     let ok = Pass(PassReason::PolicyAllowed);
     let denied = Drop(DropReason::PolicyDenied);
     let est = Pass(PassReason::Established);
-    let rows = vec![
+    vec![
         row(
             "b → a tcp/80 allowed",
             ToPod,
@@ -617,8 +629,7 @@ fn ipv6_policy_table() {
             ),
             est,
         ),
-    ];
-    run(&mut dp, &rows);
+    ]
 }
 
 #[test]
@@ -700,5 +711,309 @@ fn policy_change_revokes_established_connections() {
                 Pass(PassReason::Established),
             ),
         ],
+    );
+}
+
+/// The verdicts of both tables are the same whatever the flow events do: off, every one
+/// written, or nearly all held back by the limiter (1 per second, no burst).
+#[test]
+fn verdicts_do_not_depend_on_flow_events() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
+        return;
+    }
+    let one = std::num::NonZeroU32::MIN;
+    for events in [
+        FlowEvents::Off,
+        FlowEvents::Unlimited,
+        FlowEvents::Limited {
+            per_sec: one,
+            burst: one,
+        },
+    ] {
+        let mut dp = loaded(true);
+        // Taken and never read: the unlimited run fills part of the ring and nobody minds.
+        let _ring = dp.take_flow_ring().expect("the flow ring");
+        dp.set_flow_events(events).expect("configuring flow events");
+        run(&mut dp, &ipv4_rows());
+        run(&mut dp, &ipv6_rows());
+    }
+}
+
+/// A row of the flow-event table: a packet, its verdict, and the event it must produce (with
+/// `time_ns` left out of the comparison), or none.
+struct EventRow {
+    row: Row,
+    event: Option<FlowEvent>,
+}
+
+/// The event of a packet from `src` to `dst` that `expect` describes, seen by the program of
+/// `way` on the test's interface (ifindex 1).
+fn expected_event(pkt: &Packet, way: Way, expect: Expect) -> FlowEvent {
+    let (src_port_h, dst_port_h, tcp_flags) = match pkt.l4 {
+        L4::Tcp { src, dst, flags } => (src, dst, flags),
+        L4::Udp { src, dst } | L4::Sctp { src, dst } => (src, dst, 0),
+        _ => (0, 0, 0),
+    };
+    let (verdict, reason) = match expect {
+        Pass(r) => (FlowVerdict::Passed, r as u32),
+        Drop(r) => (FlowVerdict::Dropped, r as u32),
+    };
+    FlowEvent {
+        time_ns: 0,
+        src: compile::to_addr(pkt.src),
+        dst: compile::to_addr(pkt.dst),
+        src_port_h,
+        dst_port_h,
+        proto: match pkt.l4 {
+            L4::Tcp { .. } => proto::TCP,
+            L4::Udp { .. } => proto::UDP,
+            L4::Sctp { .. } => proto::SCTP,
+            _ => 0,
+        },
+        direction: match way {
+            ToPod => Direction::Ingress as u8,
+            FromPod => Direction::Egress as u8,
+        },
+        verdict: verdict as u8,
+        flags: flow_flags::HEADERS,
+        reason,
+        ifindex: 1,
+        peer_class: FLOW_UNKNOWN,
+        policy: FLOW_UNKNOWN,
+        rule: FLOW_UNKNOWN,
+        tcp_flags,
+        _pad: [0; 3],
+    }
+}
+
+fn class_of(maps: &MapSet, addr: &str) -> u32 {
+    maps.endpoints[&compile::to_addr(ip(addr))].peer_class
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table: one row per packet reads best"
+)]
+fn flow_events_report_drops_and_new_connections_only() {
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
+        return;
+    }
+    let maps = compile::compile(&state(true), &node()).expect("compiling");
+    let mut dp = Dataplane::load().expect("loading the eBPF object (verifier)");
+    dp.sync_maps(&maps).expect("writing maps");
+    let mut ring = dp.take_flow_ring().expect("the flow ring");
+
+    // Off (as loaded): a drop writes nothing.
+    run(
+        &mut dp,
+        &[row(
+            "denied while events are off",
+            ToPod,
+            &tcp("10.0.0.2", 39999, "10.0.0.1", 81, SYN),
+            Drop(DropReason::PolicyDenied),
+        )],
+    );
+    assert_eq!(
+        drain(&mut ring),
+        [],
+        "events are off until the agent turns them on"
+    );
+
+    dp.set_flow_events(FlowEvents::Unlimited)
+        .expect("turning flow events on");
+    let (a, b) = ("10.0.0.1", "10.0.0.2");
+    let b_class = class_of(&maps, b);
+    let event_row = |what, way, pkt: Packet, expect, event: Option<FlowEvent>| EventRow {
+        row: row(what, way, &pkt, expect),
+        event,
+    };
+    let denied = tcp(b, 40001, a, 81, SYN);
+    let allowed = tcp(b, 40000, a, 80, SYN);
+    let egress_allowed = udp(a, 40002, b, 5353);
+    let to_world = tcp(a, 40003, "198.51.100.7", 80, SYN);
+    let spoofed = tcp(b, 40004, "10.0.1.3", 80, SYN);
+    let rows = vec![
+        event_row(
+            "denied SYN: dropped, no policy, the peer's class",
+            ToPod,
+            denied.clone(),
+            Drop(DropReason::PolicyDenied),
+            Some(FlowEvent {
+                peer_class: b_class,
+                ..expected_event(&denied, ToPod, Drop(DropReason::PolicyDenied))
+            }),
+        ),
+        event_row(
+            "allowed SYN: the policy and rule of the entry",
+            ToPod,
+            allowed.clone(),
+            Pass(PassReason::PolicyAllowed),
+            Some(FlowEvent {
+                peer_class: b_class,
+                policy: 0,
+                rule: 0,
+                ..expected_event(&allowed, ToPod, Pass(PassReason::PolicyAllowed))
+            }),
+        ),
+        event_row(
+            "established ACK of that connection: no event",
+            ToPod,
+            tcp(b, 40000, a, 80, ACK),
+            Pass(PassReason::Established),
+            None,
+        ),
+        event_row(
+            "reply from the pod: no event",
+            FromPod,
+            tcp(a, 80, b, 40000, SYN | ACK),
+            Pass(PassReason::Established),
+            None,
+        ),
+        event_row(
+            "new egress UDP: egress rule 0 (to b, any port)",
+            FromPod,
+            egress_allowed.clone(),
+            Pass(PassReason::PolicyAllowed),
+            Some(FlowEvent {
+                peer_class: b_class,
+                policy: 0,
+                rule: 0,
+                ..expected_event(&egress_allowed, FromPod, Pass(PassReason::PolicyAllowed))
+            }),
+        ),
+        event_row(
+            "egress to the world: dropped, the world's class",
+            FromPod,
+            to_world.clone(),
+            Drop(DropReason::PolicyDenied),
+            Some(FlowEvent {
+                peer_class: PEER_CLASS_WORLD,
+                ..expected_event(&to_world, FromPod, Drop(DropReason::PolicyDenied))
+            }),
+        ),
+        event_row(
+            "node traffic: always allowed, no event",
+            ToPod,
+            tcp("10.0.255.1", 40005, a, 22, SYN),
+            Pass(PassReason::NodeTraffic),
+            None,
+        ),
+        event_row(
+            "spoofed source: dropped before the peer is classified",
+            FromPod,
+            spoofed.clone(),
+            Drop(DropReason::NotPodAddress),
+            Some(expected_event(
+                &spoofed,
+                FromPod,
+                Drop(DropReason::NotPodAddress),
+            )),
+        ),
+        EventRow {
+            row: Row {
+                what: "truncated TCP header: dropped, headers not reported",
+                way: ToPod,
+                frame: tcp(b, 40006, a, 80, SYN).frame()[..14 + 20 + 10].to_vec(),
+                expect: Drop(DropReason::Malformed),
+            },
+            event: Some(FlowEvent {
+                time_ns: 0,
+                direction: Direction::Ingress as u8,
+                verdict: FlowVerdict::Dropped as u8,
+                reason: DropReason::Malformed as u32,
+                ifindex: 1,
+                peer_class: FLOW_UNKNOWN,
+                policy: FLOW_UNKNOWN,
+                rule: FLOW_UNKNOWN,
+                ..FlowEvent::default()
+            }),
+        },
+    ];
+    let mut failures = Vec::new();
+    for r in &rows {
+        run(&mut dp, std::slice::from_ref(&r.row));
+        let mut events = drain(&mut ring);
+        for e in &mut events {
+            assert_ne!(e.time_ns, 0, "{}: events carry the time", r.row.what);
+            e.time_ns = 0;
+        }
+        let want: Vec<FlowEvent> = r.event.into_iter().collect();
+        if events != want {
+            failures.push(format!(
+                "{}:
+  got  {events:?}
+  want {want:?}",
+                r.row.what
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    let counters = dp.flow_event_counters().expect("flow-event counters");
+    let sent = rows.iter().filter(|r| r.event.is_some()).count() as u64;
+    assert_eq!(counters["emitted"], sent);
+    assert_eq!(counters["rate_limited"] + counters["ring_full"], 0);
+}
+
+/// A flood of denied SYNs in one test run (10 000 packets, on one CPU, within milliseconds)
+/// gets the burst and what the elapsed time earned, no more; every other event is counted as
+/// held back, and every packet is still dropped.
+#[test]
+fn the_rate_limiter_caps_a_flood() {
+    const FLOOD: u32 = 10_000;
+    const PER_SEC: u32 = 1000;
+    const BURST: u32 = 100;
+    if !is_root() {
+        eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
+        return;
+    }
+    let mut dp = loaded(true);
+    let mut ring = dp.take_flow_ring().expect("the flow ring");
+    dp.set_flow_events(FlowEvents::Limited {
+        per_sec: PER_SEC.try_into().expect("non-zero"),
+        burst: BURST.try_into().expect("non-zero"),
+    })
+    .expect("configuring flow events");
+    let frame = tcp("10.0.0.2", 40001, "10.0.0.1", 81, SYN).frame();
+    let before = dp.counters().expect("counters");
+    let started = std::time::Instant::now();
+    let (action, _) = dp
+        .test_run(programs::TO_POD, &frame, FLOOD)
+        .expect("BPF_PROG_TEST_RUN");
+    // An upper bound on the credit the bucket could earn meanwhile: a slow or preempted
+    // machine only widens it, so this never fails for timing reasons.
+    let earned = started.elapsed().as_secs_f64() * f64::from(PER_SEC);
+    let after = dp.counters().expect("counters");
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(
+        after.dropped["policy_denied"] - before.dropped["policy_denied"],
+        u64::from(FLOOD),
+        "the limiter never changes a verdict"
+    );
+    let events = drain(&mut ring);
+    let counters = dp.flow_event_counters().expect("flow-event counters");
+    let emitted = counters["emitted"];
+    assert_eq!(
+        events.len() as u64,
+        emitted,
+        "every emitted event is in the ring"
+    );
+    assert_eq!(emitted + counters["rate_limited"], u64::from(FLOOD));
+    assert!(
+        emitted >= u64::from(BURST),
+        "the burst goes through: {emitted} events"
+    );
+    #[expect(clippy::cast_precision_loss, reason = "a count of at most 10 000")]
+    let excess = emitted as f64 - f64::from(BURST);
+    assert!(
+        excess <= earned.ceil() + 1.0,
+        "{emitted} events of {FLOOD} got through, the burst of {BURST} and at most {earned:.1} earned"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.reason == DropReason::PolicyDenied as u32)
     );
 }
