@@ -131,12 +131,19 @@ fn collect_conntrack(dataplane: &mut Dataplane, status: &Shared) {
     }
 }
 
+/// Ticks a change may keep the inputs moving before it is acted on anyway: a cluster in
+/// constant churn (a large rollout) must not starve the debounce.
+const MAX_DEBOUNCE_TICKS: u32 = 8;
+
 /// Change detection with a debounce: a change is acted on once the inputs have stayed the
-/// same for one poll interval, so a burst of file writes becomes one change set.
+/// same for one poll interval (so a burst of file writes becomes one change set), or after
+/// [`MAX_DEBOUNCE_TICKS`] of continuous change.
 #[derive(Default)]
 struct SyncLoop {
     /// Fingerprint of the inputs at the previous tick.
     seen: Option<Inputs>,
+    /// Consecutive ticks the inputs moved without being acted on.
+    unsettled: u32,
     /// Fingerprint of the inputs last acted on (applied or refused).
     acted: Option<Inputs>,
     /// The desired state last loaded without error.
@@ -169,10 +176,18 @@ impl SyncLoop {
         let stable = self.seen.as_ref() == Some(&inputs);
         self.seen = Some(inputs.clone());
         let first = self.acted.is_none();
-        if self.acted.as_ref() == Some(&inputs) || !(stable || first) {
+        let starving = self.unsettled >= MAX_DEBOUNCE_TICKS;
+        if self.acted.as_ref() == Some(&inputs) {
+            self.unsettled = 0;
             refresh_counters(dataplane, status);
             return;
         }
+        if !(stable || first || starving) {
+            self.unsettled += 1;
+            refresh_counters(dataplane, status);
+            return;
+        }
+        self.unsettled = 0;
         let source_changed = self
             .acted
             .as_ref()

@@ -340,6 +340,9 @@ fn build_weir() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(workspace)
+        // Inherited from the test, it would make cargo rebuild dependencies a plain
+        // `cargo build` had built (their fingerprints include the environment).
+        .env_remove("CARGO_MANIFEST_DIR")
         .args(["build", "-p", "dataplane-user", "--bin", "weir"])
         .arg("--message-format=json-render-diagnostics")
         .stderr(Stdio::inherit())
