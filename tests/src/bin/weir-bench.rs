@@ -1,5 +1,6 @@
 //! `weir-bench`: what Weir's policy path costs per packet, and whether that cost grows with the
-//! number of `NetworkPolicy` rules; then what compiling and loading a large policy set costs.
+//! number of `NetworkPolicy` rules; then what compiling and loading a large policy set costs;
+//! then what flow events add per packet (`bench/flows.rs`).
 //!
 //! Run as root: `cargo run --release -p weir-tests --bin weir-bench` (or `cargo xtask bench`).
 //! Options: `--rounds N` (default 9), `--repeat N` runs per bulk call (default 250 000),
@@ -33,6 +34,8 @@
 
 #[path = "bench/cluster.rs"]
 mod cluster;
+#[path = "bench/flows.rs"]
+mod flows;
 #[path = "bench/measure.rs"]
 mod measure;
 #[expect(
@@ -559,6 +562,12 @@ fn run() -> Result<()> {
         control,
     };
     print!("{}", report.render());
+    let flows = flows::run(opts.rounds, opts.repeat, opts.single)?;
+    print!("{}", flows.render());
+    println!("# weir-bench flow-event results");
+    for (k, v) in flows.keys() {
+        println!("{k}={v}");
+    }
     eprintln!(
         "weir-bench: done in {:.0} s",
         started.elapsed().as_secs_f64()
