@@ -55,12 +55,15 @@ pub mod flow_flags {
 pub struct FlowEvent {
     /// `bpf_ktime_get_ns`: `CLOCK_MONOTONIC`, nanoseconds since boot.
     pub time_ns: u64,
+    /// Source address of the packet (see [`Addr`]).
     pub src: Addr,
+    /// Destination address of the packet (see [`Addr`]).
     pub dst: Addr,
     /// Source port, ICMP echo request identifier, or 0.
     pub src_port_h: u16,
     /// Destination port, ICMP echo reply identifier, or 0.
     pub dst_port_h: u16,
+    /// IANA protocol number (see [`crate::proto`]).
     pub proto: u8,
     /// [`crate::Direction`] as a number: which program saw the packet.
     pub direction: u8,
@@ -80,6 +83,7 @@ pub struct FlowEvent {
     pub rule: u32,
     /// TCP flags of the packet (0 for other protocols).
     pub tcp_flags: u8,
+    /// Padding, always zero.
     pub _pad: [u8; 3],
 }
 const _: () = assert!(size_of::<FlowEvent>() == 72);
@@ -105,6 +109,7 @@ pub mod observe_flags {
 pub struct ObserveConfig {
     /// [`observe_flags`] bits.
     pub flags: u32,
+    /// Padding, always zero.
     pub _pad: u32,
     /// Credit one event costs: 10⁹ / (events per second per CPU). 0 means no limit.
     pub event_cost_ns: u64,

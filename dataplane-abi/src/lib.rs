@@ -9,6 +9,7 @@
 //! - Ports are host byte order (`_h` suffix in field names where it matters).
 //! - A layout change gets a new map name (`_v2`): an old pinned map is then never misread.
 #![no_std]
+#![warn(missing_docs)]
 
 pub mod event;
 pub mod maps;
@@ -53,9 +54,14 @@ impl Direction {
 pub mod proto {
     /// Matches every protocol in a policy key (a rule without `ports`).
     pub const ANY: u8 = 0;
+    /// IANA protocol number of ICMP (IPv4).
     pub const ICMP: u8 = 1;
+    /// IANA protocol number of TCP.
     pub const TCP: u8 = 6;
+    /// IANA protocol number of UDP.
     pub const UDP: u8 = 17;
+    /// IANA protocol number of ICMPv6.
     pub const ICMPV6: u8 = 58;
+    /// IANA protocol number of SCTP.
     pub const SCTP: u8 = 132;
 }

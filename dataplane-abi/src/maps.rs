@@ -5,13 +5,21 @@ use core::mem::size_of;
 
 /// Names of the maps, exactly as the eBPF object declares them (kernel limit: 15 characters).
 pub mod names {
+    /// Hash of [`crate::Addr`] to [`crate::EndpointInfo`].
     pub const ENDPOINTS: &str = "WEIR_EP_V1";
+    /// LPM trie of [`crate::Addr`] to [`crate::CidrInfo`].
     pub const CIDRS: &str = "WEIR_CIDR_V1";
+    /// Hash of [`crate::PolicyKey`] to [`crate::PolicyValue`].
     pub const POLICY: &str = "WEIR_POL_V1";
+    /// LRU hash of [`crate::CtKey`] to [`crate::CtEntry`]; the programs own it.
     pub const CONNTRACK: &str = "WEIR_CT_V1";
+    /// LRU hash of [`crate::FragKey`] to [`crate::FragPorts`]; the programs own it.
     pub const FRAGMENTS: &str = "WEIR_FRAG_V1";
+    /// The single [`crate::Config`] entry.
     pub const CONFIG: &str = "WEIR_CFG_V1";
+    /// Per-CPU packet counters indexed by [`crate::PassReason`].
     pub const PASS_COUNTERS: &str = "WEIR_PASS_V1";
+    /// Per-CPU packet counters indexed by [`crate::DropReason`].
     pub const DROP_COUNTERS: &str = "WEIR_DROP_V1";
     /// Ring buffer of [`crate::FlowEvent`]s.
     pub const FLOWS: &str = "WEIR_FLOWS_V1";
@@ -35,10 +43,15 @@ pub mod programs {
 
 /// Capacities the agent checks a compiled state against before it touches the kernel.
 pub mod capacity {
+    /// Entries of `WEIR_EP_V1`.
     pub const ENDPOINTS: u32 = 131_072;
+    /// Entries of `WEIR_CIDR_V1`.
     pub const CIDRS: u32 = 65_536;
+    /// Entries of `WEIR_POL_V1`.
     pub const POLICY: u32 = 1_048_576;
+    /// Entries of `WEIR_CT_V1` (least recently used entries are evicted beyond it).
     pub const CONNTRACK: u32 = 262_144;
+    /// Entries of `WEIR_FRAG_V1` (least recently used entries are evicted beyond it).
     pub const FRAGMENTS: u32 = 8_192;
     /// Bytes of the flow-event ring buffer (a power of two, a multiple of the page size):
     /// 6 553 events of 80 bytes (the event and the ring's own 8-byte header).
@@ -96,6 +109,7 @@ const _: () = assert!(size_of::<EndpointInfo>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CidrInfo {
+    /// The class addresses in this prefix have as a peer of policy rules.
     pub peer_class: u32,
 }
 const _: () = assert!(size_of::<CidrInfo>() == 4);
@@ -106,10 +120,13 @@ const _: () = assert!(size_of::<CidrInfo>() == 4);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyKey {
+    /// [`EndpointInfo::endpoint`] of the local pod.
     pub endpoint: u32,
+    /// [`EndpointInfo::peer_class`] or [`CidrInfo::peer_class`] of the peer, or [`PEER_CLASS_ANY`].
     pub peer_class: u32,
     /// Destination port of the connection's first packet, host byte order.
     pub port_h: u16,
+    /// IANA protocol number, or [`crate::proto::ANY`].
     pub proto: u8,
     /// [`crate::Direction`] as a number.
     pub direction: u8,
@@ -136,12 +153,17 @@ const _: () = assert!(size_of::<PolicyValue>() == 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
+    /// Address of the local pod.
     pub local: Addr,
+    /// Address of the peer.
     pub remote: Addr,
     /// For ICMP echo, the identifier; 0 for protocols without ports.
     pub local_port_h: u16,
+    /// The peer's port, host byte order; like `local_port_h` for ICMP echo and portless protocols.
     pub remote_port_h: u16,
+    /// IANA protocol number.
     pub proto: u8,
+    /// Padding, always zero.
     pub _pad: [u8; 3],
 }
 const _: () = assert!(size_of::<CtKey>() == 40);
@@ -168,6 +190,7 @@ pub struct CtEntry {
     pub origin: u8,
     /// [`ct_flags`] bits.
     pub flags: u8,
+    /// Padding, always zero.
     pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<CtEntry>() == 16);
@@ -176,11 +199,15 @@ const _: () = assert!(size_of::<CtEntry>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey {
+    /// Source address of the datagram.
     pub src: Addr,
+    /// Destination address of the datagram.
     pub dst: Addr,
-    /// IPv4 identification (16 bits) or IPv6 fragment identification (32 bits).
+    /// IPv4 identification (16 bits) or IPv6 fragment identification (32 bits), host byte order.
     pub id: u32,
+    /// IANA protocol number of the datagram's payload.
     pub proto: u8,
+    /// Padding, always zero.
     pub _pad: [u8; 3],
 }
 const _: () = assert!(size_of::<FragKey>() == 40);
@@ -189,7 +216,9 @@ const _: () = assert!(size_of::<FragKey>() == 40);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragPorts {
+    /// Source port of the first fragment, host byte order.
     pub src_port_h: u16,
+    /// Destination port of the first fragment, host byte order.
     pub dst_port_h: u16,
 }
 const _: () = assert!(size_of::<FragPorts>() == 4);
@@ -201,16 +230,22 @@ pub struct Config {
     /// Bumped by the agent after each policy change; connections tracked under an older epoch
     /// are checked against policy again on their next packet.
     pub policy_epoch: u32,
+    /// Padding, always zero.
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<Config>() == 8);
 
 /// Connection-tracking timeouts, in nanoseconds.
 pub mod ct_timeout {
+    /// TCP connection the peer has answered: 6 hours.
     pub const TCP_ESTABLISHED_NS: u64 = 6 * 3600 * 1_000_000_000;
+    /// TCP connection after a FIN or RST ([`super::ct_flags::CLOSING`]): 10 seconds.
     pub const TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+    /// TCP connection not yet answered ([`super::ct_flags::REPLIED`] unset): 60 seconds.
     pub const TCP_SYN_NS: u64 = 60 * 1_000_000_000;
+    /// UDP flow, answered or not: 60 seconds.
     pub const UDP_NS: u64 = 60 * 1_000_000_000;
+    /// Any other protocol (ICMP, SCTP, ...): 60 seconds.
     pub const OTHER_NS: u64 = 60 * 1_000_000_000;
     /// A connection's timestamp is rewritten at most this often, to spare a map write per packet.
     pub const REFRESH_NS: u64 = 1_000_000_000;

@@ -85,6 +85,7 @@ pub struct FlowsArgs {
     /// Keep printing new flows as they come, until interrupted.
     #[arg(long, short)]
     pub follow: bool,
+    /// How to print: `text` for people, `json` as the agent serves it.
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -102,6 +103,7 @@ pub struct ExplainArgs {
     /// The agent's `--health-addr`.
     #[arg(long, default_value = DEFAULT_AGENT)]
     pub health_addr: SocketAddr,
+    /// How to print: `text` for people, `json` as the agent serves it.
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -112,6 +114,7 @@ pub struct StatusArgs {
     /// The agent's `--health-addr`.
     #[arg(long, default_value = DEFAULT_AGENT)]
     pub health_addr: SocketAddr,
+    /// How to print: `text` for people, `json` as the agent serves it.
     #[arg(long, short, value_enum, default_value_t)]
     pub output: Output,
 }

@@ -36,10 +36,15 @@ pub struct NodeView {
 /// A pod this node hosts, and where its programs attach.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LocalPod {
+    /// The pod's namespace.
     pub namespace: String,
+    /// The pod's name.
     pub name: String,
+    /// Host-side interface of the pod, which is also its endpoint id.
     pub ifindex: u32,
+    /// Some policy selects the pod for Ingress.
     pub ingress_isolated: bool,
+    /// Some policy selects the pod for Egress.
     pub egress_isolated: bool,
 }
 
@@ -49,8 +54,11 @@ pub type CidrPrefix = (u32, Addr);
 /// The contents of every map the agent writes, for one desired state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapSet {
+    /// Contents of `WEIR_EP_V1`.
     pub endpoints: BTreeMap<Addr, EndpointInfo>,
+    /// Contents of `WEIR_CIDR_V1`.
     pub cidrs: BTreeMap<CidrPrefix, CidrInfo>,
+    /// Contents of `WEIR_POL_V1`.
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
     /// Local pods by ifindex: the interfaces to attach to.
     pub local_pods: BTreeMap<u32, LocalPod>,
@@ -68,17 +76,27 @@ pub enum CompileError {
     #[error(
         "policy {policy} ({origin}) overflows map {map}: it needs {needed} entries, {capacity} fit"
     )]
+    /// One policy alone pushes a map past its capacity.
     PolicyOverflow {
+        /// `namespace/name` of the policy.
         policy: String,
+        /// Where the policy was read from.
         origin: String,
+        /// Name of the map (see [`dataplane_abi::names`]).
         map: &'static str,
+        /// Entries this policy adds to the map.
         needed: usize,
+        /// Entries the map holds.
         capacity: u32,
     },
+    /// The whole state needs more entries than a map holds.
     #[error("map {map} would need {needed} entries, {capacity} fit")]
     MapOverflow {
+        /// Name of the map (see [`dataplane_abi::names`]).
         map: &'static str,
+        /// Entries the state needs in the map.
         needed: usize,
+        /// Entries the map holds.
         capacity: u32,
     },
 }

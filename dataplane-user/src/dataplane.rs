@@ -29,39 +29,63 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/da
 /// Errors of the kernel layer.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
+    /// The kernel refused the eBPF object.
     #[error("loading the eBPF object")]
     Load(#[source] EbpfError),
+    /// A program is missing from the object, or could not be loaded or attached.
     #[error("program {name}")]
     Program {
+        /// Name of the program (see [`dataplane_abi::programs`]).
         name: &'static str,
+        /// The cause.
         #[source]
         source: ProgramError,
     },
+    /// The eBPF object lacks a map the agent needs (an object of another version).
     #[error("map {name} is missing from the eBPF object")]
-    MissingMap { name: &'static str },
+    MissingMap {
+        /// Name of the map (see [`dataplane_abi::names`]).
+        name: &'static str,
+    },
+    /// A map could not be opened, read or written.
     #[error("map {name}")]
     Map {
+        /// Name of the map (see [`dataplane_abi::names`]).
         name: &'static str,
+        /// The cause.
         #[source]
         source: MapError,
     },
+    /// A local pod's interface has no name: it is gone.
     #[error("interface {ifindex} has no name (was the pod deleted?)")]
-    NoInterface { ifindex: u32 },
+    NoInterface {
+        /// The interface's index.
+        ifindex: u32,
+    },
+    /// A pin in bpffs could not be created, read or removed.
     #[error("pin {path}")]
     Pin {
+        /// Path of the pin.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: std::io::Error,
     },
+    /// The link attaching a program could not be made a file-descriptor link, to be pinned.
     #[error("link of program {name}")]
     Link {
+        /// Name of the program (see [`dataplane_abi::programs`]).
         name: &'static str,
+        /// The cause.
         #[source]
         source: aya::programs::links::LinkError,
     },
+    /// A link pinned by an earlier agent could not be taken over.
     #[error("adopting the pinned link {path}")]
     Adopt {
+        /// Path of the pinned link.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: aya::programs::links::LinkError,
     },
@@ -70,9 +94,13 @@ pub enum DataplaneError {
 /// What one [`Dataplane::apply`] changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ApplyStats {
+    /// Entries added or changed, over the policy, CIDR and endpoint maps.
     pub upserts: usize,
+    /// Entries deleted, over the same maps.
     pub removals: usize,
+    /// Interfaces the programs were newly attached to.
     pub attached: usize,
+    /// Interfaces the programs were detached from.
     pub detached: usize,
 }
 
@@ -102,7 +130,9 @@ fn monotonic_ns() -> u64 {
 /// Per-reason packet counters, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Packets passed, by [`dataplane_abi::PassReason::name`].
     pub passed: BTreeMap<&'static str, u64>,
+    /// Packets dropped, by [`dataplane_abi::DropReason::name`].
     pub dropped: BTreeMap<&'static str, u64>,
 }
 

@@ -76,16 +76,22 @@ fn mask(addr: &Addr, len: u32) -> Addr {
 /// `port` (0 for protocols without ports).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Query {
+    /// Address of the sender.
     pub src: IpAddr,
+    /// Address of the receiver, of the same family as `src`.
     pub dst: IpAddr,
+    /// IANA protocol number (see [`dataplane_abi::proto`]).
     pub proto: u8,
+    /// Destination port, host byte order; 0 for protocols without ports.
     pub port: u16,
 }
 
 /// One policy-map lookup, in the order the program makes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lookup {
+    /// The `WEIR_POL_V1` key looked up.
     pub key: PolicyKey,
+    /// The value stored under it; `None` on a miss.
     pub found: Option<PolicyValue>,
 }
 
@@ -96,6 +102,7 @@ pub struct Judgement {
     pub direction: Direction,
     /// The local pod's interface, which is also its endpoint id.
     pub ifindex: u32,
+    /// What the program does with the packet: passes it, for a reason, or drops it.
     pub outcome: Result<PassReason, DropReason>,
     /// The peer's class, when policy had to look at it.
     pub peer_class: Option<u32>,
@@ -208,6 +215,7 @@ fn is_link_scope(addr: &Addr) -> bool {
 /// One end of the connection, with its name when it has one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Party {
+    /// The address the query used.
     pub ip: IpAddr,
     /// `namespace/name` of a pod, or `node`.
     pub name: Option<String>,
@@ -241,19 +249,28 @@ pub struct Side {
     pub reason: Option<String>,
     /// One sentence.
     pub summary: String,
+    /// The policy that allowed it (`namespace/name`), when a rule did.
     pub policy: Option<String>,
+    /// That policy's rule, as a field path: `spec.ingress[1]`.
     pub rule: Option<String>,
+    /// The policies that isolate the pod in this direction (`namespace/name`).
     pub isolated_by: Vec<String>,
+    /// The peer's class, when policy had to look at it.
     pub peer_class: Option<u32>,
+    /// The policy lookups made, up to the first hit.
     pub lookups: Vec<LookupLine>,
 }
 
 /// The answer to `weir explain`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Explanation {
+    /// The sender.
     pub src: Party,
+    /// The receiver.
     pub dst: Party,
+    /// The protocol's name: `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6`.
     pub proto: String,
+    /// Destination port; 0 for protocols without ports.
     pub port: u16,
     /// `allowed`, `dropped`, or `not judged here` when neither end is a pod of this node.
     pub verdict: String,
@@ -362,14 +379,32 @@ fn lookup_line(names: &Catalog, l: &Lookup) -> LookupLine {
 /// Why a query could not be understood: unknown pod, bad port, no common address family.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QueryError {
+    /// `SRC` or `DST` is neither an address nor the `namespace/name` of a known pod.
     #[error("{what} is neither an IP address nor a known pod (namespace/name)")]
-    UnknownEndpoint { what: String },
+    UnknownEndpoint {
+        /// What was typed.
+        what: String,
+    },
+    /// The pod named has no address yet.
     #[error("pod {pod} has no address yet")]
-    NoAddress { pod: String },
+    NoAddress {
+        /// `namespace/name` of the pod.
+        pod: String,
+    },
+    /// The two ends have no address of the same family.
     #[error("{src} and {dst} have no address family in common")]
-    NoCommonFamily { src: String, dst: String },
+    NoCommonFamily {
+        /// The sender, as typed.
+        src: String,
+        /// The receiver, as typed.
+        dst: String,
+    },
+    /// The port is not `PORT/PROTO` or `icmp`.
     #[error("{text}: expected PORT/PROTO (80/tcp, 53/udp, 9000/sctp) or icmp")]
-    BadPort { text: String },
+    BadPort {
+        /// What was typed.
+        text: String,
+    },
 }
 
 /// Builds a query from what a person types: `SRC` and `DST` as addresses or `namespace/name`

@@ -6,6 +6,7 @@
 //! [`compile::NodeView`] → [`compile::MapSet`]) → [`dataplane`] (the thin syscall layer: load,
 //! attach, apply a diff of map contents). [`node`] reads what the node hosts; [`agent`] runs the
 //! loop and serves health and status.
+#![warn(missing_docs)]
 
 pub mod agent;
 pub mod api;

@@ -47,37 +47,49 @@ pub struct DesiredState {
 /// A Kubernetes namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Namespace {
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.labels`.
     pub labels: Labels,
 }
 
 /// A Kubernetes pod, reduced to what policy matching needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pod {
+    /// `metadata.namespace`.
     pub namespace: String,
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.labels`.
     pub labels: Labels,
     /// `status.podIPs` (or `status.podIP`); a pod without an address cannot be matched yet.
     pub ips: Vec<IpAddr>,
     /// Named container ports, for rules that name a port.
     pub ports: Vec<NamedPort>,
+    /// Where the pod was read from.
     pub origin: Origin,
 }
 
 /// A container port that has a name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NamedPort {
+    /// The container port's `name`.
     pub name: String,
+    /// The container port's `protocol`.
     pub protocol: Protocol,
+    /// The container port's `containerPort`.
     pub port: u16,
 }
 
 /// Transport protocols a `NetworkPolicy` port can name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
+    /// `TCP`, the default when a port names no protocol.
     #[default]
     Tcp,
+    /// `UDP`.
     Udp,
+    /// `SCTP`.
     Sctp,
 }
 
@@ -115,7 +127,9 @@ impl fmt::Display for Protocol {
 /// A `networking.k8s.io/v1` `NetworkPolicy`, validated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
+    /// `metadata.namespace`.
     pub namespace: String,
+    /// `metadata.name`.
     pub name: String,
     /// Pods of `namespace` this policy applies to.
     pub pod_selector: LabelSelector,
@@ -124,6 +138,7 @@ pub struct Policy {
     pub ingress: Option<Vec<Rule>>,
     /// `Some` when the policy isolates selected pods for egress.
     pub egress: Option<Vec<Rule>>,
+    /// Where the policy was read from.
     pub origin: Origin,
 }
 
@@ -141,12 +156,16 @@ pub struct Rule {
 pub enum Peer {
     /// Pods chosen by labels, in namespaces chosen by labels (or the policy's own namespace).
     Pods {
+        /// Namespaces the pods may live in.
         namespaces: NamespaceScope,
+        /// Pods of those namespaces, by labels (`podSelector`; empty: every pod).
         pods: LabelSelector,
     },
     /// Addresses in `cidr` but not in any of `except`.
     IpBlock {
+        /// `ipBlock.cidr`, with host bits cleared.
         cidr: IpNetwork,
+        /// `ipBlock.except`: each a strict subnet of `cidr`.
         except: Vec<IpNetwork>,
     },
 }
@@ -163,6 +182,7 @@ pub enum NamespaceScope {
 /// A `ports` entry of a rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortMatch {
+    /// `protocol` (TCP when the entry names none).
     pub protocol: Protocol,
     /// `None`: every port of `protocol`.
     pub port: Option<PortSpec>,
@@ -172,7 +192,12 @@ pub struct PortMatch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PortSpec {
     /// `port` alone (`first == last`) or `port`..=`endPort`.
-    Range { first: u16, last: u16 },
+    Range {
+        /// First port of the range.
+        first: u16,
+        /// Last port of the range, inclusive.
+        last: u16,
+    },
     /// A container port name, resolved on each destination pod.
     Named(String),
 }
@@ -180,24 +205,33 @@ pub enum PortSpec {
 /// A Kubernetes label selector. The empty selector selects everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LabelSelector {
+    /// `matchLabels`: each key must have exactly this value.
     pub match_labels: BTreeMap<String, String>,
+    /// `matchExpressions`: each must hold.
     pub match_expressions: Vec<Requirement>,
 }
 
 /// One `matchExpressions` entry.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Requirement {
+    /// The label key tested.
     pub key: String,
+    /// How the label is tested.
     pub operator: Operator,
+    /// Non-empty for `In` and `NotIn`, empty for `Exists` and `DoesNotExist`.
     pub values: BTreeSet<String>,
 }
 
 /// Operators of `matchExpressions`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Operator {
+    /// The label is set to one of `values`.
     In,
+    /// The label is unset, or set to none of `values`.
     NotIn,
+    /// The label is set, to any value.
     Exists,
+    /// The label is unset.
     DoesNotExist,
 }
 

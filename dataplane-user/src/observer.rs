@@ -52,10 +52,13 @@ pub struct Observer {
 /// Why an explanation could not be given.
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
+    /// The query could not be resolved to addresses, protocol and port.
     #[error(transparent)]
     Query(#[from] explain::QueryError),
+    /// The agent has not loaded the dataplane yet: no maps to read.
     #[error("the dataplane is not loaded yet")]
     NotLoaded,
+    /// The policy maps could not be read.
     #[error("reading the maps")]
     Maps(#[source] DataplaneError),
 }

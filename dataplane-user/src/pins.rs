@@ -39,7 +39,9 @@ pub const PINNED_MAPS: [&str; 8] = [
 /// Which program a pinned link holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Hook {
+    /// `weir_from_pod`, on TC ingress of the pod's host-side veth.
     FromPod,
+    /// `weir_to_pod`, on TC egress of the pod's host-side veth.
     ToPod,
 }
 

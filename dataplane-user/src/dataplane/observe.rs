@@ -26,7 +26,9 @@ pub enum FlowEvents {
     Off,
     /// At most `per_sec` events per second on each CPU, after a burst of `burst`.
     Limited {
+        /// Events per second on each CPU, sustained.
         per_sec: NonZeroU32,
+        /// Events a CPU may send at once after a quiet spell.
         burst: NonZeroU32,
     },
     /// Every event (tests and benchmarks: a flood of them is the point there).

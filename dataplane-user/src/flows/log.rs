@@ -14,7 +14,9 @@ const FEED_CAPACITY: usize = 1024;
 /// A tally's labels: flows of one verdict and reason, attributed to one policy.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Tally {
+    /// Whether the flows were allowed or dropped.
     pub verdict: Verdict,
+    /// The pass or drop reason's stable name.
     pub reason: String,
     /// The policy that allowed the flow; for a drop, each policy isolating the pod (a drop
     /// isolated by two policies counts once under each). Empty when none is known.

@@ -26,7 +26,9 @@ use crate::catalog::{self, Catalog};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
+    /// Passed: policy or a rule that needs none let it through.
     Allowed,
+    /// Dropped by the program.
     Dropped,
 }
 
@@ -67,15 +69,20 @@ pub struct FlowRecord {
     pub seq: u64,
     /// RFC 3339, UTC, nanoseconds.
     pub time: String,
+    /// Whether the packet was allowed or dropped.
     pub verdict: Verdict,
     /// The pass or drop reason's stable name.
     pub reason: String,
     /// `ingress` (towards the local pod) or `egress` (from it).
     pub direction: String,
+    /// The protocol's name (`TCP`, `ICMPv6`, `proto-47`), or `?` when the headers could not
+    /// be read.
     pub proto: String,
     /// TCP flags (`SYN`, `SYN,ACK`), when TCP.
     pub tcp_flags: Option<String>,
+    /// The sender.
     pub src: FlowPeer,
+    /// The receiver.
     pub dst: FlowPeer,
     /// Host-side interface the packet crossed.
     pub interface: u32,
@@ -87,6 +94,7 @@ pub struct FlowRecord {
     pub rule: Option<String>,
     /// For policy drops: every policy isolating the local pod in this direction.
     pub isolated_by: Vec<String>,
+    /// The peer's class, when the program learnt it.
     pub peer_class: Option<u32>,
     /// One sentence: why.
     pub summary: String,
@@ -194,6 +202,7 @@ pub struct FlowFilter {
     pub pod: Option<String>,
     /// Either end is a pod of this namespace.
     pub namespace: Option<String>,
+    /// The flow has this verdict.
     pub verdict: Option<Verdict>,
     /// Either end has this port.
     pub port: Option<u16>,

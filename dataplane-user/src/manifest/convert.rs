@@ -31,6 +31,7 @@ use crate::model::{
 pub struct FieldError {
     /// The field at fault, from the object's root.
     pub path: FieldPath,
+    /// What is wrong, in words.
     pub message: String,
     /// The fault is the key at `path` itself (an unknown field, a bad label key), not its value.
     pub on_key: bool,

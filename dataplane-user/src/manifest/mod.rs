@@ -43,11 +43,13 @@ pub struct Loaded {
 /// An object skipped because its kind plays no part in `NetworkPolicy` enforcement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ignored {
+    /// The object's `kind`.
     pub kind: String,
     /// `metadata.namespace` as written (not defaulted: the kind may be cluster-scoped).
     pub namespace: Option<String>,
     /// `metadata.name`, empty when absent.
     pub name: String,
+    /// Where the object was read from.
     pub origin: Origin,
 }
 
@@ -65,6 +67,7 @@ impl fmt::Display for Ignored {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}", lines(errors))]
 pub struct LoadError {
+    /// The mistakes, one per entry.
     pub errors: Vec<ManifestError>,
 }
 
@@ -77,6 +80,7 @@ fn lines(errors: &[ManifestError]) -> String {
 /// `policies/x.yaml:12:9: spec.ingress[0].ports[1].port: port must be between 1 and 65535, got 0`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestError {
+    /// The manifest file.
     pub file: PathBuf,
     /// 1-based; 0 when the error is about the file as a whole (it cannot be read).
     pub line: u64,
@@ -84,6 +88,7 @@ pub struct ManifestError {
     pub column: u64,
     /// Path of the field at fault (`spec.ingress[0].ports[1].port`), empty for the whole document.
     pub field: String,
+    /// What is wrong, in words.
     pub message: String,
 }
 

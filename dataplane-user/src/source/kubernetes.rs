@@ -46,19 +46,26 @@ pub enum Target {
 /// Why the source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The kubeconfig file could not be read or used.
     #[error("reading kubeconfig {path}")]
     Kubeconfig {
+        /// Path of the kubeconfig file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: KubeconfigError,
     },
+    /// The service account token, CA or API server address could not be read.
     #[error("reading the in-cluster configuration")]
     InCluster {
+        /// The cause.
         #[source]
         source: InClusterError,
     },
+    /// The client could not be built from the configuration.
     #[error("creating the Kubernetes client")]
     Client {
+        /// The cause.
         #[source]
         source: kube::Error,
     },

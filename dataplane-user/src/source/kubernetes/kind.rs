@@ -19,11 +19,17 @@ use crate::model::{Namespace, Origin, Pod, Policy};
 /// A kind of Kubernetes object that Weir watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
+    /// `v1` `Namespace`: its labels select policy peers.
     Namespace,
+    /// `v1` `Pod`.
     Pod,
+    /// `networking.k8s.io/v1` `NetworkPolicy`.
     NetworkPolicy,
+    /// `v1` `Service`: watched, not yet part of the desired state.
     Service,
+    /// `discovery.k8s.io/v1` `EndpointSlice`: watched, not yet part of the desired state.
     EndpointSlice,
+    /// `v1` `Node`: watched, not yet part of the desired state.
     Node,
 }
 

@@ -226,6 +226,7 @@ fn waiting(unsynced: &[(Kind, Option<String>)]) -> LoadError {
 /// The health of every watcher, as `/status` and logs show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Health {
+    /// Each watched kind with its watcher's health, in [`Kind::ALL`] order.
     pub kinds: Vec<(Kind, KindHealth)>,
 }
 
