@@ -1,10 +1,14 @@
 //! `weir-bench`: what Weir's policy path costs per packet, and whether that cost grows with the
 //! number of `NetworkPolicy` rules; then what compiling and loading a large policy set costs;
-//! then what flow events add per packet (`bench/flows.rs`).
+//! then what flow events add per packet (`bench/flows.rs`); then the real agent process,
+//! `weir run`, at that scale (`bench/agent.rs`).
 //!
 //! Run as root: `cargo run --release -p weir-tests --bin weir-bench` (or `cargo xtask bench`).
 //! Options: `--rounds N` (default 9), `--repeat N` runs per bulk call (default 250 000),
-//! `--single N` one-run calls per round for new flows (default 3 000).
+//! `--single N` one-run calls per round for new flows (default 3 000); `--only kernel|agent`,
+//! `--skip kernel|agent` to run one part; `--agent-changes N` policy changes timed per poll
+//! interval (default 30). The agent part runs the release `weir` (`$WEIR_BIN`, or else built
+//! with `cargo build --release`) in network namespaces of its own.
 //!
 //! A benchmark, not a test: it never judges a time. It fails only on real errors (not root,
 //! the verifier refusing the programs, a packet taking another path than the one measured).
@@ -32,6 +36,8 @@
 //! established (bulk) + [new − established] (single runs). The raw single-run medians are
 //! printed too.
 
+#[path = "bench/agent.rs"]
+mod agent;
 #[path = "bench/cluster.rs"]
 mod cluster;
 #[path = "bench/flows.rs"]
@@ -84,6 +90,20 @@ struct Options {
     rounds: usize,
     repeat: u32,
     single: usize,
+    /// Run the in-kernel part (`BPF_PROG_TEST_RUN`, control plane in process).
+    kernel: bool,
+    /// Run the agent-process part.
+    agent: bool,
+    agent_opts: agent::Options,
+}
+
+/// The part named by `--only` or `--skip`.
+fn part(name: &str) -> Result<&'static str> {
+    match name {
+        "kernel" => Ok("kernel"),
+        "agent" => Ok("agent"),
+        other => bail!("unknown part {other}: kernel or agent"),
+    }
 }
 
 impl Options {
@@ -92,13 +112,15 @@ impl Options {
             rounds: 9,
             repeat: 250_000,
             single: 3_000,
+            kernel: true,
+            agent: true,
+            agent_opts: agent::Options { changes: 30 },
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
+            let mut text = || args.next().with_context(|| format!("{flag} needs a value"));
             let mut value = || -> Result<usize> {
-                let v = args
-                    .next()
-                    .with_context(|| format!("{flag} needs a value"))?;
+                let v = text()?;
                 v.parse()
                     .with_context(|| format!("{flag} {v}: not a count"))
             };
@@ -106,8 +128,20 @@ impl Options {
                 "--rounds" => opts.rounds = value()?,
                 "--repeat" => opts.repeat = u32::try_from(value()?)?,
                 "--single" => opts.single = value()?,
+                "--agent-changes" => opts.agent_opts.changes = value()?,
+                "--only" => {
+                    let only = part(&text()?)?;
+                    (opts.kernel, opts.agent) = (only == "kernel", only == "agent");
+                }
+                "--skip" => match part(&text()?)? {
+                    "kernel" => opts.kernel = false,
+                    _ => opts.agent = false,
+                },
                 "-h" | "--help" => {
-                    println!("usage: weir-bench [--rounds N] [--repeat N] [--single N]");
+                    println!(
+                        "usage: weir-bench [--rounds N] [--repeat N] [--single N] \
+                         [--only kernel|agent] [--skip kernel|agent] [--agent-changes N]"
+                    );
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument {other} (try --help)"),
@@ -537,42 +571,56 @@ fn run() -> Result<()> {
     let opts = Options::parse()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("needs root (BPF_PROG_TEST_RUN, map creation)");
+        bail!("needs root (BPF_PROG_TEST_RUN, map creation, network namespaces)");
     }
     let started = Instant::now();
-    let env = environment(&opts);
+    let mut keys = Vec::new();
+    if opts.kernel {
+        let report = kernel_part(&opts)?;
+        print!("{}", report.render_tables());
+        keys.extend(report.keys());
+        let flows = flows::run(opts.rounds, opts.repeat, opts.single)?;
+        print!("{}", flows.render());
+        keys.extend(flows.keys());
+    }
+    if opts.agent {
+        let env = environment(&opts);
+        println!("weir-bench agent: kernel {}, {} CPUs", env.kernel, env.cpus);
+        let report = agent::run(opts.agent_opts)?;
+        print!("{}", report.render());
+        keys.extend(report.keys());
+    }
+    print!("{}", report::render_keys(&keys));
+    eprintln!(
+        "weir-bench: done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The in-kernel part: the packet benchmark and the in-process control plane.
+fn kernel_part(opts: &Options) -> Result<Report> {
+    let env = environment(opts);
     let (largest_rules, _) = CONFIGS[CONFIGS.len() - 1];
     eprintln!("weir-bench: generating {largest_rules} rules, compiling and loading them");
     let largest = cluster::generate(largest_rules);
     let (control, largest_maps) = control_plane(&largest)?;
     let mut benches = benches(&largest, &largest_maps)?;
     drop(largest_maps);
-    measure_all(&mut benches, &opts)?;
+    measure_all(&mut benches, opts)?;
     let mut floor = Vec::new();
     let mut single_all = Vec::new();
     for b in &benches {
         floor.extend(&b.floor);
         single_all.extend(&b.single_all);
     }
-    let report = Report {
+    Ok(Report {
         env,
         floor,
         granularity: measure::granularity(&single_all),
         configs: benches.into_iter().map(Bench::into_report).collect(),
         control,
-    };
-    print!("{}", report.render());
-    let flows = flows::run(opts.rounds, opts.repeat, opts.single)?;
-    print!("{}", flows.render());
-    println!("# weir-bench flow-event results");
-    for (k, v) in flows.keys() {
-        println!("{k}={v}");
-    }
-    eprintln!(
-        "weir-bench: done in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    })
 }
 
 fn main() -> ExitCode {

@@ -169,6 +169,15 @@ fn verdict(growth: f64) -> &'static str {
     }
 }
 
+/// The final block for scripts: every part's `key=value` lines.
+pub fn render_keys(kv: &[(String, String)]) -> String {
+    let mut out = String::from("# weir-bench results\n");
+    for (k, v) in kv {
+        let _ = writeln!(out, "{k}={v}");
+    }
+    out
+}
+
 impl Report {
     fn floor_ns(&self) -> f64 {
         median(&self.floor)
@@ -182,8 +191,8 @@ impl Report {
         last.case_ns(case) / first.case_ns(case)
     }
 
-    /// The whole report as text: tables, notes, then the `key=value` block.
-    pub fn render(&self) -> String {
+    /// The report's tables and notes; its `key=value` lines come from [`Self::keys`].
+    pub fn render_tables(&self) -> String {
         let mut out = String::new();
         self.render_header(&mut out);
         self.render_sizes(&mut out);
@@ -191,7 +200,6 @@ impl Report {
         self.render_single(&mut out);
         self.render_ladder(&mut out);
         self.render_control(&mut out);
-        self.render_keys(&mut out);
         out
     }
 
@@ -382,7 +390,8 @@ impl Report {
         let _ = writeln!(out, "  peak RSS after that      {rss_mib:>9.1} MiB\n");
     }
 
-    fn render_keys(&self, out: &mut String) {
+    /// The `key=value` pairs of the in-kernel part.
+    pub fn keys(&self) -> Vec<(String, String)> {
         let e = &self.env;
         let mut kv: Vec<(String, String)> = vec![
             ("kernel".into(), e.kernel.clone()),
@@ -421,10 +430,7 @@ impl Report {
             ("sync_maps_ms".into(), format!("{:.1}", millis(&c.sync))),
             ("peak_rss_kib".into(), c.peak_rss_kib.to_string()),
         ]);
-        out.push_str("# weir-bench results\n");
-        for (k, v) in kv {
-            let _ = writeln!(out, "{k}={v}");
-        }
+        kv
     }
 
     fn config_keys(&self, c: &ConfigReport, kv: &mut Vec<(String, String)>) {
