@@ -75,6 +75,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ..SyncLoop::default()
     };
     let mut ticker = tokio::time::interval(config.poll_interval);
+    // After a long apply, one check is enough: a burst of missed ticks would only spin.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut conntrack_gc = tokio::time::interval(CONNTRACK_GC_INTERVAL);
     loop {

@@ -67,14 +67,16 @@ unsafe fn sockaddr_ip(sa: *const libc::sockaddr) -> Option<IpAddr> {
 /// Host routes (/32, /128) through an interface other than loopback, with its ifindex.
 fn host_routes() -> io::Result<BTreeMap<IpAddr, u32>> {
     let mut out = BTreeMap::new();
-    let v4 = std::fs::read_to_string("/proc/net/route")?;
+    // `thread-self`: the namespace of the calling thread; `/proc/net` follows the process's
+    // main thread, which is wrong for a thread that entered another namespace.
+    let v4 = std::fs::read_to_string("/proc/thread-self/net/route")?;
     for (ip, dev) in parse_ipv4_routes(&v4) {
         if let Some(ifindex) = ifindex(&dev) {
             out.insert(IpAddr::V4(ip), ifindex);
         }
     }
     // A kernel without IPv6 has no such file: no IPv6 pods then.
-    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    let v6 = std::fs::read_to_string("/proc/thread-self/net/ipv6_route").unwrap_or_default();
     for (ip, dev) in parse_ipv6_routes(&v6) {
         if let Some(ifindex) = ifindex(&dev) {
             out.insert(IpAddr::V6(ip), ifindex);
