@@ -279,8 +279,9 @@ fn free_loopback_port() -> u16 {
 }
 
 /// A minimal HTTP/1.0 GET: the server closes the connection after the body and, for a 1.0
-/// client, sends it without chunked encoding. Returns the status code and body.
-fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+/// client, sends it without chunked encoding. Returns the status code and body. Runs in the
+/// calling thread's network namespace.
+pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
     stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
     stream.set_write_timeout(Some(HTTP_TIMEOUT))?;

@@ -253,15 +253,10 @@ fn follow_sees_a_new_flow(topology: &Topology, agent: &Agent<'_>) {
 
 fn agent_metrics(topology: &Topology, agent: &Agent<'_>) -> String {
     let addr = agent.health_addr();
-    topology.node().run(move || {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            .expect("connecting to the agent");
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-            .expect("sending");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("reading /metrics");
-        body
-    })
+    let (code, body) = topology
+        .node()
+        .run(move || testbed::http_get(addr, "/metrics"))
+        .expect("GET /metrics");
+    assert_eq!(code, 200, "GET /metrics: {body}");
+    body
 }

@@ -6,8 +6,8 @@
 //! long the source took to resync after each disruption.
 
 use std::fs::File;
-use std::io::{self, Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -500,18 +500,10 @@ impl<'t> KubeAgent<'t> {
     /// A GET to the health endpoint, from the node namespace where it listens.
     fn get(&self, path: &str) -> Option<(u16, String)> {
         let addr = self.health;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-        self.topology.node().run(move || {
-            let timeout = Duration::from_secs(1);
-            let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
-            stream.set_read_timeout(Some(timeout)).ok()?;
-            stream.write_all(request.as_bytes()).ok()?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response).ok()?;
-            let (head, body) = response.split_once("\r\n\r\n")?;
-            let code = head.split_whitespace().nth(1)?.parse().ok()?;
-            Some((code, body.to_owned()))
-        })
+        let path = path.to_owned();
+        self.topology
+            .node()
+            .run(move || testbed::http_get(addr, &path).ok())
     }
 
     fn log_tail(&self) -> String {

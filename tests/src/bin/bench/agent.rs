@@ -54,7 +54,7 @@
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
@@ -125,7 +125,6 @@ const DENY_WAIT: Duration = Duration::from_millis(50);
 /// While waiting for a connection to be allowed, an attempt gives up after this: a slow
 /// answer only costs one more attempt.
 const ALLOW_WAIT: Duration = Duration::from_millis(10);
-const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lines of the agent's log shown with an error.
 const LOG_TAIL_LINES: usize = 30;
 
@@ -1196,23 +1195,9 @@ fn free_loopback_port() -> Result<u16> {
         .port())
 }
 
-/// A minimal HTTP/1.0 GET (the agent closes after the body): status code and body.
+/// `GET path` on the agent's health address: status code and body.
 fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
-    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
-    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("no end of headers")?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad status line in {head:?}"))?;
-    Ok((code, body.to_owned()))
+    Ok(testbed::http_get(addr, path)?)
 }
 
 // ---------------------------------------------------------------------------------------------
