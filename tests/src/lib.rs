@@ -20,8 +20,10 @@
 
 mod agent;
 pub mod fakeapi;
+pub mod fixtures;
 pub mod manifests;
 mod netns;
+pub mod packet;
 mod probe;
 mod reachability;
 mod servers;

@@ -8,12 +8,7 @@
 //! namespace). Every packet uses a fresh source port, so each one opens a new connection and
 //! is judged by policy, never by connection tracking.
 
-#[path = "../src/packet.rs"]
-#[allow(
-    dead_code,
-    reason = "the frame builder shared with the packet tests; this file sends plain packets"
-)]
-mod packet;
+use testbed::packet;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -29,19 +24,7 @@ use weir::model::{
     PortMatch, PortSpec, Protocol, Rule,
 };
 
-const TC_ACT_OK: i32 = 0;
-const TC_ACT_SHOT: i32 = 2;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("test address")
-}
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
+use testbed::fixtures::{TC_ACT_OK, TC_ACT_SHOT, ip, labels};
 
 fn selector(pairs: &[(&str, &str)]) -> LabelSelector {
     LabelSelector {

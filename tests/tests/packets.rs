@@ -8,11 +8,9 @@
 //! Flow events are read back from the ring buffer: one per drop and per new connection, with
 //! the packet's fields, none for established packets, and never a different verdict.
 
-#[path = "../src/packet.rs"]
-mod packet;
+use testbed::packet;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use dataplane_abi::{
     Direction, DropReason, FLOW_UNKNOWN, FlowEvent, FlowVerdict, PEER_CLASS_WORLD, PassReason,
@@ -27,19 +25,7 @@ use weir::model::{
     PortMatch, PortSpec, Protocol, Rule,
 };
 
-const TC_ACT_OK: i32 = 0;
-const TC_ACT_SHOT: i32 = 2;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("test address")
-}
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
+use testbed::fixtures::{TC_ACT_OK, TC_ACT_SHOT, ip, labels};
 
 fn pod(ns: &str, name: &str, ips: &[&str], ports: Vec<NamedPort>) -> Pod {
     Pod {

@@ -44,16 +44,7 @@ mod cluster;
 mod flows;
 #[path = "bench/measure.rs"]
 mod measure;
-#[expect(
-    dead_code,
-    reason = "the frame builder shared with the packet tests; the benchmark sends TCP only"
-)]
-#[allow(
-    clippy::doc_markdown,
-    reason = "another engineer's file, linted with the packet tests; may already be clean"
-)]
-#[path = "../packet.rs"]
-mod packet;
+use testbed::packet;
 #[path = "bench/report.rs"]
 mod report;
 

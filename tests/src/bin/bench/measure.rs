@@ -12,8 +12,7 @@ use anyhow::{Context, Result, ensure};
 use dataplane_abi::{DropReason, PassReason};
 use weir::dataplane::{Counters, Dataplane};
 
-const TC_ACT_OK: i32 = 0;
-const TC_ACT_SHOT: i32 = 2;
+use testbed::fixtures::{TC_ACT_OK, TC_ACT_SHOT};
 
 /// How a run must end: the TC action, and the reason counter that moves once per run.
 #[derive(Clone, Copy, Debug)]
