@@ -501,9 +501,21 @@ impl Dataplane {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(i32, Duration), DataplaneError> {
+        self.run_program(name, frame, None, repeat)
+    }
+
+    /// `BPF_PROG_TEST_RUN` of `name` on `frame`, with `ctx` as the input `__sk_buff` if any.
+    fn run_program(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        ctx: Option<&[u8]>,
+        repeat: u32,
+    ) -> Result<(i32, Duration), DataplaneError> {
         let prog = program(&mut self.ebpf, name)?;
         let opts = TestRunOptions {
             data_in: Some(frame),
+            ctx_in: ctx,
             repeat,
             ..TestRunOptions::default()
         };

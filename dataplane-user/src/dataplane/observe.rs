@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
-use aya::programs::{TestRun as _, TestRunOptions};
 use dataplane_abi::{
     Addr, CidrInfo, EndpointInfo, ObserveConfig, ObserveCounter, PolicyKey, PolicyValue, names,
     observe_flags,
 };
 
-use super::{Dataplane, DataplaneError, map_err, program, typed_map};
+use super::{Dataplane, DataplaneError, map_err, typed_map};
 
 /// The flow-event ring buffer, as its one reader holds it.
 pub type FlowRing = RingBuf<MapData>;
@@ -143,21 +142,7 @@ impl Dataplane {
         const IFINDEX_OFFSET: usize = 40;
         let mut ctx = [0u8; IFINDEX_OFFSET + 4];
         ctx[IFINDEX_OFFSET..].copy_from_slice(&ifindex.to_ne_bytes());
-        let prog = program(&mut self.ebpf, name)?;
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ctx_in: Some(&ctx),
-            repeat,
-            ..TestRunOptions::default()
-        };
-        let result = prog
-            .test_run(opts)
-            .map_err(|source| DataplaneError::Program { name, source })?;
-        #[expect(
-            clippy::cast_possible_wrap,
-            reason = "TC actions are small signed numbers the kernel returns as u32"
-        )]
-        Ok((result.return_value as i32, result.duration))
+        self.run_program(name, frame, Some(&ctx), repeat)
     }
 }
 
