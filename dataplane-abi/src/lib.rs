@@ -14,10 +14,12 @@
 pub mod event;
 pub mod maps;
 pub mod reason;
+pub mod service;
 
 pub use event::*;
 pub use maps::*;
 pub use reason::*;
+pub use service::*;
 
 /// Which way a packet crosses the pod's interface, seen from the pod.
 #[repr(u8)]

@@ -12,7 +12,7 @@ pub mod names {
     /// Hash of [`crate::PolicyKey`] to [`crate::PolicyValue`].
     pub const POLICY: &str = "WEIR_POL_V1";
     /// LRU hash of [`crate::CtKey`] to [`crate::CtEntry`]; the programs own it.
-    pub const CONNTRACK: &str = "WEIR_CT_V1";
+    pub const CONNTRACK: &str = "WEIR_CT_V2";
     /// LRU hash of [`crate::FragKey`] to [`crate::FragPorts`]; the programs own it.
     pub const FRAGMENTS: &str = "WEIR_FRAG_V1";
     /// The single [`crate::Config`] entry.
@@ -29,6 +29,20 @@ pub mod names {
     pub const OBSERVE_BUCKETS: &str = "WEIR_OBS_TB_V1";
     /// Per-CPU counters indexed by [`crate::ObserveCounter`].
     pub const OBSERVE_COUNTERS: &str = "WEIR_OBS_CNT_V1";
+    /// Hash of [`crate::ServiceKey`] to [`crate::ServiceValue`]: Service frontends.
+    pub const SERVICES: &str = "WEIR_SVC_V1";
+    /// Hash of a backend id (`u32`) to [`crate::Backend`].
+    pub const BACKENDS: &str = "WEIR_BE_V1";
+    /// Hash of a backend set id to its Maglev table of [`crate::maglev::SMALL`] slots.
+    pub const MAGLEV_SMALL: &str = "WEIR_MAG_S_V1";
+    /// Hash of a backend set id to its Maglev table of [`crate::maglev::MEDIUM`] slots.
+    pub const MAGLEV_MEDIUM: &str = "WEIR_MAG_M_V1";
+    /// Hash of a backend set id to its Maglev table of [`crate::maglev::LARGE`] slots.
+    pub const MAGLEV_LARGE: &str = "WEIR_MAG_L_V1";
+    /// LRU hash of [`crate::AffinityKey`] to [`crate::AffinityValue`]; the programs own it.
+    pub const AFFINITY: &str = "WEIR_AFF_V1";
+    /// LPM trie of [`crate::SourceRangeKey`] to `u32` (unused, 0): `loadBalancerSourceRanges`.
+    pub const SOURCE_RANGES: &str = "WEIR_LBSRC_V1";
 }
 
 /// Names of the programs in the eBPF object.
@@ -56,6 +70,21 @@ pub mod capacity {
     /// Bytes of the flow-event ring buffer (a power of two, a multiple of the page size):
     /// 6 553 events of 80 bytes (the event and the ring's own 8-byte header).
     pub const FLOW_RING_BYTES: u32 = 512 * 1024;
+    /// Entries of `WEIR_SVC_V1`: frontends (a Service port's ClusterIP, node ports, external
+    /// and load-balancer IPs, for each scope).
+    pub const SERVICES: u32 = 262_144;
+    /// Entries of `WEIR_BE_V1`: 100 000 Services of 10 endpoints, and room to spare.
+    pub const BACKENDS: u32 = 1_048_576;
+    /// Entries of `WEIR_MAG_S_V1` (allocated on use).
+    pub const MAGLEV_SMALL: u32 = 262_144;
+    /// Entries of `WEIR_MAG_M_V1` (allocated on use).
+    pub const MAGLEV_MEDIUM: u32 = 16_384;
+    /// Entries of `WEIR_MAG_L_V1` (allocated on use).
+    pub const MAGLEV_LARGE: u32 = 256;
+    /// Entries of `WEIR_AFF_V1` (least recently used entries are evicted beyond it).
+    pub const AFFINITY: u32 = 65_536;
+    /// Entries of `WEIR_LBSRC_V1`.
+    pub const SOURCE_RANGES: u32 = 16_384;
 }
 
 /// An IPv6 address, or an IPv4 address mapped into IPv6, in network byte order.
@@ -176,9 +205,16 @@ pub mod ct_flags {
     pub const SEEN_SYN: u8 = 1 << 1;
     /// A packet went the other way: the peer answered (TCP past SYN-SENT, UDP a dialogue).
     pub const REPLIED: u8 = 1 << 2;
+    /// A Service entry: the key's remote end is a frontend, `nat_*` the backend it was sent
+    /// to. Only the client's packets use it (to translate the destination); policy and replies
+    /// use the entry of the translated flow.
+    pub const SERVICE: u8 = 1 << 3;
+    /// The translated flow of a Service connection: `nat_*` is the frontend the client asked
+    /// for, written back as the source of replies.
+    pub const REV_NAT: u8 = 1 << 4;
 }
 
-/// Value of `WEIR_CT_V1`.
+/// Value of `WEIR_CT_V2`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtEntry {
@@ -190,10 +226,18 @@ pub struct CtEntry {
     pub origin: u8,
     /// [`ct_flags`] bits.
     pub flags: u8,
-    /// Padding, always zero.
-    pub _pad: [u8; 2],
+    /// With [`ct_flags::SERVICE`] or [`ct_flags::REV_NAT`]: the other side of the translation's
+    /// port, host byte order.
+    pub nat_port_h: u16,
+    /// With [`ct_flags::SERVICE`]: the backend's address; with [`ct_flags::REV_NAT`]: the
+    /// frontend's.
+    pub nat_addr: Addr,
+    /// With [`ct_flags::SERVICE`]: the backend id, to notice that the backend left its set.
+    pub backend: u32,
+    /// With [`ct_flags::SERVICE`] or [`ct_flags::REV_NAT`]: [`crate::ServiceValue::service`].
+    pub service: u32,
 }
-const _: () = assert!(size_of::<CtEntry>() == 16);
+const _: () = assert!(size_of::<CtEntry>() == 40);
 
 /// Key of `WEIR_FRAG_V1`: identifies the fragments of one IP datagram.
 #[repr(C)]
@@ -230,8 +274,15 @@ pub struct Config {
     /// Bumped by the agent after each policy change; connections tracked under an older epoch
     /// are checked against policy again on their next packet.
     pub policy_epoch: u32,
-    /// Padding, always zero.
-    pub _pad: u32,
+    /// [`config_flags`] bits. This took the slot that was padding, always written as zero: the
+    /// map keeps its name, as for [`PolicyValue::rule`].
+    pub flags: u32,
+}
+
+/// Bits of [`Config::flags`].
+pub mod config_flags {
+    /// The programs write debug logs (aya-log) for every packet: for debugging only, it costs.
+    pub const DEBUG_LOG: u32 = 1 << 0;
 }
 const _: () = assert!(size_of::<Config>() == 8);
 

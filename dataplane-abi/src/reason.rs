@@ -65,16 +65,30 @@ pub enum DropReason {
     /// On a pod's interface, the pod-side address (source leaving, destination entering) is not
     /// one of that pod's addresses: spoofing, or a pod the agent does not know yet.
     NotPodAddress = 4,
+    /// A new connection to a Service frontend with no endpoint at all: rejected (TCP reset,
+    /// ICMP unreachable to the client), as kube-proxy does, rather than left to time out.
+    NoEndpoints = 5,
+    /// A new connection to a frontend whose traffic policy is `Local` on a node with no local
+    /// endpoint: dropped, as kube-proxy does.
+    NoLocalEndpoints = 6,
+    /// A client outside the Service's `loadBalancerSourceRanges`.
+    SourceRange = 7,
+    /// The kernel refused to rewrite the packet's addresses (a helper failed).
+    NatFailed = 8,
 }
 
 impl DropReason {
     /// Every variant, in number order; the length of the counter array.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 9] = [
         Self::PolicyDenied,
         Self::PolicyRevoked,
         Self::Malformed,
         Self::FragmentUnknown,
         Self::NotPodAddress,
+        Self::NoEndpoints,
+        Self::NoLocalEndpoints,
+        Self::SourceRange,
+        Self::NatFailed,
     ];
     /// Size of the counter array indexed by this enum.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -88,6 +102,10 @@ impl DropReason {
             Self::Malformed => "malformed",
             Self::FragmentUnknown => "fragment_unknown",
             Self::NotPodAddress => "not_pod_address",
+            Self::NoEndpoints => "no_endpoints",
+            Self::NoLocalEndpoints => "no_local_endpoints",
+            Self::SourceRange => "source_range",
+            Self::NatFailed => "nat_failed",
         }
     }
 }

@@ -141,7 +141,7 @@ pub fn create(key: &CtKey, origin: Direction, tcp_flags: u8, policy_epoch: u32) 
         policy_epoch,
         origin: origin as u8,
         flags,
-        _pad: [0; 2],
+        ..CtEntry::default()
     };
     let _ = CONNTRACK.insert(key, entry, 0);
 }

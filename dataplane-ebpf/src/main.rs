@@ -39,7 +39,7 @@ static CIDRS: LpmTrie<Addr, CidrInfo> = LpmTrie::with_max_entries(capacity::CIDR
 #[map(name = "WEIR_POL_V1")]
 static POLICY: HashMap<PolicyKey, PolicyValue> = HashMap::with_max_entries(capacity::POLICY, 0);
 
-#[map(name = "WEIR_CT_V1")]
+#[map(name = "WEIR_CT_V2")]
 static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
 
 #[map(name = "WEIR_FRAG_V1")]

@@ -219,6 +219,16 @@ impl Catalog {
             Err(DropReason::NotPodAddress) => format!(
                 "the pod-side address is not one of {pod}'s (spoofed, or a pod not known yet)"
             ),
+            Err(DropReason::NoEndpoints) => {
+                "the Service has no endpoint: connection rejected".to_owned()
+            }
+            Err(DropReason::NoLocalEndpoints) => {
+                "the Service's traffic policy is Local and this node has no endpoint".to_owned()
+            }
+            Err(DropReason::SourceRange) => {
+                "the client is outside the Service's loadBalancerSourceRanges".to_owned()
+            }
+            Err(DropReason::NatFailed) => "the kernel refused the address translation".to_owned(),
         };
         because
     }

@@ -410,7 +410,7 @@ impl Dataplane {
                 0,
                 Config {
                     policy_epoch: self.epoch,
-                    _pad: 0,
+                    flags: 0,
                 },
                 0,
             )

@@ -42,6 +42,12 @@ pub struct DesiredState {
     pub pods: Vec<Pod>,
     /// All network policies.
     pub policies: Vec<Policy>,
+    /// All Services (`ExternalName` Services are not load-balanced and are left out).
+    pub services: Vec<Service>,
+    /// All `EndpointSlices`, and legacy `Endpoints` objects converted to slices.
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// All nodes of the cluster.
+    pub nodes: Vec<Node>,
 }
 
 /// A Kubernetes namespace.
@@ -261,4 +267,137 @@ impl Requirement {
             Operator::DoesNotExist => value.is_none(),
         }
     }
+}
+
+/// A `v1` `Service`, validated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec.type`.
+    pub kind: ServiceKind,
+    /// `spec.clusterIPs` (or `spec.clusterIP`); empty for a headless Service (`None`), which
+    /// is not load-balanced.
+    pub cluster_ips: Vec<IpAddr>,
+    /// `spec.ports`.
+    pub ports: Vec<ServicePort>,
+    /// `spec.selector`; `None` for a Service without one, whose endpoints are managed by hand.
+    pub selector: Option<Labels>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` (a `LoadBalancer` Service).
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges`, with host bits cleared; empty: every client.
+    pub load_balancer_source_ranges: Vec<IpNetwork>,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds
+    /// (`sessionAffinityConfig.clientIP.timeoutSeconds`, 10 800 by default).
+    pub affinity_timeout_s: Option<u32>,
+    /// `externalTrafficPolicy: Local`: external traffic only to endpoints on the node it
+    /// arrived at, with the client's address preserved.
+    pub external_traffic_local: bool,
+    /// `internalTrafficPolicy: Local`: traffic from inside the cluster only to endpoints on the
+    /// client's node.
+    pub internal_traffic_local: bool,
+    /// Where the Service was read from.
+    pub origin: Origin,
+}
+
+/// `spec.type` of a Service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServiceKind {
+    /// `ClusterIP`, the default.
+    #[default]
+    ClusterIp,
+    /// `NodePort`: also reachable on every node's addresses at `nodePort`.
+    NodePort,
+    /// `LoadBalancer`: a `NodePort` Service with load-balancer ingress IPs.
+    LoadBalancer,
+}
+
+/// A `spec.ports` entry of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePort {
+    /// `name`; empty when the Service has a single unnamed port.
+    pub name: String,
+    /// `protocol` (TCP by default).
+    pub protocol: Protocol,
+    /// `port`: what clients connect to on the `ClusterIP`, external and load-balancer IPs.
+    pub port: u16,
+    /// `targetPort` (defaults to `port`).
+    pub target_port: TargetPort,
+    /// `nodePort`, for `NodePort` and `LoadBalancer` Services.
+    pub node_port: Option<u16>,
+}
+
+/// A Service port's `targetPort`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TargetPort {
+    /// A port number.
+    Number(u16),
+    /// A container port name: each endpoint's own number for it (`EndpointSlice` `ports[].name`
+    /// carries the Service port's name, and `port` the resolved number).
+    Named(String),
+}
+
+/// A `discovery.k8s.io/v1` `EndpointSlice` (or a legacy `v1` `Endpoints` object, converted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointSlice {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// The Service it belongs to: label `kubernetes.io/service-name` (or, for `Endpoints`, its
+    /// own name).
+    pub service: String,
+    /// `ports`: each names the Service port (`name`) it serves and the endpoints' port number.
+    pub ports: Vec<EndpointPort>,
+    /// `endpoints`.
+    pub endpoints: Vec<Endpoint>,
+    /// Read from a legacy `Endpoints` object: used only for a Service that has no slice.
+    pub legacy: bool,
+    /// Where the slice was read from.
+    pub origin: Origin,
+}
+
+/// A `ports` entry of an `EndpointSlice`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointPort {
+    /// `name`: the Service port's name (empty for a single unnamed port).
+    pub name: String,
+    /// `protocol` (TCP by default).
+    pub protocol: Protocol,
+    /// `port`: the number endpoints listen on.
+    pub port: u16,
+}
+
+/// An `endpoints` entry of an `EndpointSlice`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `addresses` (Kubernetes uses only the first; all are kept, all are backends).
+    pub addresses: Vec<IpAddr>,
+    /// `conditions.ready` (unset means ready).
+    pub ready: bool,
+    /// `conditions.serving` (unset means as `ready`).
+    pub serving: bool,
+    /// `conditions.terminating` (unset means not terminating).
+    pub terminating: bool,
+    /// `nodeName`.
+    pub node_name: Option<String>,
+    /// `zone`.
+    pub zone: Option<String>,
+}
+
+/// A `v1` `Node`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Node {
+    /// `metadata.name`.
+    pub name: String,
+    /// `status.addresses` of type `InternalIP` and `ExternalIP`: where node ports answer.
+    pub addresses: Vec<IpAddr>,
+    /// `spec.podCIDRs` (or `spec.podCIDR`).
+    pub pod_cidrs: Vec<IpNetwork>,
+    /// Where the node was read from.
+    pub origin: Origin,
 }

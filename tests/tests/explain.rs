@@ -114,6 +114,7 @@ fn state() -> DesiredState {
         namespaces,
         pods,
         policies: policies(),
+        ..DesiredState::default()
     }
 }
 

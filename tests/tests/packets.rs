@@ -141,6 +141,7 @@ fn state(allow_b_on_80: bool) -> DesiredState {
             egress: Some(egress),
             origin: Origin::default(),
         }],
+        ..DesiredState::default()
     }
 }
 

@@ -89,6 +89,7 @@ pub fn generate(rules: usize) -> Cluster {
             .flat_map(|ns| (0..PODS_PER_NAMESPACE).map(move |p| pod(ns, p)))
             .collect(),
         policies: (0..rules / RULES_PER_POLICY).map(policy).collect(),
+        ..DesiredState::default()
     };
     Cluster {
         state,

@@ -1,0 +1,239 @@
+//! Service load balancing: frontends (a VIP, node address or external IP with a port), backend
+//! sets with their Maglev tables, backends, and ClientIP session affinity.
+//!
+//! A packet to a frontend is translated in three lookups whatever the number of Services:
+//! `WEIR_SVC_V1[frontend]` gives the backend set, the set's Maglev table gives a backend id for
+//! the flow's hash, `WEIR_BE_V1[id]` gives the backend's address and port.
+
+use core::mem::size_of;
+
+use crate::Addr;
+
+/// Backend id that means "no backend": never written to `WEIR_BE_V1`.
+pub const BACKEND_NONE: u32 = 0;
+
+/// Which clients a frontend entry serves: Kubernetes gives internal and external traffic
+/// their own traffic policy (`internalTrafficPolicy`, `externalTrafficPolicy`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServiceScope {
+    /// Pods and processes of the cluster (a pod's interface, a socket of the node).
+    Internal = 0,
+    /// Clients outside the cluster, arriving on the node's own interfaces.
+    External = 1,
+}
+
+/// Key of `WEIR_SVC_V1`: one frontend of one Service port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    /// ClusterIP, LoadBalancer ingress IP, external IP, or a node address for a NodePort.
+    pub addr: Addr,
+    /// The Service port (or node port), host byte order.
+    pub port_h: u16,
+    /// IANA protocol number.
+    pub proto: u8,
+    /// [`ServiceScope`] as a number.
+    pub scope: u8,
+}
+const _: () = assert!(size_of::<ServiceKey>() == 20);
+
+/// Bits of [`ServiceValue::flags`].
+pub mod service_flags {
+    /// Translate the client's address to the node's too (`externalTrafficPolicy: Cluster` from
+    /// outside), so that replies come back through this node.
+    pub const MASQUERADE: u16 = 1 << 0;
+    /// With no backend, drop rather than reject: the traffic policy is `Local` and this node has
+    /// no endpoint, as kube-proxy does (another node may have one).
+    pub const DROP_IF_EMPTY: u16 = 1 << 1;
+    /// `loadBalancerSourceRanges` apply: the client must match `WEIR_LBSRC_V1` for this service.
+    pub const SOURCE_RANGES: u16 = 1 << 2;
+}
+
+/// Maglev table sizes: a set takes the smallest tier that gives every backend at least ten
+/// slots, so that the spread stays within 10 % while the table stays small. Each is a prime, as
+/// Maglev's permutation needs.
+pub mod maglev {
+    /// Slots of a `WEIR_MAG_S_V1` table: sets of up to 12 backends.
+    pub const SMALL: usize = 127;
+    /// Slots of a `WEIR_MAG_M_V1` table: sets of up to 102 backends.
+    pub const MEDIUM: usize = 1021;
+    /// Slots of a `WEIR_MAG_L_V1` table: larger sets (at most this many backends).
+    pub const LARGE: usize = 16_381;
+
+    /// Table tier of [`super::ServiceValue::maglev`].
+    #[repr(u8)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Tier {
+        /// [`SMALL`] slots.
+        Small = 0,
+        /// [`MEDIUM`] slots.
+        Medium = 1,
+        /// [`LARGE`] slots.
+        Large = 2,
+    }
+
+    impl Tier {
+        /// The smallest tier for `backends` backends, or `None` beyond [`LARGE`].
+        #[must_use]
+        pub const fn for_backends(backends: usize) -> Option<Self> {
+            if backends * 10 <= SMALL {
+                Some(Self::Small)
+            } else if backends * 10 <= MEDIUM {
+                Some(Self::Medium)
+            } else if backends <= LARGE {
+                Some(Self::Large)
+            } else {
+                None
+            }
+        }
+
+        /// Number of slots of a table of this tier.
+        #[must_use]
+        pub const fn slots(self) -> usize {
+            match self {
+                Self::Small => SMALL,
+                Self::Medium => MEDIUM,
+                Self::Large => LARGE,
+            }
+        }
+
+        /// Decodes [`super::ServiceValue::maglev`].
+        #[must_use]
+        pub const fn from_u8(v: u8) -> Option<Self> {
+            match v {
+                0 => Some(Self::Small),
+                1 => Some(Self::Medium),
+                2 => Some(Self::Large),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Value of `WEIR_SVC_V1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceValue {
+    /// Identifies the Service (for flow events, `explain` and `loadBalancerSourceRanges`).
+    pub service: u32,
+    /// Key of the Maglev table, in the map of tier `maglev`; shared by frontends whose
+    /// backends are the same (a Service port's ClusterIP, node ports and external IPs).
+    pub backend_set: u32,
+    /// Backends in the table; 0: reject (or drop, with [`service_flags::DROP_IF_EMPTY`]).
+    pub backend_count: u32,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0 without affinity.
+    pub affinity_timeout_s: u32,
+    /// [`service_flags`] bits.
+    pub flags: u16,
+    /// [`maglev::Tier`] as a number.
+    pub maglev: u8,
+    /// Padding, always zero.
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<ServiceValue>() == 20);
+
+/// A Maglev table of `N` slots: each slot holds a backend id (`WEIR_BE_V1` key).
+pub type MaglevTable<const N: usize> = [u32; N];
+
+/// Bits of [`Backend::flags`].
+pub mod backend_flags {
+    /// The endpoint is a pod on this node.
+    pub const LOCAL: u8 = 1 << 0;
+}
+
+/// Value of `WEIR_BE_V1[backend id]`: one endpoint of one backend set.
+///
+/// Ids are per set and endpoint: an endpoint leaving a set removes its id, which is how a
+/// tracked flow learns that its backend is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    /// The endpoint's address.
+    pub addr: Addr,
+    /// The target port, host byte order.
+    pub port_h: u16,
+    /// [`backend_flags`] bits.
+    pub flags: u8,
+    /// Padding, always zero.
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<Backend>() == 20);
+
+/// Key of `WEIR_AFF_V1`: a client of a backend set with `sessionAffinity: ClientIP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// [`ServiceValue::backend_set`].
+    pub backend_set: u32,
+    /// The client's address.
+    pub client: Addr,
+}
+const _: () = assert!(size_of::<AffinityKey>() == 20);
+
+/// Value of `WEIR_AFF_V1`: the backend this client was last sent to, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns` of the client's last new connection.
+    pub last_used_ns: u64,
+    /// Backend id.
+    pub backend: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<AffinityValue>() == 16);
+
+/// Data of a `WEIR_LBSRC_V1` LPM key: a source range of a Service's LoadBalancer IPs. The
+/// prefix length covers the 32 bits of `service` plus the range's own prefix (IPv4 offset by 96,
+/// as addresses are IPv4-mapped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey {
+    /// [`ServiceValue::service`], big-endian so that the trie matches it bit by bit first.
+    pub service_be: u32,
+    /// The range's address.
+    pub addr: Addr,
+}
+const _: () = assert!(size_of::<SourceRangeKey>() == 20);
+
+/// Picks the Maglev slot of a flow: a hash of what stays the same for all packets of one
+/// connection seen from its client (address, port, protocol). Shared by the programs and the
+/// agent (`explain`, tests), so both name the same backend.
+#[must_use]
+pub const fn flow_hash(client: &Addr, client_port_h: u16, proto: u8) -> u32 {
+    let mut h: u32 = 0x9e37_79b9 ^ ((client_port_h as u32) << 8 | proto as u32);
+    let mut i = 0;
+    while i < 4 {
+        let w = u32::from_ne_bytes([
+            client[4 * i],
+            client[4 * i + 1],
+            client[4 * i + 2],
+            client[4 * i + 3],
+        ]);
+        h = mix(h ^ w);
+        i += 1;
+    }
+    mix(h)
+}
+
+/// The murmur3 finaliser: every input bit affects every output bit.
+const fn mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    // SAFETY: all types are `repr(C)`, plain old data with explicit padding, valid for any bytes.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::SourceRangeKey {}
+}
