@@ -20,9 +20,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_abi::{
-    Addr, CidrInfo, Config, CtEntry, CtKey, Direction, DropReason, EndpointInfo, FragKey,
-    FragPorts, ObserveConfig, ObserveCounter, PassReason, PolicyKey, PolicyValue, TokenBucket,
-    capacity,
+    Addr, AffinityKey, AffinityValue, Backend, CidrInfo, Config, CtEntry, CtKey, Direction,
+    DropReason, EndpointInfo, FragKey, FragPorts, MaglevTable, ObserveConfig, ObserveCounter,
+    PassReason, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SourceRangeKey, TokenBucket,
+    capacity, maglev,
 };
 
 use conntrack::Flow;
@@ -70,6 +71,36 @@ static OBSERVE_BUCKETS: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries
 
 #[map(name = "WEIR_OBS_CNT_V1")]
 static OBSERVE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ObserveCounter::COUNT, 0);
+
+/// Maps the agent allocates entry by entry: their capacity is a ceiling, not a reservation.
+const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+
+#[map(name = "WEIR_SVC_V1")]
+static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(capacity::SERVICES, NO_PREALLOC);
+
+#[map(name = "WEIR_BE_V1")]
+static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(capacity::BACKENDS, NO_PREALLOC);
+
+#[map(name = "WEIR_MAG_S_V1")]
+static MAGLEV_SMALL: HashMap<u32, MaglevTable<{ maglev::SMALL }>> =
+    HashMap::with_max_entries(capacity::MAGLEV_SMALL, NO_PREALLOC);
+
+#[map(name = "WEIR_MAG_M_V1")]
+static MAGLEV_MEDIUM: HashMap<u32, MaglevTable<{ maglev::MEDIUM }>> =
+    HashMap::with_max_entries(capacity::MAGLEV_MEDIUM, NO_PREALLOC);
+
+#[map(name = "WEIR_MAG_L_V1")]
+static MAGLEV_LARGE: HashMap<u32, MaglevTable<{ maglev::LARGE }>> =
+    HashMap::with_max_entries(capacity::MAGLEV_LARGE, NO_PREALLOC);
+
+#[map(name = "WEIR_AFF_V1")]
+static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(capacity::AFFINITY, 0);
+
+#[map(name = "WEIR_LBSRC_V1")]
+static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
+    LpmTrie::with_max_entries(capacity::SOURCE_RANGES, NO_PREALLOC);
 
 /// Packets the pod sends (TC ingress of its host-side veth).
 #[classifier]
