@@ -134,7 +134,27 @@ pub struct ServiceValue {
 const _: () = assert!(size_of::<ServiceValue>() == 20);
 
 /// A Maglev table of `N` slots: each slot holds a backend id (`WEIR_BE_V1` key).
-pub type MaglevTable<const N: usize> = [u32; N];
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MaglevTable<const N: usize> {
+    /// Backend ids, indexed by [`maglev_slot`].
+    pub slots: [u32; N],
+    /// Never read, always zero. LLVM folds the slot's `>> 32` and the `* 4` of its byte offset
+    /// into one `>> 30`, for which the verifier (Linux 6.18) bounds the offset by `4 N - 1`
+    /// rather than `4 (N - 1)`: the guard word keeps that bound inside the value.
+    pub _guard: u32,
+}
+
+impl<const N: usize> MaglevTable<N> {
+    /// A table with every slot set to `backend`.
+    #[must_use]
+    pub const fn filled(backend: u32) -> Self {
+        Self {
+            slots: [backend; N],
+            _guard: 0,
+        }
+    }
+}
 
 /// Bits of [`Backend::flags`].
 pub mod backend_flags {
@@ -217,6 +237,14 @@ pub const fn flow_hash(client: &Addr, client_port_h: u16, proto: u8) -> u32 {
     mix(h)
 }
 
+/// The slot of a table of `slots` slots that `hash` picks: the high half of `hash × slots`
+/// (Lemire's reduction), which needs no division and which the BPF verifier can bound without
+/// a check (the product's high half is below `slots`).
+#[must_use]
+pub const fn maglev_slot(hash: u32, slots: usize) -> usize {
+    ((hash as u64 * slots as u64) >> 32) as usize
+}
+
 /// The murmur3 finaliser: every input bit affects every output bit.
 const fn mix(mut h: u32) -> u32 {
     h ^= h >> 16;
@@ -236,4 +264,5 @@ mod pod_impls {
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::SourceRangeKey {}
+    unsafe impl<const N: usize> aya::Pod for super::MaglevTable<N> {}
 }

@@ -6,6 +6,7 @@ use dataplane_abi::{Addr, CtEntry, CtKey, Direction, ct_flags, ct_timeout};
 
 use crate::CONNTRACK;
 use crate::parse::{Packet, tcp_flag};
+use crate::service::Translation;
 
 /// The connection as the local pod sees it.
 #[derive(Clone, Copy)]
@@ -104,6 +105,52 @@ pub fn lookup(key: &CtKey) -> Option<Tracked> {
     })
 }
 
+impl Tracked {
+    /// The entry itself.
+    #[inline(always)]
+    pub fn entry(&self) -> &CtEntry {
+        // SAFETY: see `lookup`.
+        unsafe { &*self.entry }
+    }
+
+    /// A client's connection to a frontend: the entry names its backend.
+    #[inline(always)]
+    pub fn is_service(&self) -> bool {
+        self.entry().flags & ct_flags::SERVICE != 0
+    }
+
+    /// The translated flow of a Service connection: replies get the frontend back as source.
+    #[inline(always)]
+    pub fn is_rev_nat(&self) -> bool {
+        self.entry().flags & ct_flags::REV_NAT != 0
+    }
+
+    /// Sends a Service connection to another backend (its own left the set).
+    #[inline(always)]
+    pub fn retarget(&self, backend: &Addr, port_h: u16, id: u32) {
+        // SAFETY: see `lookup`.
+        let e = unsafe { &mut *self.entry };
+        e.nat_addr = *backend;
+        e.nat_port_h = port_h;
+        e.backend = id;
+    }
+}
+
+/// Keeps a Service entry alive as long as the translated flow it leads to, with the same
+/// state (answered, closing), so that both expire together.
+#[inline(always)]
+pub fn follow(service: &Tracked, translated: &Tracked) {
+    // SAFETY: see `lookup`.
+    let (s, t) = unsafe { (&mut *service.entry, &*translated.entry) };
+    let state = t.flags & (ct_flags::REPLIED | ct_flags::CLOSING);
+    if s.flags & state != state {
+        s.flags |= state;
+    }
+    if t.last_seen_ns > s.last_seen_ns {
+        s.last_seen_ns = t.last_seen_ns;
+    }
+}
+
 /// Records a packet of a tracked connection: refreshes its timestamp (at most once a second,
 /// to spare cache lines), notes the first reply and TCP teardown.
 #[inline(always)]
@@ -128,7 +175,40 @@ pub fn touch(tracked: &Tracked, dir: Direction, tcp_flags: u8, policy_epoch: u32
 /// Starts tracking a connection policy has just allowed. A full table evicts the least
 /// recently used entry (LRU map): the connection is then re-checked against policy.
 #[inline(always)]
-pub fn create(key: &CtKey, origin: Direction, tcp_flags: u8, policy_epoch: u32) {
+pub fn create(key: &CtKey, origin: Direction, tcp_flags: u8, policy_epoch: u32, nat: Option<&Nat>) {
+    let mut entry = new_entry(origin, tcp_flags, policy_epoch);
+    if let Some(nat) = nat {
+        entry.flags |= ct_flags::REV_NAT;
+        entry.nat_addr = nat.frontend;
+        entry.nat_port_h = nat.frontend_port_h;
+        entry.service = nat.translation.service;
+    }
+    let _ = CONNTRACK.insert(key, entry, 0);
+}
+
+/// Starts tracking a client's connection to a frontend (`key` as the client sent it), bound
+/// to the backend `nat` chose.
+#[inline(always)]
+pub fn create_service(key: &CtKey, tcp_flags: u8, policy_epoch: u32, nat: &Nat) {
+    let mut entry = new_entry(Direction::Egress, tcp_flags, policy_epoch);
+    entry.flags |= ct_flags::SERVICE;
+    entry.nat_addr = nat.translation.backend;
+    entry.nat_port_h = nat.translation.backend_port_h;
+    entry.backend = nat.translation.backend_id;
+    entry.service = nat.translation.service;
+    let _ = CONNTRACK.insert(key, entry, 0);
+}
+
+/// A Service connection's translation, as the conntrack entries of both of its keys need it.
+pub struct Nat {
+    /// The frontend the client asked for.
+    pub frontend: Addr,
+    pub frontend_port_h: u16,
+    pub translation: Translation,
+}
+
+#[inline(always)]
+fn new_entry(origin: Direction, tcp_flags: u8, policy_epoch: u32) -> CtEntry {
     let mut flags = 0;
     if tcp_flags & tcp_flag::SYN != 0 {
         flags |= ct_flags::SEEN_SYN;
@@ -136,14 +216,13 @@ pub fn create(key: &CtKey, origin: Direction, tcp_flags: u8, policy_epoch: u32) 
     if tcp_flags & (tcp_flag::FIN | tcp_flag::RST) != 0 {
         flags |= ct_flags::CLOSING;
     }
-    let entry = CtEntry {
+    CtEntry {
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
         policy_epoch,
         origin: origin as u8,
         flags,
         ..CtEntry::default()
-    };
-    let _ = CONNTRACK.insert(key, entry, 0);
+    }
 }
 
 /// Forgets a connection policy no longer allows.

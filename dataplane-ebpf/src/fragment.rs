@@ -2,16 +2,16 @@
 //! (only when policy allowed it) and lent to the rest. A later fragment whose first was never
 //! seen, or was denied, is dropped: the datagram could not be reassembled anyway.
 
-use dataplane_abi::{DropReason, FragKey, FragPorts};
+use dataplane_abi::{Addr, DropReason, FragKey, FragPorts};
 
 use crate::FRAGMENTS;
 use crate::parse::{Fragment, Packet};
 
 #[inline(always)]
-fn key(pkt: &Packet, id: u32) -> FragKey {
+fn key(pkt: &Packet, dst: &Addr, id: u32) -> FragKey {
     FragKey {
         src: pkt.src,
-        dst: pkt.dst,
+        dst: *dst,
         id,
         proto: pkt.proto,
         _pad: [0; 3],
@@ -25,20 +25,22 @@ pub fn resolve_ports(pkt: &mut Packet) -> Result<(), DropReason> {
         return Ok(());
     };
     // SAFETY: the value is copied out before the program run ends.
-    let ports = unsafe { FRAGMENTS.get(key(pkt, id)) }.ok_or(DropReason::FragmentUnknown)?;
+    let ports = unsafe { FRAGMENTS.get(key(pkt, &pkt.dst, id)) }.ok_or(DropReason::FragmentUnknown)?;
     pkt.src_port_h = ports.src_port_h;
     pkt.dst_port_h = ports.dst_port_h;
     Ok(())
 }
 
-/// Remembers an allowed first fragment's ports for the fragments that follow.
+/// Remembers an allowed first fragment's ports for the fragments that follow. `wire_dst` is
+/// the destination the datagram was sent to, before any translation: the later fragments
+/// arrive with it.
 #[inline(always)]
-pub fn remember(pkt: &Packet) {
+pub fn remember(pkt: &Packet, wire_dst: &Addr) {
     if let Fragment::First { id } = pkt.fragment {
         let ports = FragPorts {
             src_port_h: pkt.src_port_h,
             dst_port_h: pkt.dst_port_h,
         };
-        let _ = FRAGMENTS.insert(key(pkt, id), ports, 0);
+        let _ = FRAGMENTS.insert(key(pkt, wire_dst, id), ports, 0);
     }
 }

@@ -1,5 +1,6 @@
 //! Weir's TC programs: entry points and maps. The path of every packet:
-//! parse → fragment → conntrack → policy → verdict (→ observe), one module each.
+//! parse → fragment → conntrack → service (→ nat) → policy → verdict (→ observe), one module
+//! each.
 #![no_std]
 #![no_main]
 #![expect(
@@ -9,9 +10,11 @@
 
 mod conntrack;
 mod fragment;
+mod nat;
 mod observe;
 mod parse;
 mod policy;
+mod service;
 mod verdict;
 
 use aya_ebpf::{
@@ -26,9 +29,10 @@ use dataplane_abi::{
     capacity, maglev,
 };
 
-use conntrack::Flow;
+use conntrack::{Flow, Nat};
+use nat::End;
 use observe::Trace;
-use parse::{Packet, Parsed};
+use parse::{Fragment, Packet, Parsed};
 use policy::{Local, Remote};
 
 #[map(name = "WEIR_EP_V1")]
@@ -53,9 +57,19 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "WEIR_PASS_V1")]
 static PASS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PassReason::COUNT, 0);
 
-/// Per-CPU working space for the packet being processed: the BPF stack is 512 bytes.
+/// Per-CPU working space for the packet being processed: the BPF stack is 512 bytes, and a
+/// translated packet needs two flows and its translation besides its headers.
+pub struct Work {
+    pub pkt: Packet,
+    /// The flow as the packet arrived.
+    pub wire: Flow,
+    /// The flow after translation.
+    pub translated: Flow,
+    pub nat: Nat,
+}
+
 #[map]
-static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Work> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "WEIR_DROP_V1")]
 static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
@@ -135,27 +149,36 @@ pub fn weir_floor(_ctx: TcContext) -> i32 {
 #[inline(always)]
 fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassReason, DropReason> {
     // SAFETY: slot 0 always exists; only this program run on this CPU uses it.
-    let Some(pkt) = SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }) else {
+    let Some(work) = SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }) else {
         return Err(DropReason::Malformed);
     };
+    let Work {
+        pkt,
+        wire,
+        translated,
+        nat,
+    } = work;
     if let Parsed::NonIp = parse::parse(ctx, pkt)? {
         return Ok(PassReason::NonIp);
     }
     if parse::is_link_scope(&pkt.src) || parse::is_link_scope(&pkt.dst) {
         return Ok(PassReason::LinkLocal);
     }
-    let (local_addr, remote_addr) = match dir {
+    let (local_addr, wire_remote) = match dir {
         Direction::Egress => (pkt.src, pkt.dst),
         Direction::Ingress => (pkt.dst, pkt.src),
     };
     // SAFETY: `skb` points at the context the kernel passed this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let local = policy::local_endpoint(&local_addr, ifindex)?;
-    let remote = policy::remote_peer(&remote_addr, &local);
-    if let Remote::Trusted(reason) = remote {
-        return Ok(reason);
+    let wire_peer = policy::remote_peer(&wire_remote, &local);
+    if let Err(unknown) = fragment::resolve_ports(pkt) {
+        // Trusted traffic never has its first fragment remembered: it needs no ports.
+        return match wire_peer {
+            Remote::Trusted(reason) => Ok(reason),
+            _ => Err(unknown),
+        };
     }
-    fragment::resolve_ports(pkt)?;
     let epoch = policy_epoch();
 
     // An error about a tracked connection passes; any other is judged as ICMP itself.
@@ -163,25 +186,89 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
         return Ok(PassReason::Established);
     }
 
-    let flow = Flow::of_packet(pkt, dir);
-    if let Some(tracked) = conntrack::lookup(&flow.key) {
-        return established(
-            pkt,
-            &flow,
-            &tracked,
-            &local,
-            &remote,
-            &remote_addr,
-            epoch,
-            trace,
-        );
+    *wire = Flow::of_packet(pkt, dir);
+    let wire_tracked = conntrack::lookup(&wire.key);
+    let translation = match dir {
+        Direction::Egress => service::for_client(pkt, &wire.key, wire_tracked.as_ref(), trace)?,
+        Direction::Ingress => None,
+    };
+    let Some(translation) = translation else {
+        return judge(ctx, pkt, wire, wire_tracked, &local, &wire_peer, None, epoch, trace);
+    };
+    *nat = Nat {
+        frontend: pkt.dst,
+        frontend_port_h: pkt.dst_port_h,
+        translation,
+    };
+    nat::rewrite(
+        ctx,
+        pkt,
+        End::Destination,
+        &nat.translation.backend,
+        nat.translation.backend_port_h,
+    )?;
+    *translated = Flow::of_packet(pkt, dir);
+    let tracked = conntrack::lookup(&translated.key);
+    if let (Some(service_entry), Some(translated_entry)) = (&wire_tracked, &tracked) {
+        conntrack::follow(service_entry, translated_entry);
     }
+    let peer = policy::remote_peer(&pkt.dst, &local);
+    let outcome = judge(ctx, pkt, translated, tracked, &local, &peer, Some(nat), epoch, trace);
+    if outcome.is_ok() {
+        if nat.translation.new {
+            conntrack::create_service(&wire.key, pkt.tcp_flags, epoch, nat);
+        }
+        if let Fragment::First { .. } = pkt.fragment {
+            fragment::remember(pkt, &nat.frontend);
+        }
+    }
+    outcome
+}
 
-    let class = remote.class(&remote_addr);
-    trace.peer_class = class;
-    let reason = policy::decide(&local, dir, class, pkt.proto, flow.dst_port_h, trace)?;
-    conntrack::create(&flow.key, dir, pkt.tcp_flags, epoch);
-    fragment::remember(pkt);
+/// Judges a packet as it now is on the wire (translated, for a client's packet to a
+/// frontend): as part of its tracked connection, or as a new one, by policy.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into one program: a struct would only move the same values through the stack"
+)]
+fn judge(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    flow: &Flow,
+    tracked: Option<conntrack::Tracked>,
+    local: &Local,
+    remote: &Remote,
+    nat: Option<&Nat>,
+    epoch: u32,
+    trace: &mut Trace,
+) -> Result<PassReason, DropReason> {
+    let remote_addr = flow.key.remote;
+    if let Some(tracked) = tracked {
+        let reason = established(pkt, flow, &tracked, local, remote, &remote_addr, epoch, trace)?;
+        // A backend's reply to a client of this node: the client sees the frontend answer.
+        if flow.dir == Direction::Ingress && tracked.is_rev_nat() {
+            let entry = tracked.entry();
+            trace.service = entry.service;
+            let (frontend, port_h) = (entry.nat_addr, entry.nat_port_h);
+            nat::rewrite(ctx, pkt, End::Source, &frontend, port_h)?;
+        }
+        return Ok(reason);
+    }
+    let reason = match remote {
+        // Node and self traffic needs no conntrack entry, unless it was translated.
+        Remote::Trusted(reason) if nat.is_none() => return Ok(*reason),
+        Remote::Trusted(reason) => *reason,
+        Remote::Pod(_) | Remote::Other => {
+            let class = remote.class(&remote_addr);
+            trace.peer_class = class;
+            policy::decide(local, flow.dir, class, pkt.proto, flow.dst_port_h, trace)?
+        }
+    };
+    conntrack::create(&flow.key, flow.dir, pkt.tcp_flags, epoch, nat);
+    if nat.is_none() {
+        fragment::remember(pkt, &pkt.dst);
+    }
     Ok(reason)
 }
 
@@ -203,7 +290,9 @@ fn established(
     epoch: u32,
     trace: &mut Trace,
 ) -> Result<PassReason, DropReason> {
-    if tracked.policy_epoch != epoch {
+    // Trusted peers (the node, the pod itself) are tracked only when translated; policy never
+    // judges them.
+    if tracked.policy_epoch != epoch && !matches!(remote, Remote::Trusted(_)) {
         let remote = remote.class(remote_addr);
         trace.peer_class = remote;
         let origin_dst_port = match tracked.origin {
@@ -225,7 +314,9 @@ fn established(
         }
     }
     conntrack::touch(tracked, flow.dir, pkt.tcp_flags, epoch);
-    fragment::remember(pkt);
+    if let Fragment::First { .. } = pkt.fragment {
+        fragment::remember(pkt, &pkt.dst);
+    }
     Ok(PassReason::Established)
 }
 

@@ -23,6 +23,8 @@ pub struct Trace {
     pub peer_class: u32,
     pub policy: u32,
     pub rule: u32,
+    /// The Service a translated packet went through.
+    pub service: u32,
 }
 
 impl Trace {
@@ -32,6 +34,7 @@ impl Trace {
             peer_class: FLOW_UNKNOWN,
             policy: FLOW_UNKNOWN,
             rule: FLOW_UNKNOWN,
+            service: FLOW_UNKNOWN,
         }
     }
 
@@ -147,7 +150,7 @@ fn event(
         && let Some(pkt) = SCRATCH.get_ptr(0)
     {
         // SAFETY: this CPU's slot, filled by this program run's parse.
-        let pkt: &Packet = unsafe { &*pkt };
+        let pkt: &Packet = unsafe { &(*pkt).pkt };
         ev.src = pkt.src;
         ev.dst = pkt.dst;
         ev.src_port_h = pkt.src_port_h;

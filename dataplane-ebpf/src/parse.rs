@@ -7,7 +7,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::TcContext;
 use dataplane_abi::{Addr, DropReason, proto, v4_mapped};
 
-const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 
@@ -52,6 +52,10 @@ pub struct Packet {
     pub is_icmp_error: bool,
     /// The quoted packet, when `is_icmp_error`.
     pub embedded: Embedded,
+    /// Offset of the L4 header (meaningless for a later fragment, which has none).
+    pub l4_off: u32,
+    /// An IPv6 packet (addresses are 16 bytes on the wire), not IPv4.
+    pub ipv6: bool,
 }
 
 /// Result of parsing one frame.
@@ -101,6 +105,12 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<Parsed, DropReason> {
         ETH_P_IPV6 => ipv6_header(ctx, ETH_HLEN, pkt)?,
         _ => return Ok(Parsed::NonIp),
     };
+    pkt.ipv6 = ether_type == ETH_P_IPV6;
+    // Headers end well within the first 64 KiB: the cast cannot truncate.
+    #[expect(clippy::cast_possible_truncation, reason = "bounded by the header walk")]
+    {
+        pkt.l4_off = l4_off as u32;
+    }
     if !matches!(pkt.fragment, Fragment::Later { .. }) {
         parse_l4(ctx, l4_off, pkt)?;
     }

@@ -1,0 +1,183 @@
+//! NAT: rewrites one end (address and port) of a packet in place, with the IPv4 header
+//! checksum and the TCP/UDP checksum fixed incrementally, and the parsed [`Packet`] updated to
+//! match so that later stages see the wire as it now is.
+//!
+//! The L4 checksum covers a pseudo-header with both addresses, so an address change is folded
+//! into it too (`BPF_F_PSEUDO_HDR`, which also keeps `CHECKSUM_PARTIAL` packets of local
+//! senders right). SCTP's CRC32c covers no addresses; its ports are rewritten without a checksum
+//! update, which is right for packets whose CRC is left to offload (every local sender on a
+//! veth) and is the limit of translating SCTP ports at packet level.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_csum_diff,
+    programs::TcContext,
+};
+use dataplane_abi::{Addr, DropReason, proto};
+
+use crate::parse::{ETH_HLEN, Fragment, Packet};
+
+const IPV4_CHECKSUM: usize = ETH_HLEN + 10;
+const IPV4_SRC: usize = ETH_HLEN + 12;
+const IPV4_DST: usize = ETH_HLEN + 16;
+const IPV6_SRC: usize = ETH_HLEN + 8;
+const IPV6_DST: usize = ETH_HLEN + 24;
+
+/// Which end of the packet a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Source,
+    Destination,
+}
+
+/// Rewrites `end` of the packet to `addr`:`port_h`.
+#[inline(always)]
+pub fn rewrite(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    end: End,
+    addr: &Addr,
+    port_h: u16,
+) -> Result<(), DropReason> {
+    let (old_addr, old_port_h) = match end {
+        End::Source => (pkt.src, pkt.src_port_h),
+        End::Destination => (pkt.dst, pkt.dst_port_h),
+    };
+    let checksum = l4_checksum(pkt);
+    if pkt.ipv6 {
+        rewrite_v6_addr(ctx, end, &old_addr, addr, checksum)?;
+    } else {
+        rewrite_v4_addr(ctx, end, &old_addr, addr, checksum)?;
+    }
+    if old_port_h != port_h && !matches!(pkt.fragment, Fragment::Later { .. }) {
+        rewrite_port(ctx, pkt, end, old_port_h, port_h, checksum)?;
+    }
+    match end {
+        End::Source => {
+            pkt.src = *addr;
+            pkt.src_port_h = port_h;
+        }
+        End::Destination => {
+            pkt.dst = *addr;
+            pkt.dst_port_h = port_h;
+        }
+    }
+    Ok(())
+}
+
+/// Where the L4 checksum is and the flags its updates need; `None` when there is none to
+/// update (SCTP, or a later fragment, whose datagram's checksum sits in the first fragment).
+#[derive(Clone, Copy)]
+struct Checksum {
+    offset: usize,
+    flags: u64,
+}
+
+#[inline(always)]
+fn l4_checksum(pkt: &Packet) -> Option<Checksum> {
+    if matches!(pkt.fragment, Fragment::Later { .. }) {
+        return None;
+    }
+    let l4 = pkt.l4_off as usize;
+    match pkt.proto {
+        proto::TCP => Some(Checksum {
+            offset: l4 + 16,
+            flags: 0,
+        }),
+        // A zero UDP checksum (IPv4) means "none" and must stay zero.
+        proto::UDP => Some(Checksum {
+            offset: l4 + 6,
+            flags: u64::from(BPF_F_MARK_MANGLED_0),
+        }),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn rewrite_v4_addr(
+    ctx: &TcContext,
+    end: End,
+    old: &Addr,
+    new: &Addr,
+    checksum: Option<Checksum>,
+) -> Result<(), DropReason> {
+    let from = v4_word(old);
+    let to = v4_word(new);
+    if let Some(c) = checksum {
+        let flags = c.flags | u64::from(BPF_F_PSEUDO_HDR) | 4;
+        ctx.l4_csum_replace(c.offset, u64::from(from), u64::from(to), flags)
+            .map_err(|_| DropReason::NatFailed)?;
+    }
+    ctx.l3_csum_replace(IPV4_CHECKSUM, u64::from(from), u64::from(to), 4)
+        .map_err(|_| DropReason::NatFailed)?;
+    let offset = match end {
+        End::Source => IPV4_SRC,
+        End::Destination => IPV4_DST,
+    };
+    ctx.store(offset, &to, 0).map_err(|_| DropReason::NatFailed)
+}
+
+#[inline(always)]
+fn rewrite_v6_addr(
+    ctx: &TcContext,
+    end: End,
+    old: &Addr,
+    new: &Addr,
+    checksum: Option<Checksum>,
+) -> Result<(), DropReason> {
+    if let Some(c) = checksum {
+        let mut from = *old;
+        let mut to = *new;
+        // SAFETY: both buffers are 16 bytes on this program's stack, as the sizes say.
+        let diff = unsafe {
+            bpf_csum_diff(
+                from.as_mut_ptr().cast(),
+                16,
+                to.as_mut_ptr().cast(),
+                16,
+                0,
+            )
+        };
+        if diff < 0 {
+            return Err(DropReason::NatFailed);
+        }
+        #[expect(clippy::cast_sign_loss, reason = "checked non-negative just above")]
+        let diff = diff as u64;
+        ctx.l4_csum_replace(c.offset, 0, diff, c.flags | u64::from(BPF_F_PSEUDO_HDR))
+            .map_err(|_| DropReason::NatFailed)?;
+    }
+    let offset = match end {
+        End::Source => IPV6_SRC,
+        End::Destination => IPV6_DST,
+    };
+    ctx.store(offset, new, 0).map_err(|_| DropReason::NatFailed)
+}
+
+#[inline(always)]
+fn rewrite_port(
+    ctx: &TcContext,
+    pkt: &Packet,
+    end: End,
+    old_h: u16,
+    new_h: u16,
+    checksum: Option<Checksum>,
+) -> Result<(), DropReason> {
+    let from = old_h.to_be();
+    let to = new_h.to_be();
+    if let Some(c) = checksum {
+        ctx.l4_csum_replace(c.offset, u64::from(from), u64::from(to), c.flags | 2)
+            .map_err(|_| DropReason::NatFailed)?;
+    }
+    let offset = pkt.l4_off as usize
+        + match end {
+            End::Source => 0,
+            End::Destination => 2,
+        };
+    ctx.store(offset, &to, 0).map_err(|_| DropReason::NatFailed)
+}
+
+/// The IPv4 address of a mapped [`Addr`], as the 32-bit word the packet holds.
+#[inline(always)]
+fn v4_word(addr: &Addr) -> u32 {
+    u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]])
+}
