@@ -25,7 +25,8 @@ pub fn resolve_ports(pkt: &mut Packet) -> Result<(), DropReason> {
         return Ok(());
     };
     // SAFETY: the value is copied out before the program run ends.
-    let ports = unsafe { FRAGMENTS.get(key(pkt, &pkt.dst, id)) }.ok_or(DropReason::FragmentUnknown)?;
+    let ports =
+        unsafe { FRAGMENTS.get(key(pkt, &pkt.dst, id)) }.ok_or(DropReason::FragmentUnknown)?;
     pkt.src_port_h = ports.src_port_h;
     pkt.dst_port_h = ports.dst_port_h;
     Ok(())

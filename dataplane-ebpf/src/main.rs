@@ -193,7 +193,17 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
         Direction::Ingress => None,
     };
     let Some(translation) = translation else {
-        return judge(ctx, pkt, wire, wire_tracked, &local, &wire_peer, None, epoch, trace);
+        return judge(
+            ctx,
+            pkt,
+            wire,
+            wire_tracked,
+            &local,
+            &wire_peer,
+            None,
+            epoch,
+            trace,
+        );
     };
     *nat = Nat {
         frontend: pkt.dst,
@@ -213,7 +223,17 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
         conntrack::follow(service_entry, translated_entry);
     }
     let peer = policy::remote_peer(&pkt.dst, &local);
-    let outcome = judge(ctx, pkt, translated, tracked, &local, &peer, Some(nat), epoch, trace);
+    let outcome = judge(
+        ctx,
+        pkt,
+        translated,
+        tracked,
+        &local,
+        &peer,
+        Some(nat),
+        epoch,
+        trace,
+    );
     if outcome.is_ok() {
         if nat.translation.new {
             conntrack::create_service(&wire.key, pkt.tcp_flags, epoch, nat);
@@ -245,7 +265,16 @@ fn judge(
 ) -> Result<PassReason, DropReason> {
     let remote_addr = flow.key.remote;
     if let Some(tracked) = tracked {
-        let reason = established(pkt, flow, &tracked, local, remote, &remote_addr, epoch, trace)?;
+        let reason = established(
+            pkt,
+            flow,
+            &tracked,
+            local,
+            remote,
+            &remote_addr,
+            epoch,
+            trace,
+        )?;
         // A backend's reply to a client of this node: the client sees the frontend answer.
         if flow.dir == Direction::Ingress && tracked.is_rev_nat() {
             let entry = tracked.entry();

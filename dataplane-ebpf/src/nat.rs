@@ -4,7 +4,7 @@
 //!
 //! The L4 checksum covers a pseudo-header with both addresses, so an address change is folded
 //! into it too (`BPF_F_PSEUDO_HDR`, which also keeps `CHECKSUM_PARTIAL` packets of local
-//! senders right). SCTP's CRC32c covers no addresses; its ports are rewritten without a checksum
+//! senders right). SCTP's `CRC32c` covers no addresses; its ports are rewritten without a checksum
 //! update, which is right for packets whose CRC is left to offload (every local sender on a
 //! veth) and is the limit of translating SCTP ports at packet level.
 
@@ -129,15 +129,8 @@ fn rewrite_v6_addr(
         let mut from = *old;
         let mut to = *new;
         // SAFETY: both buffers are 16 bytes on this program's stack, as the sizes say.
-        let diff = unsafe {
-            bpf_csum_diff(
-                from.as_mut_ptr().cast(),
-                16,
-                to.as_mut_ptr().cast(),
-                16,
-                0,
-            )
-        };
+        let diff =
+            unsafe { bpf_csum_diff(from.as_mut_ptr().cast(), 16, to.as_mut_ptr().cast(), 16, 0) };
         if diff < 0 {
             return Err(DropReason::NatFailed);
         }

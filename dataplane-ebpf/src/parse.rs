@@ -107,7 +107,10 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<Parsed, DropReason> {
     };
     pkt.ipv6 = ether_type == ETH_P_IPV6;
     // Headers end well within the first 64 KiB: the cast cannot truncate.
-    #[expect(clippy::cast_possible_truncation, reason = "bounded by the header walk")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "bounded by the header walk"
+    )]
     {
         pkt.l4_off = l4_off as u32;
     }

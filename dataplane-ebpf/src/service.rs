@@ -17,7 +17,9 @@ use dataplane_abi::{
 use crate::conntrack::Tracked;
 use crate::observe::Trace;
 use crate::parse::Packet;
-use crate::{AFFINITY, BACKENDS, MAGLEV_LARGE, MAGLEV_MEDIUM, MAGLEV_SMALL, SERVICES, SOURCE_RANGES};
+use crate::{
+    AFFINITY, BACKENDS, MAGLEV_LARGE, MAGLEV_MEDIUM, MAGLEV_SMALL, SERVICES, SOURCE_RANGES,
+};
 
 /// Where a client's connection to a frontend goes.
 pub struct Translation {
@@ -62,7 +64,11 @@ pub fn for_client(
             return Ok(None);
         };
         let translation = select(&frontend, key, trace)?;
-        tracked.retarget(&translation.backend, translation.backend_port_h, translation.backend_id);
+        tracked.retarget(
+            &translation.backend,
+            translation.backend_port_h,
+            translation.backend_id,
+        );
         return Ok(Some(translation));
     }
     let Some(frontend) = frontend(&pkt.dst, pkt.dst_port_h, pkt.proto) else {
@@ -83,7 +89,7 @@ fn frontend(addr: &Addr, port_h: u16, l4_proto: u8) -> Option<ServiceValue> {
         scope: ServiceScope::Internal as u8,
     };
     // SAFETY: the value is copied out before the program run ends.
-    unsafe { SERVICES.get(&key) }.copied()
+    unsafe { SERVICES.get(key) }.copied()
 }
 
 /// Picks the backend of a new flow of `key`'s client to `frontend`.
@@ -94,8 +100,7 @@ fn select(
     trace: &mut Trace,
 ) -> Result<Translation, DropReason> {
     trace.service = frontend.service;
-    if frontend.flags & service_flags::SOURCE_RANGES != 0 && !source_allowed(frontend, &key.local)
-    {
+    if frontend.flags & service_flags::SOURCE_RANGES != 0 && !source_allowed(frontend, &key.local) {
         return Err(DropReason::SourceRange);
     }
     if frontend.backend_count == 0 {
@@ -114,7 +119,7 @@ fn select(
     let hash = flow_hash(&key.local, key.local_port_h, key.proto);
     let id = maglev_pick(frontend, hash).ok_or(DropReason::NoEndpoints)?;
     // SAFETY: the value is copied out before the program run ends.
-    let backend = *unsafe { BACKENDS.get(&id) }.ok_or(DropReason::NoEndpoints)?;
+    let backend = *unsafe { BACKENDS.get(id) }.ok_or(DropReason::NoEndpoints)?;
     if frontend.affinity_timeout_s != 0 {
         remember_affinity(frontend, &key.local, id, now);
     }
@@ -154,7 +159,7 @@ fn affine_backend(frontend: &ServiceValue, client: &Addr, now: u64) -> Option<(u
         backend_set: frontend.backend_set,
         client: *client,
     };
-    let entry = AFFINITY.get_ptr_mut(&key)?;
+    let entry = AFFINITY.get_ptr_mut(key)?;
     // SAFETY: valid for this program run; a torn read of a concurrent refresh only picks the
     // other of two recent backends of the same client.
     let entry = unsafe { &mut *entry };
@@ -164,7 +169,7 @@ fn affine_backend(frontend: &ServiceValue, client: &Addr, now: u64) -> Option<(u
     }
     let id = entry.backend;
     // SAFETY: the value is copied out before the program run ends.
-    let backend = *unsafe { BACKENDS.get(&id) }?;
+    let backend = *unsafe { BACKENDS.get(id) }?;
     entry.last_used_ns = now;
     Some((id, backend))
 }
@@ -180,14 +185,14 @@ fn remember_affinity(frontend: &ServiceValue, client: &Addr, backend: u32, now: 
         backend,
         _pad: 0,
     };
-    let _ = AFFINITY.insert(&key, &value, 0);
+    let _ = AFFINITY.insert(key, value, 0);
 }
 
 /// Whether backend `id` is still in its set at `addr` (ids are per set and endpoint).
 #[inline(always)]
 fn backend_alive(id: u32, addr: &Addr) -> bool {
     // SAFETY: the value is read before the program run ends.
-    unsafe { BACKENDS.get(&id) }.is_some_and(|b| b.addr == *addr)
+    unsafe { BACKENDS.get(id) }.is_some_and(|b| b.addr == *addr)
 }
 
 #[inline(always)]

@@ -501,20 +501,39 @@ impl Dataplane {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(i32, Duration), DataplaneError> {
-        self.run_program(name, frame, None, repeat)
+        self.run_program(name, frame, None, None, repeat)
+            .map(|(action, duration, _)| (action, duration))
     }
 
-    /// `BPF_PROG_TEST_RUN` of `name` on `frame`, with `ctx` as the input `__sk_buff` if any.
+    /// Runs `name` once on `frame` with `BPF_PROG_TEST_RUN`: the TC action and the frame as the
+    /// program left it (translated, for a packet to a Service).
+    pub fn test_run_output(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+    ) -> Result<(i32, Vec<u8>), DataplaneError> {
+        // Room for what a program may add (the reply it builds to reject a connection).
+        let mut out = vec![0; frame.len() + 256];
+        let (action, _, len) = self.run_program(name, frame, None, Some(&mut out), 1)?;
+        out.truncate(len);
+        Ok((action, out))
+    }
+
+    /// `BPF_PROG_TEST_RUN` of `name` on `frame`, with `ctx` as the input `__sk_buff` if any,
+    /// the output frame written to `out` if given: the action, the mean time per run, and the
+    /// output frame's length.
     fn run_program(
         &mut self,
         name: &'static str,
         frame: &[u8],
         ctx: Option<&[u8]>,
+        out: Option<&mut [u8]>,
         repeat: u32,
-    ) -> Result<(i32, Duration), DataplaneError> {
+    ) -> Result<(i32, Duration, usize), DataplaneError> {
         let prog = program(&mut self.ebpf, name)?;
         let opts = TestRunOptions {
             data_in: Some(frame),
+            data_out: out,
             ctx_in: ctx,
             repeat,
             ..TestRunOptions::default()
@@ -526,7 +545,11 @@ impl Dataplane {
             clippy::cast_possible_wrap,
             reason = "TC actions are small signed numbers the kernel returns as u32"
         )]
-        Ok((result.return_value as i32, result.duration))
+        Ok((
+            result.return_value as i32,
+            result.duration,
+            result.data_size_out as usize,
+        ))
     }
 
     /// Deletes the connection-tracking entries whose timeout has passed (the programs only

@@ -1,6 +1,7 @@
 //! Crafted Ethernet frames for `BPF_PROG_TEST_RUN`: IPv4 (with options and fragments), IPv6
 //! (with extension headers and fragments), TCP, UDP, SCTP, ICMP and `ICMPv6`, and truncations.
-//! Checksums are left zero: the policy path does not read them.
+//! IPv4 header, TCP and UDP checksums are right (the NAT path updates them and tests check the
+//! result with [`checksums`]); SCTP's CRC and ICMP checksums are left zero.
 
 use std::net::IpAddr;
 
@@ -112,7 +113,10 @@ impl Packet {
 
     /// The IP packet (no Ethernet header).
     pub fn ip(&self) -> Vec<u8> {
-        let (proto, l4) = self.transport();
+        let (proto, mut l4) = self.transport();
+        if self.fragment == Frag::Whole {
+            fill_l4_checksum(self.src, self.dst, proto, &mut l4);
+        }
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => self.ipv4(s.octets(), d.octets(), proto, &l4),
             (IpAddr::V6(s), IpAddr::V6(d)) => self.ipv6(s.octets(), d.octets(), proto, &l4),
@@ -183,6 +187,8 @@ impl Packet {
         h.extend_from_slice(&src);
         h.extend_from_slice(&dst);
         h.extend_from_slice(opts);
+        let sum = !fold(sum16(&h, 0));
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
         h.extend_from_slice(l4);
         h
     }
@@ -242,4 +248,134 @@ pub fn arp_frame() -> Vec<u8> {
     f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 10, 0, 0, 1]);
     f.extend_from_slice(&[0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
     f
+}
+
+/// Where a transport's checksum sits in its header, for the protocols whose checksum covers the
+/// addresses (TCP, UDP).
+fn checksum_offset(proto: u8) -> Option<usize> {
+    match proto {
+        6 => Some(16),
+        17 => Some(6),
+        _ => None,
+    }
+}
+
+fn fill_l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, l4: &mut [u8]) {
+    let Some(at) = checksum_offset(proto) else {
+        return;
+    };
+    if l4.len() < at + 2 {
+        return;
+    }
+    l4[at..at + 2].fill(0);
+    let mut sum = !fold(sum16(l4, pseudo_header(src, dst, proto, l4.len())));
+    if proto == 17 && sum == 0 {
+        // Zero means "no checksum" for UDP over IPv4.
+        sum = 0xffff;
+    }
+    l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
+fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
+    let mut bytes = Vec::new();
+    for a in [src, dst] {
+        match a {
+            IpAddr::V4(a) => bytes.extend_from_slice(&a.octets()),
+            IpAddr::V6(a) => bytes.extend_from_slice(&a.octets()),
+        }
+    }
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    bytes.extend_from_slice(&len.to_be_bytes());
+    bytes.extend_from_slice(&[0, 0, 0, proto]);
+    sum16(&bytes, 0)
+}
+
+/// One's-complement sum of `data` as big-endian 16-bit words, added to `sum`, not folded.
+fn sum16(data: &[u8], mut sum: u32) -> u32 {
+    for pair in data.chunks(2) {
+        let hi = u32::from(pair[0]) << 8;
+        let lo = pair.get(1).copied().map_or(0, u32::from);
+        sum += hi | lo;
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    u16::try_from(sum).unwrap_or(u16::MAX)
+}
+
+/// The addresses, protocol and ports of a frame, as read back from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// Reads a whole (unfragmented) TCP/UDP/SCTP frame back, checking its IPv4 header checksum and
+/// its TCP or UDP checksum: a wrong checksum, or a frame this builder could not have made, is
+/// an error saying what is wrong.
+pub fn checksums(frame: &[u8]) -> Result<Tuple, String> {
+    let ip = frame.get(14..).ok_or("frame shorter than Ethernet")?;
+    let (src, dst, proto, l4) = match frame.get(12..14) {
+        Some([0x08, 0x00]) => {
+            let ihl = usize::from(ip.first().ok_or("no IPv4 header")? & 0x0f) * 4;
+            let header = ip.get(..ihl).ok_or("IPv4 header cut short")?;
+            if fold(sum16(header, 0)) != 0xffff {
+                return Err(format!("bad IPv4 header checksum in {header:02x?}"));
+            }
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let src: [u8; 4] = ip[12..16].try_into().map_err(|_| "short")?;
+            let dst: [u8; 4] = ip[16..20].try_into().map_err(|_| "short")?;
+            let l4 = ip
+                .get(ihl..total)
+                .ok_or("IPv4 total length beyond the frame")?;
+            (IpAddr::from(src), IpAddr::from(dst), ip[9], l4)
+        }
+        Some([0x86, 0xdd]) => {
+            let src: [u8; 16] = ip
+                .get(8..24)
+                .ok_or("short")?
+                .try_into()
+                .map_err(|_| "short")?;
+            let dst: [u8; 16] = ip
+                .get(24..40)
+                .ok_or("short")?
+                .try_into()
+                .map_err(|_| "short")?;
+            let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            let mut next = ip[6];
+            let mut at = 40;
+            while matches!(next, 0 | 43 | 60) {
+                next = ip[at];
+                at += (usize::from(ip[at + 1]) + 1) * 8;
+            }
+            let l4 = ip
+                .get(at..40 + payload)
+                .ok_or("IPv6 payload beyond the frame")?;
+            (IpAddr::from(src), IpAddr::from(dst), next, l4)
+        }
+        _ => return Err("not IP".to_owned()),
+    };
+    if l4.len() < 4 {
+        return Err("transport header cut short".to_owned());
+    }
+    if let Some(at) = checksum_offset(proto) {
+        let zero_udp = proto == 17 && src.is_ipv4() && l4.get(at..at + 2) == Some(&[0, 0]);
+        if !zero_udp && fold(sum16(l4, pseudo_header(src, dst, proto, l4.len()))) != 0xffff {
+            return Err(format!("bad {proto} checksum for {src} → {dst}"));
+        }
+    }
+    Ok(Tuple {
+        src,
+        dst,
+        proto,
+        src_port: u16::from_be_bytes([l4[0], l4[1]]),
+        dst_port: u16::from_be_bytes([l4[2], l4[3]]),
+    })
 }

@@ -142,7 +142,8 @@ impl Dataplane {
         const IFINDEX_OFFSET: usize = 40;
         let mut ctx = [0u8; IFINDEX_OFFSET + 4];
         ctx[IFINDEX_OFFSET..].copy_from_slice(&ifindex.to_ne_bytes());
-        self.run_program(name, frame, Some(&ctx), repeat)
+        self.run_program(name, frame, Some(&ctx), None, repeat)
+            .map(|(action, duration, _)| (action, duration))
     }
 }
 
