@@ -14,6 +14,7 @@ mod nat;
 mod observe;
 mod parse;
 mod policy;
+mod reject;
 mod service;
 mod verdict;
 
@@ -66,6 +67,8 @@ pub struct Work {
     /// The flow after translation.
     pub translated: Flow,
     pub nat: Nat,
+    /// Where a rejected connection's answer is built.
+    pub answer: reject::Answer,
 }
 
 #[map]
@@ -157,6 +160,7 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
         wire,
         translated,
         nat,
+        ..
     } = work;
     if let Parsed::NonIp = parse::parse(ctx, pkt)? {
         return Ok(PassReason::NonIp);
@@ -174,10 +178,7 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
     let wire_peer = policy::remote_peer(&wire_remote, &local);
     if let Err(unknown) = fragment::resolve_ports(pkt) {
         // Trusted traffic never has its first fragment remembered: it needs no ports.
-        return match wire_peer {
-            Remote::Trusted(reason) => Ok(reason),
-            _ => Err(unknown),
-        };
+        return wire_peer.trusted.ok_or(unknown);
     }
     let epoch = policy_epoch();
 
@@ -284,11 +285,11 @@ fn judge(
         }
         return Ok(reason);
     }
-    let reason = match remote {
+    let reason = match remote.trusted {
         // Node and self traffic needs no conntrack entry, unless it was translated.
-        Remote::Trusted(reason) if nat.is_none() => return Ok(*reason),
-        Remote::Trusted(reason) => *reason,
-        Remote::Pod(_) | Remote::Other => {
+        Some(reason) if nat.is_none() => return Ok(reason),
+        Some(reason) => reason,
+        None => {
             let class = remote.class(&remote_addr);
             trace.peer_class = class;
             policy::decide(local, flow.dir, class, pkt.proto, flow.dst_port_h, trace)?
@@ -321,7 +322,7 @@ fn established(
 ) -> Result<PassReason, DropReason> {
     // Trusted peers (the node, the pod itself) are tracked only when translated; policy never
     // judges them.
-    if tracked.policy_epoch != epoch && !matches!(remote, Remote::Trusted(_)) {
+    if tracked.policy_epoch != epoch && remote.trusted.is_none() {
         let remote = remote.class(remote_addr);
         trace.peer_class = remote;
         let origin_dst_port = match tracked.origin {

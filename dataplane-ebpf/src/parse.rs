@@ -70,6 +70,7 @@ pub mod tcp_flag {
     pub const FIN: u8 = 0x01;
     pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
 }
 
 #[inline(always)]

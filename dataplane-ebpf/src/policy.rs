@@ -40,46 +40,54 @@ pub fn local_endpoint(addr: &Addr, ifindex: u32) -> Result<Local, DropReason> {
     })
 }
 
-/// What the peer address is to policy.
-pub enum Remote {
-    /// This node, or the local pod itself: always allowed.
-    Trusted(PassReason),
-    /// A pod, with its peer class.
-    Pod(u32),
-    /// Not a pod: its class comes from the ipBlock trie, looked up only when a policy decision
-    /// needs it, so established connections never pay for the trie walk.
-    Other,
+/// What the peer address is to policy. Plain words rather than an enum with a payload-less
+/// variant: LLVM spills such an enum with its payload register uninitialised, which the
+/// verifier refuses (`R3 !read_ok`, Linux 6.18) once the value lives across enough code.
+#[derive(Clone, Copy)]
+pub struct Remote {
+    /// Set for the node and for the local pod itself: always allowed, for this reason.
+    pub trusted: Option<PassReason>,
+    /// The peer class of a pod, or [`NOT_A_POD`]: other addresses get theirs from the ipBlock
+    /// trie, looked up only when a policy decision needs it, so established connections never
+    /// pay for the trie walk.
+    pod_class: u32,
 }
+
+/// [`Remote::pod_class`] of an address that is not a pod: the wildcard is never an address's
+/// class.
+const NOT_A_POD: u32 = PEER_CLASS_ANY;
 
 impl Remote {
     /// The peer class of a remote that is not trusted.
     #[inline(always)]
     pub fn class(&self, addr: &Addr) -> u32 {
-        match self {
-            Remote::Pod(class) => *class,
-            Remote::Trusted(_) | Remote::Other => {
-                let key = Key::new(128, *addr);
-                CIDRS
-                    .get(&key)
-                    .map_or(PEER_CLASS_WORLD, |info| info.peer_class)
-            }
+        if self.pod_class != NOT_A_POD {
+            return self.pod_class;
         }
+        let key = Key::new(128, *addr);
+        CIDRS
+            .get(&key)
+            .map_or(PEER_CLASS_WORLD, |info| info.peer_class)
     }
 }
 
 #[inline(always)]
 pub fn remote_peer(addr: &Addr, local: &Local) -> Remote {
+    let mut remote = Remote {
+        trusted: None,
+        pod_class: NOT_A_POD,
+    };
     // SAFETY: the value is copied out before the program run ends.
     if let Some(ep) = unsafe { ENDPOINTS.get(addr) } {
         if ep.flags & endpoint_flags::HOST != 0 {
-            return Remote::Trusted(PassReason::NodeTraffic);
+            remote.trusted = Some(PassReason::NodeTraffic);
+        } else if ep.flags & endpoint_flags::LOCAL_POD != 0 && ep.endpoint == local.endpoint {
+            remote.trusted = Some(PassReason::SelfTraffic);
+        } else {
+            remote.pod_class = ep.peer_class;
         }
-        if ep.flags & endpoint_flags::LOCAL_POD != 0 && ep.endpoint == local.endpoint {
-            return Remote::Trusted(PassReason::SelfTraffic);
-        }
-        return Remote::Pod(ep.peer_class);
     }
-    Remote::Other
+    remote
 }
 
 /// Whether `local` is isolated for `dir`, and if so, whether a rule allows the peer. The

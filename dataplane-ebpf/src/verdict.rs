@@ -6,7 +6,17 @@ use aya_ebpf::programs::TcContext;
 use dataplane_abi::{Direction, DropReason, PassReason};
 
 use crate::observe::{self, Trace};
-use crate::{DROP_COUNTERS, PASS_COUNTERS};
+use crate::reject;
+use crate::{DROP_COUNTERS, PASS_COUNTERS, SCRATCH};
+
+/// Rejects a connection to a Service with no endpoint: the packet, turned into its answer, goes
+/// back to the pod (counted and reported as the drop it also is).
+#[inline(always)]
+fn answer(ctx: &TcContext) -> Option<i32> {
+    // SAFETY: this CPU's slot, filled by this program run's parse.
+    let work = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    reject::answer(ctx, &work.pkt, &mut work.answer)
+}
 
 /// Adds one to slot `index` of a per-CPU counter array.
 #[inline(always)]
@@ -33,7 +43,11 @@ pub fn finish(
         }
         Err(reason) => {
             count(&DROP_COUNTERS, reason as u32);
-            TC_ACT_SHOT
+            if reason == DropReason::NoEndpoints && dir == Direction::Egress {
+                answer(ctx).unwrap_or(TC_ACT_SHOT)
+            } else {
+                TC_ACT_SHOT
+            }
         }
     };
     // The action is fixed above: whatever the event path does, it cannot change it.
