@@ -1,5 +1,5 @@
 //! Flow events: what the programs tell the agent about a drop or a new connection, through the
-//! `WEIR_FLOWS_V1` ring buffer, and the rate limiter that keeps their cost bounded.
+//! `WEIR_FLOWS_V2` ring buffer, and the rate limiter that keeps their cost bounded.
 //!
 //! An event is sent for every dropped packet and for the first packet of every connection
 //! policy lets through (never for packets of established connections), at most
@@ -49,7 +49,7 @@ pub mod flow_flags {
     pub const HEADERS: u8 = 1 << 0;
 }
 
-/// One entry of `WEIR_FLOWS_V1`.
+/// One entry of `WEIR_FLOWS_V2`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowEvent {
@@ -85,8 +85,14 @@ pub struct FlowEvent {
     pub tcp_flags: u8,
     /// Padding, always zero.
     pub _pad: [u8; 3],
+    /// [`crate::ServiceValue::service`] of the Service the packet went through (its
+    /// destination, as sent, was a frontend), or [`FLOW_UNKNOWN`].
+    pub service: u32,
+    /// Padding, always zero.
+    pub _pad2: u32,
 }
-const _: () = assert!(size_of::<FlowEvent>() == 72);
+const _: () = assert!(size_of::<FlowEvent>() == 80);
+const _: () = assert!(offset_of!(FlowEvent, service) == 72);
 const _: () = assert!(offset_of!(FlowEvent, src) == 8);
 const _: () = assert!(offset_of!(FlowEvent, src_port_h) == 40);
 const _: () = assert!(offset_of!(FlowEvent, reason) == 48);
@@ -94,7 +100,7 @@ const _: () = assert!(offset_of!(FlowEvent, tcp_flags) == 68);
 
 /// Bits of [`ObserveConfig::flags`].
 pub mod observe_flags {
-    /// Someone reads `WEIR_FLOWS_V1`: send flow events.
+    /// Someone reads `WEIR_FLOWS_V2`: send flow events.
     pub const FLOW_EVENTS: u32 = 1 << 0;
 }
 

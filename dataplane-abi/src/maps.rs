@@ -22,7 +22,7 @@ pub mod names {
     /// Per-CPU packet counters indexed by [`crate::DropReason`].
     pub const DROP_COUNTERS: &str = "WEIR_DROP_V1";
     /// Ring buffer of [`crate::FlowEvent`]s.
-    pub const FLOWS: &str = "WEIR_FLOWS_V1";
+    pub const FLOWS: &str = "WEIR_FLOWS_V2";
     /// The single [`crate::ObserveConfig`] entry.
     pub const OBSERVE: &str = "WEIR_OBS_V1";
     /// Per-CPU [`crate::TokenBucket`] of the flow-event rate limiter.
@@ -68,7 +68,7 @@ pub mod capacity {
     /// Entries of `WEIR_FRAG_V1` (least recently used entries are evicted beyond it).
     pub const FRAGMENTS: u32 = 8_192;
     /// Bytes of the flow-event ring buffer (a power of two, a multiple of the page size):
-    /// 6 553 events of 80 bytes (the event and the ring's own 8-byte header).
+    /// 5 957 events of 88 bytes (the event and the ring's own 8-byte header).
     pub const FLOW_RING_BYTES: u32 = 512 * 1024;
     /// Entries of `WEIR_SVC_V1`: frontends (a Service port's ClusterIP, node ports, external
     /// and load-balancer IPs, for each scope).

@@ -5,7 +5,7 @@
 use dataplane_abi::{Addr, DropReason, FragKey, FragPorts};
 
 use crate::FRAGMENTS;
-use crate::parse::{Fragment, Packet};
+use crate::parse::Packet;
 
 #[inline(always)]
 fn key(pkt: &Packet, dst: &Addr, id: u32) -> FragKey {
@@ -21,9 +21,10 @@ fn key(pkt: &Packet, dst: &Addr, id: u32) -> FragKey {
 /// Gives a later fragment the ports of its datagram's first fragment.
 #[inline(always)]
 pub fn resolve_ports(pkt: &mut Packet) -> Result<(), DropReason> {
-    let Fragment::Later { id } = pkt.fragment else {
+    if !pkt.fragment.is_later() {
         return Ok(());
-    };
+    }
+    let id = pkt.fragment.id;
     // SAFETY: the value is copied out before the program run ends.
     let ports =
         unsafe { FRAGMENTS.get(key(pkt, &pkt.dst, id)) }.ok_or(DropReason::FragmentUnknown)?;
@@ -37,7 +38,8 @@ pub fn resolve_ports(pkt: &mut Packet) -> Result<(), DropReason> {
 /// arrive with it.
 #[inline(always)]
 pub fn remember(pkt: &Packet, wire_dst: &Addr) {
-    if let Fragment::First { id } = pkt.fragment {
+    if pkt.fragment.is_first() {
+        let id = pkt.fragment.id;
         let ports = FragPorts {
             src_port_h: pkt.src_port_h,
             dst_port_h: pkt.dst_port_h,

@@ -33,7 +33,7 @@ use dataplane_abi::{
 use conntrack::{Flow, Nat};
 use nat::End;
 use observe::Trace;
-use parse::{Fragment, Packet, Parsed};
+use parse::{Packet, Parsed};
 use policy::{Local, Remote};
 
 #[map(name = "WEIR_EP_V1")]
@@ -77,7 +77,7 @@ static SCRATCH: PerCpuArray<Work> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "WEIR_DROP_V1")]
 static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
 
-#[map(name = "WEIR_FLOWS_V1")]
+#[map(name = "WEIR_FLOWS_V2")]
 static FLOWS: RingBuf = RingBuf::with_byte_size(capacity::FLOW_RING_BYTES, 0);
 
 #[map(name = "WEIR_OBS_V1")]
@@ -239,7 +239,7 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
         if nat.translation.new {
             conntrack::create_service(&wire.key, pkt.tcp_flags, epoch, nat);
         }
-        if let Fragment::First { .. } = pkt.fragment {
+        if pkt.fragment.is_first() {
             fragment::remember(pkt, &nat.frontend);
         }
     }
@@ -344,7 +344,7 @@ fn established(
         }
     }
     conntrack::touch(tracked, flow.dir, pkt.tcp_flags, epoch);
-    if let Fragment::First { .. } = pkt.fragment {
+    if pkt.fragment.is_first() {
         fragment::remember(pkt, &pkt.dst);
     }
     Ok(PassReason::Established)

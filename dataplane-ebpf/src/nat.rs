@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use dataplane_abi::{Addr, DropReason, proto};
 
-use crate::parse::{ETH_HLEN, Fragment, Packet};
+use crate::parse::{ETH_HLEN, Packet};
 
 const IPV4_CHECKSUM: usize = ETH_HLEN + 10;
 const IPV4_SRC: usize = ETH_HLEN + 12;
@@ -49,7 +49,7 @@ pub fn rewrite(
     } else {
         rewrite_v4_addr(ctx, end, &old_addr, addr, checksum)?;
     }
-    if old_port_h != port_h && !matches!(pkt.fragment, Fragment::Later { .. }) {
+    if old_port_h != port_h && !pkt.fragment.is_later() {
         rewrite_port(ctx, pkt, end, old_port_h, port_h, checksum)?;
     }
     match end {
@@ -75,7 +75,7 @@ struct Checksum {
 
 #[inline(always)]
 fn l4_checksum(pkt: &Packet) -> Option<Checksum> {
-    if matches!(pkt.fragment, Fragment::Later { .. }) {
+    if pkt.fragment.is_later() {
         return None;
     }
     let l4 = pkt.l4_off as usize;

@@ -1,5 +1,5 @@
 //! Observe: flow events for drops and new connections, rate-limited per CPU, written to the
-//! `WEIR_FLOWS_V1` ring buffer for the agent.
+//! `WEIR_FLOWS_V2` ring buffer for the agent.
 //!
 //! Runs after the verdict is decided and counted, and never changes it: every failure here
 //! (limiter empty, ring full) is counted and nothing else. Off until the agent sets
@@ -142,6 +142,7 @@ fn event(
         peer_class: trace.peer_class,
         policy: trace.policy,
         rule: trace.rule,
+        service: trace.service,
         ..FlowEvent::default()
     };
     // A malformed packet may have left the scratch slot half written, or holding the previous

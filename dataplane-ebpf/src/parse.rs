@@ -14,15 +14,52 @@ const ETH_P_IPV6: u16 = 0x86DD;
 /// IPv6 extension headers walked before giving up; real traffic carries one or two.
 const MAX_IPV6_EXT_HEADERS: usize = 6;
 
-/// Fragment position of a packet.
+/// Fragment position of a packet, and the datagram's identification when fragmented. Plain
+/// words rather than an enum with a payload-less variant, for the verifier (see
+/// `policy::Remote`).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Fragment {
+pub struct Fragment {
+    pub position: Position,
+    pub id: u32,
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Position {
     /// A whole datagram.
-    None,
+    Whole,
     /// Offset 0 with more to come: carries the L4 header.
-    First { id: u32 },
+    First,
     /// Offset > 0: no L4 header; ports come from the first fragment.
-    Later { id: u32 },
+    Later,
+}
+
+impl Fragment {
+    #[inline(always)]
+    const fn new(offset: u16, more: bool, id: u32) -> Self {
+        let position = match (offset, more) {
+            (0, false) => Position::Whole,
+            (0, true) => Position::First,
+            _ => Position::Later,
+        };
+        Self { position, id }
+    }
+
+    #[inline(always)]
+    pub fn is_whole(&self) -> bool {
+        self.position == Position::Whole
+    }
+
+    #[inline(always)]
+    pub fn is_first(&self) -> bool {
+        self.position == Position::First
+    }
+
+    /// A later fragment: it has no L4 header.
+    #[inline(always)]
+    pub fn is_later(&self) -> bool {
+        self.position == Position::Later
+    }
 }
 
 /// The addresses and ports of an ICMP error's embedded packet.
@@ -115,7 +152,7 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<Parsed, DropReason> {
     {
         pkt.l4_off = l4_off as u32;
     }
-    if !matches!(pkt.fragment, Fragment::Later { .. }) {
+    if !pkt.fragment.is_later() {
         parse_l4(ctx, l4_off, pkt)?;
     }
     Ok(Parsed::Ip)
@@ -164,11 +201,7 @@ fn ipv4_header(ctx: &TcContext, off: usize, out: &mut impl IpFields) -> Result<u
     let dst: [u8; 4] = load(ctx, off + 16)?;
     let more_fragments = frag & 0x2000 != 0;
     let offset = frag & 0x1fff;
-    let fragment = match (offset, more_fragments) {
-        (0, false) => Fragment::None,
-        (0, true) => Fragment::First { id },
-        _ => Fragment::Later { id },
-    };
+    let fragment = Fragment::new(offset, more_fragments, id);
     out.set(v4_mapped(src), v4_mapped(dst), proto, fragment);
     Ok(off + ihl)
 }
@@ -184,7 +217,7 @@ fn ipv6_header(ctx: &TcContext, off: usize, out: &mut impl IpFields) -> Result<u
     let src: Addr = load(ctx, off + 8)?;
     let dst: Addr = load(ctx, off + 24)?;
     let mut cur = off + 40;
-    let mut fragment = Fragment::None;
+    let mut fragment = Fragment::new(0, false, 0);
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             // Hop-by-hop, routing, destination options: length in 8-byte units, not counting
@@ -210,11 +243,7 @@ fn ipv6_header(ctx: &TcContext, off: usize, out: &mut impl IpFields) -> Result<u
                 cur += 8;
                 let offset = frag >> 3;
                 let more = frag & 1 != 0;
-                fragment = match (offset, more) {
-                    (0, false) => Fragment::None,
-                    (0, true) => Fragment::First { id },
-                    _ => Fragment::Later { id },
-                };
+                fragment = Fragment::new(offset, more, id);
             }
             _ => break,
         }

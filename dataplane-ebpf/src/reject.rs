@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use dataplane_abi::proto;
 
-use crate::parse::{ETH_HLEN, Fragment, Packet, tcp_flag};
+use crate::parse::{ETH_HLEN, Packet, tcp_flag};
 
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
@@ -34,7 +34,7 @@ pub struct Answer {
 /// or `None` when the packet is not answered (then dropped).
 #[inline(always)]
 pub fn answer(ctx: &TcContext, pkt: &Packet, buf: &mut Answer) -> Option<i32> {
-    if !matches!(pkt.fragment, Fragment::None) {
+    if !pkt.fragment.is_whole() {
         return None;
     }
     let ip_hlen = if pkt.ipv6 { IPV6_HLEN } else { IPV4_HLEN };

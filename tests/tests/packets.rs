@@ -771,6 +771,8 @@ fn expected_event(pkt: &Packet, way: Way, expect: Expect) -> FlowEvent {
         rule: FLOW_UNKNOWN,
         tcp_flags,
         _pad: [0; 3],
+        service: FLOW_UNKNOWN,
+        _pad2: 0,
     }
 }
 
@@ -915,6 +917,7 @@ fn flow_events_report_drops_and_new_connections_only() {
                 peer_class: FLOW_UNKNOWN,
                 policy: FLOW_UNKNOWN,
                 rule: FLOW_UNKNOWN,
+                service: FLOW_UNKNOWN,
                 ..FlowEvent::default()
             }),
         },

@@ -1,6 +1,6 @@
 //! Flows: the programs' flow events, named and kept for `GET /flows` and `weir flows`.
 //!
-//! [`ring`] reads `WEIR_FLOWS_V1`; [`FlowRecord::from_event`] names what an event holds as
+//! [`ring`] reads `WEIR_FLOWS_V2`; [`FlowRecord::from_event`] names what an event holds as
 //! numbers (pods, policy, rule, the policies that isolate a pod) with the [`Catalog`] of the
 //! generation in force; [`FlowLog`] keeps the recent ones, feeds followers and tallies drops
 //! and allowed connections by policy for `/metrics`.

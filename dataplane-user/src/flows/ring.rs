@@ -1,4 +1,4 @@
-//! Reads `WEIR_FLOWS_V1`: drains every record when the kernel wakes the reader, or after
+//! Reads `WEIR_FLOWS_V2`: drains every record when the kernel wakes the reader, or after
 //! [`DRAIN_INTERVAL`] without a wake-up, names each event and hands it to the [`FlowLog`].
 
 use std::sync::Arc;

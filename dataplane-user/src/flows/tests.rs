@@ -56,6 +56,8 @@ fn denied_syn() -> FlowEvent {
         rule: FLOW_UNKNOWN,
         tcp_flags: 0x02,
         _pad: [0; 3],
+        service: FLOW_UNKNOWN,
+        _pad2: 0,
     }
 }
 
