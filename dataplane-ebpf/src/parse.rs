@@ -46,18 +46,18 @@ impl Fragment {
     }
 
     #[inline(always)]
-    pub fn is_whole(&self) -> bool {
+    pub fn is_whole(self) -> bool {
         self.position == Position::Whole
     }
 
     #[inline(always)]
-    pub fn is_first(&self) -> bool {
+    pub fn is_first(self) -> bool {
         self.position == Position::First
     }
 
     /// A later fragment: it has no L4 header.
     #[inline(always)]
-    pub fn is_later(&self) -> bool {
+    pub fn is_later(self) -> bool {
         self.position == Position::Later
     }
 }

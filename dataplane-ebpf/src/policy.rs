@@ -60,7 +60,7 @@ const NOT_A_POD: u32 = PEER_CLASS_ANY;
 impl Remote {
     /// The peer class of a remote that is not trusted.
     #[inline(always)]
-    pub fn class(&self, addr: &Addr) -> u32 {
+    pub fn class(self, addr: &Addr) -> u32 {
         if self.pod_class != NOT_A_POD {
             return self.pod_class;
         }

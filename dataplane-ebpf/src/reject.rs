@@ -22,6 +22,14 @@ const ICMP_HLEN: usize = 8;
 /// Bytes of the offending datagram's transport header an ICMP error quotes (RFC 792).
 const QUOTED_L4: usize = 8;
 
+/// The helper's view of where the quoted datagram starts and how much of it is quoted.
+#[expect(clippy::cast_possible_truncation, reason = "a small constant")]
+const QUOTE_FROM: u32 = ETH_HLEN as u32;
+#[expect(clippy::cast_possible_truncation, reason = "a small constant")]
+const QUOTE_V4: u32 = (IPV4_HLEN + QUOTED_L4) as u32;
+#[expect(clippy::cast_possible_truncation, reason = "a small constant")]
+const QUOTE_V6: u32 = (IPV6_HLEN + QUOTED_L4) as u32;
+
 /// Scratch space to build an answer in: the BPF stack has no room left for it.
 pub struct Answer {
     ip: [u8; IPV6_HLEN],
@@ -75,7 +83,7 @@ fn reset(ctx: &TcContext, pkt: &Packet, buf: &mut Answer) -> Option<()> {
     let ack = u32::from_be(ctx.load::<u32>(l4 + 8).ok()?);
     let data_off = usize::from(ctx.load::<u8>(l4 + 12).ok()? >> 4) * 4;
     let seg_len = segment_len(ctx, pkt, data_off)?;
-    let seq_len = seg_len
+    let consumed = seg_len
         + u32::from(pkt.tcp_flags & tcp_flag::SYN != 0)
         + u32::from(pkt.tcp_flags & tcp_flag::FIN != 0);
     let had_ack = pkt.tcp_flags & tcp_flag::ACK != 0;
@@ -89,7 +97,7 @@ fn reset(ctx: &TcContext, pkt: &Packet, buf: &mut Answer) -> Option<()> {
         (0, tcp_flag::RST | tcp_flag::ACK)
     };
     t[4..8].copy_from_slice(&rst_seq.to_be_bytes());
-    t[8..12].copy_from_slice(&seq.wrapping_add(seq_len).to_be_bytes());
+    t[8..12].copy_from_slice(&seq.wrapping_add(consumed).to_be_bytes());
     t[12] = 0x50;
     t[13] = rst_flags;
     write_ip(pkt, buf, proto::TCP, TCP_HLEN);
@@ -110,7 +118,7 @@ fn segment_len(ctx: &TcContext, pkt: &Packet, data_off: usize) -> Option<u32> {
     ip_len.checked_sub(u32::try_from(data_off).ok()?)
 }
 
-/// ICMP destination unreachable, port unreachable (ICMPv6: type 1, code 4), quoting the
+/// ICMP destination unreachable, port unreachable (`ICMPv6`: type 1, code 4), quoting the
 /// client's IP header and the first 8 bytes of its transport header.
 #[inline(always)]
 fn unreachable(ctx: &TcContext, pkt: &Packet, buf: &mut Answer) -> Option<()> {
@@ -125,25 +133,11 @@ fn unreachable(ctx: &TcContext, pkt: &Packet, buf: &mut Answer) -> Option<()> {
     let loaded = if pkt.ipv6 {
         t[0] = 1;
         t[1] = 4;
-        unsafe {
-            bpf_skb_load_bytes(
-                ctx.skb.skb.cast(),
-                ETH_HLEN as u32,
-                quote,
-                (IPV6_HLEN + QUOTED_L4) as u32,
-            )
-        }
+        unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), QUOTE_FROM, quote, QUOTE_V6) }
     } else {
         t[0] = 3;
         t[1] = 3;
-        unsafe {
-            bpf_skb_load_bytes(
-                ctx.skb.skb.cast(),
-                ETH_HLEN as u32,
-                quote,
-                (IPV4_HLEN + QUOTED_L4) as u32,
-            )
-        }
+        unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), QUOTE_FROM, quote, QUOTE_V4) }
     };
     if loaded != 0 {
         return None;
