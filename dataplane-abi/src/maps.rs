@@ -210,8 +210,12 @@ pub mod ct_flags {
     /// use the entry of the translated flow.
     pub const SERVICE: u8 = 1 << 3;
     /// The translated flow of a Service connection: `nat_*` is the frontend the client asked
-    /// for, written back as the source of replies.
+    /// for, written back as the source of replies (packets going against `origin`).
     pub const REV_NAT: u8 = 1 << 4;
+    /// With [`REV_NAT`]: a pod reaching a Service through itself (hairpin). The translated
+    /// flow came in from the frontend (`origin` ingress); the pod's replies get the frontend as
+    /// source and the pod itself as destination, and go back in.
+    pub const HAIRPIN: u8 = 1 << 5;
 }
 
 /// Value of `WEIR_CT_V2`.

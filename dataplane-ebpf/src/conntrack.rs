@@ -125,6 +125,12 @@ impl Tracked {
         self.entry().flags & ct_flags::REV_NAT != 0
     }
 
+    /// A hairpin flow: replies also get the pod itself back as destination.
+    #[inline(always)]
+    pub fn is_hairpin(&self) -> bool {
+        self.entry().flags & ct_flags::HAIRPIN != 0
+    }
+
     /// Sends a Service connection to another backend (its own left the set).
     #[inline(always)]
     pub fn retarget(&self, backend: &Addr, port_h: u16, id: u32) {
@@ -197,6 +203,32 @@ pub fn create_service(key: &CtKey, tcp_flags: u8, policy_epoch: u32, nat: &Nat) 
     entry.backend = nat.translation.backend_id;
     entry.service = nat.translation.service;
     let _ = CONNTRACK.insert(key, entry, 0);
+}
+
+/// Starts tracking the translated flow of a pod reaching a Service through itself: the pod
+/// (`local`) receives it from the frontend, at its client port, on its backend port.
+#[inline(always)]
+pub fn create_hairpin(
+    local: &Addr,
+    client_port_h: u16,
+    proto: u8,
+    tcp_flags: u8,
+    epoch: u32,
+    nat: &Nat,
+) {
+    let key = key(
+        *local,
+        nat.frontend,
+        nat.translation.backend_port_h,
+        client_port_h,
+        proto,
+    );
+    let mut entry = new_entry(Direction::Ingress, tcp_flags, epoch);
+    entry.flags |= ct_flags::REV_NAT | ct_flags::HAIRPIN;
+    entry.nat_addr = nat.frontend;
+    entry.nat_port_h = nat.frontend_port_h;
+    entry.service = nat.translation.service;
+    let _ = CONNTRACK.insert(&key, entry, 0);
 }
 
 /// A Service connection's translation, as the conntrack entries of both of its keys need it.

@@ -218,6 +218,9 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
         &nat.translation.backend,
         nat.translation.backend_port_h,
     )?;
+    if nat.translation.backend == pkt.src {
+        return hairpin(ctx, pkt, wire, nat, epoch);
+    }
     *translated = Flow::of_packet(pkt, dir);
     let tracked = conntrack::lookup(&translated.key);
     if let (Some(service_entry), Some(translated_entry)) = (&wire_tracked, &tracked) {
@@ -244,6 +247,28 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
         }
     }
     outcome
+}
+
+/// A pod reaching a Service whose chosen backend is the pod itself. Its packet cannot come
+/// back from its own address (the pod's stack drops a packet from itself as a martian), so it
+/// comes from the frontend instead; the replies are turned around the same way (`judge`).
+/// A pod may always reach itself: policy is not asked.
+#[inline(always)]
+fn hairpin(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    wire: &Flow,
+    nat: &Nat,
+    epoch: u32,
+) -> Result<PassReason, DropReason> {
+    let client = pkt.src;
+    let client_port_h = pkt.src_port_h;
+    nat::rewrite(ctx, pkt, End::Source, &nat.frontend, client_port_h)?;
+    if nat.translation.new {
+        conntrack::create_service(&wire.key, pkt.tcp_flags, epoch, nat);
+        conntrack::create_hairpin(&client, client_port_h, pkt.proto, pkt.tcp_flags, epoch, nat);
+    }
+    Ok(PassReason::SelfTraffic)
 }
 
 /// Judges a packet as it now is on the wire (translated, for a client's packet to a
@@ -277,11 +302,16 @@ fn judge(
             trace,
         )?;
         // A backend's reply to a client of this node: the client sees the frontend answer.
-        if flow.dir == Direction::Ingress && tracked.is_rev_nat() {
+        if tracked.is_rev_nat() && flow.dir != tracked.origin {
             let entry = tracked.entry();
             trace.service = entry.service;
             let (frontend, port_h) = (entry.nat_addr, entry.nat_port_h);
+            let hairpin = tracked.is_hairpin();
             nat::rewrite(ctx, pkt, End::Source, &frontend, port_h)?;
+            if hairpin {
+                let client_port_h = pkt.dst_port_h;
+                nat::rewrite(ctx, pkt, End::Destination, &flow.key.local, client_port_h)?;
+            }
         }
         return Ok(reason);
     }
