@@ -228,7 +228,7 @@ pub fn create_hairpin(
     entry.nat_addr = nat.frontend;
     entry.nat_port_h = nat.frontend_port_h;
     entry.service = nat.translation.service;
-    let _ = CONNTRACK.insert(&key, entry, 0);
+    let _ = CONNTRACK.insert(key, entry, 0);
 }
 
 /// A Service connection's translation, as the conntrack entries of both of its keys need it.
