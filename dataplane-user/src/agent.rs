@@ -32,6 +32,8 @@ pub struct Config {
     pub pins: crate::pins::Pins,
     /// How many flow events the programs may send.
     pub flow_events: FlowEvents,
+    /// This node's name: endpoints whose `nodeName` it is count as local.
+    pub node_name: Option<String>,
 }
 
 /// What the agent reports on `/status`; shared between the sync loop and the HTTP server.
@@ -72,6 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut source = config.source;
     let mut sync = SyncLoop {
         observer,
+        node_name: config.node_name,
         ..SyncLoop::default()
     };
     let mut ticker = tokio::time::interval(config.poll_interval);
@@ -152,6 +155,8 @@ struct SyncLoop {
     state: Option<DesiredState>,
     /// Told about every generation applied.
     observer: Arc<Observer>,
+    /// This node's name, for [`NodeView::node_name`].
+    node_name: Option<String>,
 }
 
 /// What the agent's output depends on.
@@ -168,7 +173,7 @@ impl SyncLoop {
             s.source = source.describe();
             s.source_health = source.health();
         }
-        let inputs = match read_inputs(source) {
+        let inputs = match read_inputs(source, self.node_name.as_ref()) {
             Ok(inputs) => inputs,
             Err(err) => {
                 record_error(status, format!("{err:#}"));
@@ -220,9 +225,10 @@ impl SyncLoop {
     }
 }
 
-fn read_inputs(source: &mut dyn Source) -> anyhow::Result<Inputs> {
+fn read_inputs(source: &mut dyn Source, node_name: Option<&String>) -> anyhow::Result<Inputs> {
     let source = source.version()?;
-    let node = node::read().context("reading this node's addresses and routes")?;
+    let mut node = node::read().context("reading this node's addresses and routes")?;
+    node.node_name = node_name.cloned();
     Ok(Inputs { source, node })
 }
 
@@ -234,7 +240,7 @@ fn apply(
     status: &Shared,
 ) -> Option<MapSet> {
     let started = std::time::Instant::now();
-    let compiled = match compile::compile_with(state, node, &dataplane.applied().class_ids) {
+    let compiled = match compile::compile_with(state, node, dataplane.applied()) {
         Ok(c) => c,
         Err(err) => {
             tracing::error!("{err}");

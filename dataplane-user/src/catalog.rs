@@ -312,6 +312,7 @@ mod tests {
         let node = NodeView {
             host_addrs: ["10.0.255.1".parse().unwrap()].into(),
             local_routes: [("10.0.0.1".parse().unwrap(), 7)].into(),
+            ..NodeView::default()
         };
         let maps = compile::compile(&state, &node).unwrap();
         Catalog::new(&state, &maps)

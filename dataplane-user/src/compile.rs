@@ -9,6 +9,11 @@
 //!   ipBlock prefixes in `WEIR_CIDR_V1`.
 //! - A rule becomes entries `(local pod, peer class, protocol, port, direction)` in
 //!   `WEIR_POL_V1`, only for pods on this node; a rule with no peers uses the wildcard class.
+//!
+//! Services are compiled in [`services`], their Maglev tables in [`maglev`].
+
+pub mod maglev;
+mod services;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -16,13 +21,15 @@ use std::net::IpAddr;
 
 use dataplane_abi::{
     Addr, CidrInfo, Direction, EndpointInfo, PEER_CLASS_ANY, PEER_CLASS_WORLD, PORT_ANY, PolicyKey,
-    PolicyValue, capacity, endpoint_flags, proto, v4_mapped,
+    PolicyValue, ServiceKey, ServiceValue, capacity, endpoint_flags, proto, v4_mapped,
 };
 use ipnetwork::IpNetwork;
 
 use crate::model::{
     DesiredState, Labels, NamespaceScope, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule,
 };
+
+pub use self::services::{ServiceIds, SourceRange};
 
 /// What this node hosts, read from the kernel by `node`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,6 +38,8 @@ pub struct NodeView {
     pub host_addrs: BTreeSet<IpAddr>,
     /// Pod addresses routed to a local interface (a /32 or /128 route), with its ifindex.
     pub local_routes: BTreeMap<IpAddr, u32>,
+    /// This node's name (`weir run --node-name`): endpoints whose `nodeName` it is are local.
+    pub node_name: Option<String>,
 }
 
 /// A pod this node hosts, and where its programs attach.
@@ -66,6 +75,18 @@ pub struct MapSet {
     pub peer_classes: usize,
     /// The class ids this compilation gave out; the next compilation keeps them.
     pub class_ids: ClassIds,
+    /// Contents of `WEIR_SVC_V1`: Service frontends.
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    /// Contents of `WEIR_BE_V1`: backends by id.
+    pub backends: BTreeMap<u32, dataplane_abi::Backend>,
+    /// Contents of `WEIR_MAG_S_V1`, `WEIR_MAG_M_V1` and `WEIR_MAG_L_V1`: the Maglev table of
+    /// each backend set that has backends, by backend set id (the table says its tier).
+    pub maglev: BTreeMap<u32, maglev::Table>,
+    /// Contents of `WEIR_LBSRC_V1`.
+    pub source_ranges: BTreeSet<SourceRange>,
+    /// The Service, backend set and backend ids this compilation gave out; the next
+    /// compilation keeps them.
+    pub service_ids: ServiceIds,
     /// Things worth a warning that do not stop compilation (duplicate pod addresses).
     pub warnings: Vec<String>,
 }
@@ -89,6 +110,22 @@ pub enum CompileError {
         /// Entries the map holds.
         capacity: u32,
     },
+    /// One backend set has more endpoints than the largest Maglev table has slots.
+    #[error(
+        "Service {service} ({origin}) port {port} has {backends} endpoints; at most {max} are supported"
+    )]
+    TooManyBackends {
+        /// `namespace/name` of the Service.
+        service: String,
+        /// Where the Service was read from.
+        origin: String,
+        /// The Service port (name, number and protocol).
+        port: String,
+        /// Endpoints the backend set would hold.
+        backends: usize,
+        /// The most a backend set holds ([`dataplane_abi::maglev::LARGE`]).
+        max: usize,
+    },
     /// The whole state needs more entries than a map holds.
     #[error("map {map} would need {needed} entries, {capacity} fit")]
     MapOverflow {
@@ -103,21 +140,23 @@ pub enum CompileError {
 
 /// Compiles `state` for the node described by `node`.
 pub fn compile(state: &DesiredState, node: &NodeView) -> Result<MapSet, CompileError> {
-    compile_with(state, node, &ClassIds::default())
+    compile_with(state, node, &MapSet::default())
 }
 
-/// Compiles `state`, keeping the peer class ids of `previous` (the last compilation's
-/// [`MapSet::class_ids`]) for every class that still exists: a change then rewrites only the
-/// entries it affects, and an id never changes meaning while entries may still use it.
+/// Compiles `state`, keeping the ids `previous` (the last compilation, or what the maps held
+/// at start) gave out: peer classes ([`MapSet::class_ids`]), Services, backend sets and
+/// backends ([`MapSet::service_ids`]), for every one whose identity still exists. A change
+/// then rewrites only the entries it affects, and an id never changes meaning while entries
+/// may still use it.
 pub fn compile_with(
     state: &DesiredState,
     node: &NodeView,
-    previous: &ClassIds,
+    previous: &MapSet,
 ) -> Result<MapSet, CompileError> {
     let atoms = PeerAtoms::collect(&state.policies);
     let egress_names = egress_port_names(&state.policies);
     let pods = PodIndex::new(state);
-    let mut classes = Classes::new(&atoms, previous);
+    let mut classes = Classes::new(&atoms, &previous.class_ids);
     let mut out = MapSet::default();
 
     let pod_atoms = atoms.match_pods(state, &pods);
@@ -179,6 +218,7 @@ pub fn compile_with(
     out.peer_classes = classes.len();
     out.class_ids = classes.into_ids();
     check_capacity(&out)?;
+    services::compile(state, node, &previous.service_ids, &mut out)?;
     Ok(out)
 }
 
@@ -746,6 +786,16 @@ impl fmt::Display for MapSet {
             self.peer_classes,
             self.policy.len()
         )?;
+        if !self.services.is_empty() {
+            writeln!(
+                f,
+                "{} Service frontends, {} backends, {} Maglev tables, {} source ranges",
+                self.services.len(),
+                self.backends.len(),
+                self.maglev.len(),
+                self.source_ranges.len()
+            )?;
+        }
         for lp in self.local_pods.values() {
             let iso = |b: bool| if b { "isolated" } else { "open" };
             let entries = self
@@ -1187,7 +1237,7 @@ mod tests {
             ingress_only(selector(&[("pod", "a")]), vec![to_c]),
         );
         changed.state.policies.rotate_right(1);
-        let second = compile_with(&changed.state, &changed.node(), &first.class_ids).unwrap();
+        let second = compile_with(&changed.state, &changed.node(), &first).unwrap();
         assert_eq!(
             class_of(&first, "10.0.0.2"),
             class_of(&second, "10.0.0.2"),

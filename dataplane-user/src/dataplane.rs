@@ -21,7 +21,9 @@ use crate::compile::MapSet;
 use crate::pins::{Hook, Pins};
 
 mod observe;
+mod services;
 pub use observe::{FlowEvents, FlowRing, MapReader};
+use services::ServiceDiff;
 
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));
@@ -80,6 +82,16 @@ pub enum DataplaneError {
         #[source]
         source: aya::programs::links::LinkError,
     },
+    /// A compiled Maglev table does not have its tier's number of slots (a compiler bug).
+    #[error("Maglev table of backend set {set} has {slots} slots, its map {expected}")]
+    TableSize {
+        /// The backend set id.
+        set: u32,
+        /// Slots of the compiled table.
+        slots: usize,
+        /// Slots of a table of its tier.
+        expected: usize,
+    },
     /// A link pinned by an earlier agent could not be taken over.
     #[error("adopting the pinned link {path}")]
     Adopt {
@@ -94,7 +106,7 @@ pub enum DataplaneError {
 /// What one [`Dataplane::apply`] changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ApplyStats {
-    /// Entries added or changed, over the policy, CIDR and endpoint maps.
+    /// Entries added or changed, over the policy, CIDR, endpoint and Service maps.
     pub upserts: usize,
     /// Entries deleted, over the same maps.
     pub removals: usize,
@@ -239,6 +251,7 @@ impl Dataplane {
             .max()
             .unwrap_or(0);
         out.class_ids = crate::compile::ClassIds::above(max_class);
+        self.read_back_services(&mut out)?;
         Ok(out)
     }
 
@@ -353,16 +366,25 @@ impl Dataplane {
     }
 
     /// Additions and changes first (policy, then the classes that lead to it), removals last:
-    /// a packet never meets a class whose policy entries are not written yet.
+    /// a packet never meets a class whose policy entries are not written yet. The Service maps
+    /// follow the same rule (see `services`): their upserts come first, their removals last.
     fn write_diff(&mut self, from: &MapSet, to: &MapSet) -> Result<ApplyStats, DataplaneError> {
         let policy = diff(&from.policy, &to.policy);
         let cidrs = diff(&from.cidrs, &to.cidrs);
         let endpoints = diff(&from.endpoints, &to.endpoints);
+        let services = ServiceDiff::new(from, to);
         let stats = ApplyStats {
-            upserts: policy.upserts.len() + cidrs.upserts.len() + endpoints.upserts.len(),
-            removals: policy.removals.len() + cidrs.removals.len() + endpoints.removals.len(),
+            upserts: policy.upserts.len()
+                + cidrs.upserts.len()
+                + endpoints.upserts.len()
+                + services.upserts(),
+            removals: policy.removals.len()
+                + cidrs.removals.len()
+                + endpoints.removals.len()
+                + services.removals(),
             ..ApplyStats::default()
         };
+        self.write_service_upserts(&services)?;
         {
             let mut map = self.policy_map()?;
             for (k, v) in &policy.upserts {
@@ -391,6 +413,7 @@ impl Dataplane {
         for k in &policy.removals {
             remove_existing(map.remove(k)).map_err(map_err(names::POLICY))?;
         }
+        self.write_service_removals(&services)?;
         Ok(stats)
     }
 

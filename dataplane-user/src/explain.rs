@@ -597,6 +597,7 @@ mod tests {
         let node = NodeView {
             host_addrs: BTreeSet::from([ip("10.0.255.1")]),
             local_routes: [(ip("10.0.0.1"), 3), (ip("fd00::1"), 3)].into(),
+            ..NodeView::default()
         };
         let maps = compile::compile(&state, &node).unwrap();
         let names = Catalog::new(&state, &maps);

@@ -40,8 +40,8 @@ enum Command {
     Run {
         #[command(flatten)]
         source: SourceArgs,
-        /// This node's name (default: the host name). The Kubernetes source keeps it for
-        /// features that need it; policy enforcement does not use it.
+        /// This node's name (default: the host name): Service endpoints whose `nodeName` it
+        /// is count as local (`externalTrafficPolicy` and `internalTrafficPolicy: Local`).
         #[arg(long)]
         node_name: Option<String>,
         /// Address of /healthz, /readyz, /status and /metrics.
@@ -126,12 +126,13 @@ fn main() -> ExitCode {
             poll_ms,
             pin_path,
             flow_events,
-        } => run(source, node_name, |source| agent::Config {
+        } => run(source, node_name, |source, node_name| agent::Config {
             source,
             health_addr,
             poll_interval: Duration::from_millis(poll_ms.max(10)),
             pins: weir::pins::Pins::new(pin_path),
             flow_events: flow_events.events(),
+            node_name,
         }),
         Command::Flows(args) => cli::run(|| cli::flows(&args)),
         Command::Explain(args) => cli::run(|| cli::explain(&args)),
@@ -141,11 +142,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens the source, then runs the agent with the configuration `config` makes around it.
+/// Opens the source, then runs the agent with the configuration `config` makes around it
+/// and the node's name.
 fn run(
     source: SourceArgs,
     node_name: Option<String>,
-    config: impl FnOnce(Box<dyn Source>) -> agent::Config,
+    config: impl FnOnce(Box<dyn Source>, Option<String>) -> agent::Config,
 ) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -156,8 +158,17 @@ fn run(
     };
     let in_a_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     let agent = async {
-        let source = open(source.choose(in_a_pod)?, node_name).await?;
-        agent::run(config(source)).await
+        let choice = source.choose(in_a_pod)?;
+        let node_name = match (node_name, &choice) {
+            (Some(name), _) => Some(name),
+            (None, SourceChoice::Kubernetes(_)) => {
+                Some(host_name().context("reading the host name (pass --node-name)")?)
+            }
+            // A directory names nodes as the user wrote them: the host name is a guess.
+            (None, SourceChoice::Directory(_)) => host_name().ok(),
+        };
+        let source = open(choice, node_name.clone()).await?;
+        agent::run(config(source, node_name)).await
     };
     match runtime.block_on(agent) {
         Ok(()) => ExitCode::SUCCESS,
@@ -202,10 +213,7 @@ async fn open(choice: SourceChoice, node_name: Option<String>) -> anyhow::Result
     match choice {
         SourceChoice::Directory(dir) => Ok(Box::new(Directory::new(dir))),
         SourceChoice::Kubernetes(target) => {
-            let node_name = match node_name {
-                Some(name) => name,
-                None => host_name().context("reading the host name (pass --node-name)")?,
-            };
+            let node_name = node_name.context("the Kubernetes source needs --node-name")?;
             let source = Kubernetes::connect(&target, node_name).await?;
             Ok(Box::new(source))
         }

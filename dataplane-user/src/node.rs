@@ -8,11 +8,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::compile::NodeView;
 
-/// Reads the node's addresses and host routes.
+/// Reads the node's addresses and host routes (the node's name is the agent's to fill in).
 pub fn read() -> io::Result<NodeView> {
     Ok(NodeView {
         host_addrs: host_addresses()?,
         local_routes: host_routes()?,
+        node_name: None,
     })
 }
 

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <root>/                       default /sys/fs/bpf/weir
-//!   maps/WEIR_EP_V1 ...         the maps that outlive the agent (state, conntrack, counters)
+//!   maps/WEIR_EP_V1 ...         the maps that outlive the agent (state, conntrack, Services,
+//!                               counters)
 //!   links/<ifindex>-from_pod    TCX links of each local pod's interface
 //!   links/<ifindex>-to_pod
 //! ```
@@ -24,8 +25,9 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/weir";
 /// `statfs(2)` magic of bpffs.
 const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 
-/// The maps pinned so that state, connections and counters survive the agent.
-pub const PINNED_MAPS: [&str; 8] = [
+/// The maps pinned so that state, connections, Service balancing (tables, backends, client
+/// affinity) and counters survive the agent.
+pub const PINNED_MAPS: [&str; 15] = [
     names::ENDPOINTS,
     names::CIDRS,
     names::POLICY,
@@ -34,6 +36,13 @@ pub const PINNED_MAPS: [&str; 8] = [
     names::CONFIG,
     names::PASS_COUNTERS,
     names::DROP_COUNTERS,
+    names::SERVICES,
+    names::BACKENDS,
+    names::MAGLEV_SMALL,
+    names::MAGLEV_MEDIUM,
+    names::MAGLEV_LARGE,
+    names::AFFINITY,
+    names::SOURCE_RANGES,
 ];
 
 /// Which program a pinned link holds.

@@ -248,6 +248,7 @@ fn node(ifs: &Interfaces) -> NodeView {
     NodeView {
         host_addrs: BTreeSet::from([ip(OTHERS[0]), ip(OTHERS[1])]),
         local_routes,
+        ..NodeView::default()
     }
 }
 

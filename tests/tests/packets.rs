@@ -150,6 +150,7 @@ fn node() -> NodeView {
         host_addrs: BTreeSet::from([ip("10.0.255.1"), ip("fd00:ff::1")]),
         // BPF_PROG_TEST_RUN runs skbs on loopback: the local pod is "behind" ifindex 1.
         local_routes: BTreeMap::from([(ip("10.0.0.1"), 1), (ip("fd00::1"), 1)]),
+        ..NodeView::default()
     }
 }
 

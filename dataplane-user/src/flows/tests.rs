@@ -34,6 +34,7 @@ fn names() -> Catalog {
     let node = NodeView {
         host_addrs: BTreeSet::new(),
         local_routes: [("10.0.0.1".parse().unwrap(), 4)].into(),
+        ..NodeView::default()
     };
     Catalog::new(&state, &compile::compile(&state, &node).unwrap())
 }

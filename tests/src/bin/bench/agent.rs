@@ -636,6 +636,7 @@ fn node_view(topology: &Topology) -> Result<NodeView> {
     Ok(NodeView {
         host_addrs,
         local_routes,
+        ..NodeView::default()
     })
 }
 

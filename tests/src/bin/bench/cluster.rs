@@ -173,6 +173,7 @@ fn node() -> NodeView {
     NodeView {
         host_addrs: BTreeSet::from([endpoints().host]),
         local_routes,
+        ..NodeView::default()
     }
 }
 

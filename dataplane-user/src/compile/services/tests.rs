@@ -1,0 +1,795 @@
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use dataplane_abi::{ServiceScope, proto, service_flags};
+
+use super::*;
+use crate::compile::{compile, compile_with};
+use crate::model::{Endpoint, EndpointPort, Origin, TargetPort};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn addr(s: &str) -> Addr {
+    to_addr(ip(s))
+}
+
+/// A `ClusterIP` Service `ns/name` at `cluster_ip`, port `http` 80/TCP.
+fn service(ns: &str, name: &str, cluster_ip: &str) -> Service {
+    Service {
+        namespace: ns.into(),
+        name: name.into(),
+        cluster_ips: vec![ip(cluster_ip)],
+        ports: vec![service_port("http", 80, None)],
+        origin: Origin {
+            file: "svc.yaml".into(),
+            line: 3,
+        },
+        ..Service::default()
+    }
+}
+
+fn service_port(name: &str, port: u16, node_port: Option<u16>) -> ServicePort {
+    ServicePort {
+        name: name.into(),
+        protocol: Protocol::Tcp,
+        port,
+        target_port: TargetPort::Number(8080),
+        node_port,
+    }
+}
+
+/// A slice of `ns/service` whose endpoints listen on 8080 for port `http`.
+fn slice(ns: &str, service: &str, name: &str, endpoints: Vec<Endpoint>) -> EndpointSlice {
+    EndpointSlice {
+        namespace: ns.into(),
+        name: name.into(),
+        service: service.into(),
+        ports: vec![EndpointPort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+        }],
+        endpoints,
+        ..EndpointSlice::default()
+    }
+}
+
+fn ready(addr: &str) -> Endpoint {
+    Endpoint {
+        addresses: vec![ip(addr)],
+        ready: true,
+        serving: true,
+        ..Endpoint::default()
+    }
+}
+
+fn terminating(addr: &str, serving: bool) -> Endpoint {
+    Endpoint {
+        addresses: vec![ip(addr)],
+        ready: false,
+        serving,
+        terminating: true,
+        ..Endpoint::default()
+    }
+}
+
+fn on_node(mut ep: Endpoint, node: &str) -> Endpoint {
+    ep.node_name = Some(node.into());
+    ep
+}
+
+/// This node: `node-a`, addresses 192.168.1.10 and `fd00::10` (plus loopback and link-local),
+/// hosting the pod 10.0.0.1 behind ifindex 5.
+fn node() -> NodeView {
+    NodeView {
+        host_addrs: BTreeSet::from([
+            ip("127.0.0.1"),
+            ip("::1"),
+            ip("169.254.3.3"),
+            ip("fe80::1"),
+            ip("192.168.1.10"),
+            ip("fd00::10"),
+        ]),
+        local_routes: [(ip("10.0.0.1"), 5)].into(),
+        node_name: Some("node-a".into()),
+    }
+}
+
+fn state(services: Vec<Service>, slices: Vec<EndpointSlice>) -> DesiredState {
+    DesiredState {
+        services,
+        endpoint_slices: slices,
+        ..DesiredState::default()
+    }
+}
+
+fn key(a: &str, port_h: u16, scope: ServiceScope) -> ServiceKey {
+    ServiceKey {
+        addr: addr(a),
+        port_h,
+        proto: proto::TCP,
+        scope: scope as u8,
+    }
+}
+
+/// The backends (address, port) a frontend's set holds, sorted, checked against its table.
+fn backends_of(maps: &MapSet, key: &ServiceKey) -> Vec<(IpAddr, u16)> {
+    let value = maps
+        .services
+        .get(key)
+        .unwrap_or_else(|| panic!("no frontend {}", describe(key)));
+    let Some(table) = maps.maglev.get(&value.backend_set) else {
+        assert_eq!(value.backend_count, 0, "a set with backends has a table");
+        return Vec::new();
+    };
+    assert_eq!(value.maglev, table.tier as u8);
+    let ids: BTreeSet<u32> = table.slots.iter().copied().collect();
+    assert_eq!(ids.len(), value.backend_count as usize);
+    let mut out: Vec<(IpAddr, u16)> = ids
+        .iter()
+        .map(|id| {
+            let be = maps.backends[id];
+            let ip = if is_v4_mapped(&be.addr) {
+                IpAddr::from([be.addr[12], be.addr[13], be.addr[14], be.addr[15]])
+            } else {
+                IpAddr::from(be.addr)
+            };
+            (ip, be.port_h)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn ips(list: &[&str]) -> Vec<(IpAddr, u16)> {
+    let mut out: Vec<(IpAddr, u16)> = list.iter().map(|a| (ip(a), 8080)).collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_cluster_ip_balances_over_the_ready_endpoints_of_its_slices() {
+    let maps = compile(
+        &state(
+            vec![service("x", "web", "10.96.0.1")],
+            vec![
+                slice(
+                    "x",
+                    "web",
+                    "web-1",
+                    vec![ready("10.0.0.1"), ready("10.0.0.2")],
+                ),
+                slice("x", "web", "web-2", vec![ready("10.0.0.3")]),
+                slice("x", "other", "other-1", vec![ready("10.0.9.9")]),
+                slice("y", "web", "web-1", vec![ready("10.0.8.8")]),
+            ],
+        ),
+        &node(),
+    )
+    .unwrap();
+    let frontend = key("10.96.0.1", 80, ServiceScope::Internal);
+    assert_eq!(
+        maps.services.len(),
+        1,
+        "one port, one cluster IP, one scope"
+    );
+    assert_eq!(
+        backends_of(&maps, &frontend),
+        ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3"])
+    );
+    let value = maps.services[&frontend];
+    assert_eq!(value.flags, 0);
+    assert_eq!(value.affinity_timeout_s, 0);
+    assert_ne!(value.service, 0);
+    assert_eq!(
+        maps.backends
+            .values()
+            .filter(|b| b.flags & backend_flags::LOCAL != 0)
+            .count(),
+        1,
+        "10.0.0.1 is routed to a local interface"
+    );
+}
+
+#[test]
+fn endpoint_ports_match_by_name_and_protocol() {
+    let mut svc = service("x", "dns", "10.96.0.10");
+    svc.ports = vec![
+        ServicePort {
+            protocol: Protocol::Udp,
+            ..service_port("dns", 53, None)
+        },
+        service_port("dns-tcp", 53, None),
+    ];
+    let mut s = slice("x", "dns", "dns-1", vec![ready("10.0.0.2")]);
+    s.ports = vec![
+        EndpointPort {
+            name: "dns".into(),
+            protocol: Protocol::Udp,
+            port: 5353,
+        },
+        EndpointPort {
+            name: "dns-tcp".into(),
+            protocol: Protocol::Tcp,
+            port: 5354,
+        },
+        EndpointPort {
+            name: "dns".into(),
+            protocol: Protocol::Tcp,
+            port: 9999,
+        },
+    ];
+    let maps = compile(&state(vec![svc], vec![s]), &node()).unwrap();
+    let udp = ServiceKey {
+        proto: proto::UDP,
+        ..key("10.96.0.10", 53, ServiceScope::Internal)
+    };
+    let tcp = key("10.96.0.10", 53, ServiceScope::Internal);
+    assert_eq!(backends_of(&maps, &udp), vec![(ip("10.0.0.2"), 5353)]);
+    assert_eq!(backends_of(&maps, &tcp), vec![(ip("10.0.0.2"), 5354)]);
+}
+
+#[test]
+fn legacy_endpoints_count_only_without_slices() {
+    let legacy = |addr| EndpointSlice {
+        legacy: true,
+        ..slice("x", "web", "web", vec![ready(addr)])
+    };
+    let frontend = key("10.96.0.1", 80, ServiceScope::Internal);
+    let only_legacy = compile(
+        &state(
+            vec![service("x", "web", "10.96.0.1")],
+            vec![legacy("10.0.0.7")],
+        ),
+        &node(),
+    )
+    .unwrap();
+    assert_eq!(backends_of(&only_legacy, &frontend), ips(&["10.0.0.7"]));
+    let both = compile(
+        &state(
+            vec![service("x", "web", "10.96.0.1")],
+            vec![
+                legacy("10.0.0.7"),
+                slice("x", "web", "web-abc", vec![ready("10.0.0.1")]),
+            ],
+        ),
+        &node(),
+    )
+    .unwrap();
+    assert_eq!(backends_of(&both, &frontend), ips(&["10.0.0.1"]));
+}
+
+#[test]
+fn terminating_endpoints_serve_only_when_none_is_ready() {
+    let frontend = key("10.96.0.1", 80, ServiceScope::Internal);
+    let compiled = |endpoints| {
+        compile(
+            &state(
+                vec![service("x", "web", "10.96.0.1")],
+                vec![slice("x", "web", "web-1", endpoints)],
+            ),
+            &node(),
+        )
+        .unwrap()
+    };
+    let mixed = compiled(vec![
+        ready("10.0.0.1"),
+        terminating("10.0.0.2", true),
+        terminating("10.0.0.3", false),
+    ]);
+    assert_eq!(backends_of(&mixed, &frontend), ips(&["10.0.0.1"]));
+    let draining = compiled(vec![
+        terminating("10.0.0.2", true),
+        terminating("10.0.0.3", false),
+    ]);
+    assert_eq!(
+        backends_of(&draining, &frontend),
+        ips(&["10.0.0.2"]),
+        "serving and terminating: the fallback; not serving: never"
+    );
+    let gone = compiled(vec![terminating("10.0.0.3", false)]);
+    let value = gone.services[&frontend];
+    assert_eq!(value.backend_count, 0, "no backend: the kernel rejects");
+    assert!(gone.maglev.is_empty() && gone.backends.is_empty());
+    assert_eq!(value.flags & service_flags::DROP_IF_EMPTY, 0);
+}
+
+#[test]
+fn an_address_in_two_slices_counts_once_and_is_ready_if_either_says_so() {
+    let maps = compile(
+        &state(
+            vec![service("x", "web", "10.96.0.1")],
+            vec![
+                slice("x", "web", "web-1", vec![ready("10.0.0.1")]),
+                slice(
+                    "x",
+                    "web",
+                    "web-2",
+                    vec![terminating("10.0.0.1", true), ready("10.0.0.2")],
+                ),
+            ],
+        ),
+        &node(),
+    )
+    .unwrap();
+    let frontend = key("10.96.0.1", 80, ServiceScope::Internal);
+    assert_eq!(
+        backends_of(&maps, &frontend),
+        ips(&["10.0.0.1", "10.0.0.2"])
+    );
+    assert_eq!(maps.backends.len(), 2);
+}
+
+#[test]
+fn dual_stack_frontends_use_endpoints_of_their_own_family() {
+    let mut svc = service("x", "web", "10.96.0.1");
+    svc.cluster_ips.push(ip("fd96::1"));
+    let dual = Endpoint {
+        addresses: vec![ip("10.0.0.2"), ip("fd10::2")],
+        ..ready("10.0.0.2")
+    };
+    let maps = compile(
+        &state(
+            vec![svc],
+            vec![slice("x", "web", "web-1", vec![dual, ready("10.0.0.3")])],
+        ),
+        &node(),
+    )
+    .unwrap();
+    assert_eq!(
+        backends_of(&maps, &key("10.96.0.1", 80, ServiceScope::Internal)),
+        ips(&["10.0.0.2", "10.0.0.3"])
+    );
+    assert_eq!(
+        backends_of(&maps, &key("fd96::1", 80, ServiceScope::Internal)),
+        ips(&["fd10::2"])
+    );
+    let v4 = maps.services[&key("10.96.0.1", 80, ServiceScope::Internal)];
+    let v6 = maps.services[&key("fd96::1", 80, ServiceScope::Internal)];
+    assert_eq!(v4.service, v6.service, "one Service, one id");
+    assert_ne!(v4.backend_set, v6.backend_set, "one set per family");
+}
+
+#[test]
+fn internal_traffic_local_keeps_only_this_nodes_endpoints() {
+    let mut svc = service("x", "web", "10.96.0.1");
+    svc.internal_traffic_local = true;
+    let endpoints = vec![
+        ready("10.0.0.1"),                                // routed to a local interface
+        on_node(ready("10.0.0.2"), "node-a"),             // named on this node
+        on_node(ready("10.0.0.3"), "node-b"),             // elsewhere
+        on_node(terminating("10.0.0.4", true), "node-a"), // not needed: local ones are ready
+    ];
+    let maps = compile(
+        &state(vec![svc], vec![slice("x", "web", "web-1", endpoints)]),
+        &node(),
+    )
+    .unwrap();
+    let frontend = key("10.96.0.1", 80, ServiceScope::Internal);
+    assert_eq!(
+        backends_of(&maps, &frontend),
+        ips(&["10.0.0.1", "10.0.0.2"])
+    );
+    assert_eq!(maps.services[&frontend].flags, service_flags::DROP_IF_EMPTY);
+    assert!(
+        maps.backends
+            .values()
+            .all(|b| b.flags & backend_flags::LOCAL != 0)
+    );
+}
+
+#[test]
+fn internal_traffic_local_falls_back_to_local_terminating_endpoints_then_drops() {
+    let mut svc = service("x", "web", "10.96.0.1");
+    svc.internal_traffic_local = true;
+    let frontend = key("10.96.0.1", 80, ServiceScope::Internal);
+    let draining = compile(
+        &state(
+            vec![svc.clone()],
+            vec![slice(
+                "x",
+                "web",
+                "web-1",
+                vec![
+                    on_node(ready("10.0.0.3"), "node-b"),
+                    on_node(terminating("10.0.0.4", true), "node-a"),
+                ],
+            )],
+        ),
+        &node(),
+    )
+    .unwrap();
+    assert_eq!(backends_of(&draining, &frontend), ips(&["10.0.0.4"]));
+    let elsewhere = compile(
+        &state(
+            vec![svc],
+            vec![slice(
+                "x",
+                "web",
+                "web-1",
+                vec![on_node(ready("10.0.0.3"), "node-b")],
+            )],
+        ),
+        &node(),
+    )
+    .unwrap();
+    let value = elsewhere.services[&frontend];
+    assert_eq!(value.backend_count, 0);
+    assert_eq!(value.flags, service_flags::DROP_IF_EMPTY);
+}
+
+/// A `LoadBalancer` Service with an external IP, a load-balancer IP and node port 30080,
+/// endpoints 10.0.0.1 (local) and 10.0.0.3 (node-b).
+fn load_balancer(external_local: bool, ranges: &[&str]) -> MapSet {
+    let mut svc = service("x", "web", "10.96.0.1");
+    svc.kind = ServiceKind::LoadBalancer;
+    svc.ports = vec![service_port("http", 80, Some(30080))];
+    svc.external_ips = vec![ip("203.0.113.5"), ip("2001:db8::5")];
+    svc.load_balancer_ips = vec![ip("198.51.100.7")];
+    svc.load_balancer_source_ranges = ranges.iter().map(|r| r.parse().unwrap()).collect();
+    svc.external_traffic_local = external_local;
+    compile(
+        &state(
+            vec![svc],
+            vec![slice(
+                "x",
+                "web",
+                "web-1",
+                vec![ready("10.0.0.1"), on_node(ready("10.0.0.3"), "node-b")],
+            )],
+        ),
+        &node(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn external_addresses_get_both_scopes() {
+    let maps = load_balancer(false, &[]);
+    let all = ips(&["10.0.0.1", "10.0.0.3"]);
+    for (addr, port) in [
+        ("203.0.113.5", 80),
+        ("198.51.100.7", 80),
+        ("192.168.1.10", 30080),
+    ] {
+        let external = key(addr, port, ServiceScope::External);
+        let internal = key(addr, port, ServiceScope::Internal);
+        assert_eq!(backends_of(&maps, &external), all, "{addr}");
+        assert_eq!(backends_of(&maps, &internal), all, "{addr}");
+        assert_eq!(
+            maps.services[&external].flags,
+            service_flags::MASQUERADE,
+            "{addr}"
+        );
+        assert_eq!(maps.services[&internal].flags, 0, "{addr}");
+    }
+    let cluster_ip = maps.services[&key("10.96.0.1", 80, ServiceScope::Internal)];
+    let node_port = maps.services[&key("192.168.1.10", 30080, ServiceScope::External)];
+    assert_eq!(
+        cluster_ip.backend_set, node_port.backend_set,
+        "every Cluster frontend of the port shares one set"
+    );
+    // 1 cluster IP + (external IP + LB IP + node address) × 2 scopes; the IPv6 external IP
+    // and node address are of a family the Service does not serve, loopback and link-local
+    // addresses never answer.
+    assert_eq!(
+        maps.services.len(),
+        7,
+        "{:?}",
+        maps.services.keys().map(describe).collect::<Vec<_>>()
+    );
+    assert_eq!(maps.maglev.len(), 1);
+    assert_eq!(maps.backends.len(), 2);
+}
+
+#[test]
+fn external_traffic_local_keeps_local_endpoints_and_the_client_address() {
+    let maps = load_balancer(true, &[]);
+    for (addr, port) in [("203.0.113.5", 80), ("192.168.1.10", 30080)] {
+        let external = key(addr, port, ServiceScope::External);
+        let internal = key(addr, port, ServiceScope::Internal);
+        assert_eq!(backends_of(&maps, &external), ips(&["10.0.0.1"]), "{addr}");
+        assert_eq!(
+            maps.services[&external].flags,
+            service_flags::DROP_IF_EMPTY,
+            "{addr}: no masquerade"
+        );
+        assert_eq!(
+            backends_of(&maps, &internal),
+            ips(&["10.0.0.1", "10.0.0.3"]),
+            "{addr}: in-cluster clients reach every endpoint"
+        );
+    }
+    assert_eq!(
+        backends_of(&maps, &key("10.96.0.1", 80, ServiceScope::Internal)),
+        ips(&["10.0.0.1", "10.0.0.3"]),
+        "externalTrafficPolicy does not touch the cluster IP"
+    );
+    assert_eq!(maps.maglev.len(), 2, "a Cluster set and a Local set");
+    assert_eq!(
+        maps.backends.len(),
+        3,
+        "10.0.0.1 is in both sets, with one id in each"
+    );
+}
+
+#[test]
+fn source_ranges_guard_load_balancer_ips_only() {
+    let maps = load_balancer(false, &["192.0.2.0/24", "2001:db8:1::/48"]);
+    for scope in [ServiceScope::External, ServiceScope::Internal] {
+        let lb = maps.services[&key("198.51.100.7", 80, scope)];
+        assert_ne!(lb.flags & service_flags::SOURCE_RANGES, 0, "{scope:?}");
+        let external_ip = maps.services[&key("203.0.113.5", 80, scope)];
+        assert_eq!(
+            external_ip.flags & service_flags::SOURCE_RANGES,
+            0,
+            "{scope:?}"
+        );
+    }
+    let service = maps.services[&key("198.51.100.7", 80, ServiceScope::External)].service;
+    let ranges: Vec<(u32, u32, Addr)> = maps
+        .source_ranges
+        .iter()
+        .map(|r| (r.service, r.key_prefix_len(), r.addr))
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![
+            (service, 32 + 48, addr("2001:db8:1::")),
+            (service, 32 + 96 + 24, addr("192.0.2.0")),
+        ]
+    );
+    let range = maps.source_ranges.first().unwrap();
+    assert_eq!(range.key().service_be.to_ne_bytes(), service.to_be_bytes());
+    assert_eq!(
+        SourceRange::from_key(range.key_prefix_len(), &range.key()),
+        Some(*range)
+    );
+}
+
+#[test]
+fn node_ports_only_for_node_port_and_load_balancer_services() {
+    let mut svc = service("x", "web", "10.96.0.1");
+    svc.ports = vec![service_port("http", 80, Some(30080))];
+    let cluster_ip = compile(&state(vec![svc.clone()], vec![]), &node()).unwrap();
+    assert_eq!(
+        cluster_ip.services.len(),
+        1,
+        "a ClusterIP Service has no node port"
+    );
+    svc.kind = ServiceKind::NodePort;
+    let node_port = compile(&state(vec![svc], vec![]), &node()).unwrap();
+    let keys: BTreeSet<ServiceKey> = node_port.services.keys().copied().collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([
+            key("10.96.0.1", 80, ServiceScope::Internal),
+            key("192.168.1.10", 30080, ServiceScope::Internal),
+            key("192.168.1.10", 30080, ServiceScope::External),
+        ])
+    );
+}
+
+#[test]
+fn headless_services_are_not_balanced() {
+    let mut svc = service("x", "db", "10.96.0.1");
+    svc.cluster_ips.clear();
+    svc.external_ips = vec![ip("203.0.113.5")];
+    let maps = compile(
+        &state(
+            vec![svc],
+            vec![slice("x", "db", "db-1", vec![ready("10.0.0.1")])],
+        ),
+        &node(),
+    )
+    .unwrap();
+    assert!(maps.services.is_empty() && maps.backends.is_empty() && maps.maglev.is_empty());
+}
+
+#[test]
+fn session_affinity_sets_the_timeout() {
+    let mut svc = service("x", "web", "10.96.0.1");
+    svc.affinity_timeout_s = Some(10_800);
+    let maps = compile(&state(vec![svc], vec![]), &node()).unwrap();
+    assert_eq!(
+        maps.services[&key("10.96.0.1", 80, ServiceScope::Internal)].affinity_timeout_s,
+        10_800
+    );
+}
+
+#[test]
+fn the_first_service_keeps_a_contested_frontend() {
+    let maps = compile(
+        &state(
+            vec![
+                service("x", "second", "10.96.0.1"),
+                service("x", "first", "10.96.0.1"),
+            ],
+            vec![
+                slice("x", "first", "first-1", vec![ready("10.0.0.1")]),
+                slice("x", "second", "second-1", vec![ready("10.0.0.2")]),
+            ],
+        ),
+        &node(),
+    )
+    .unwrap();
+    assert_eq!(
+        backends_of(&maps, &key("10.96.0.1", 80, ServiceScope::Internal)),
+        ips(&["10.0.0.1"])
+    );
+    assert_eq!(maps.warnings.len(), 1, "{:?}", maps.warnings);
+    assert!(
+        maps.warnings[0].contains("x/second"),
+        "{}",
+        maps.warnings[0]
+    );
+    assert!(
+        maps.warnings[0].contains("10.96.0.1:80/TCP"),
+        "{}",
+        maps.warnings[0]
+    );
+}
+
+#[test]
+fn the_output_does_not_depend_on_input_order() {
+    let mut services = vec![
+        service("x", "a", "10.96.0.1"),
+        service("x", "b", "10.96.0.2"),
+        service("y", "a", "10.96.0.3"),
+    ];
+    let mut slices = vec![
+        slice("x", "a", "a-1", vec![ready("10.0.0.1"), ready("10.0.0.2")]),
+        slice("x", "a", "a-2", vec![ready("10.0.0.3")]),
+        slice("x", "b", "b-1", vec![ready("10.0.1.1")]),
+        slice("y", "a", "a-1", vec![ready("10.0.2.1")]),
+    ];
+    let first = compile(&state(services.clone(), slices.clone()), &node()).unwrap();
+    services.reverse();
+    slices.reverse();
+    for s in &mut slices {
+        s.endpoints.reverse();
+    }
+    let second = compile(&state(services, slices), &node()).unwrap();
+    assert_eq!(first.services, second.services);
+    assert_eq!(first.backends, second.backends);
+    assert_eq!(first.maglev, second.maglev);
+}
+
+#[test]
+fn a_set_larger_than_the_largest_table_names_the_service() {
+    let endpoints: Vec<Endpoint> = (0..=u32::try_from(maglev::LARGE).unwrap())
+        .map(|i| {
+            let [_, a, b, c] = i.to_be_bytes();
+            Endpoint {
+                addresses: vec![IpAddr::from([10, a, b, c])],
+                ..ready("10.0.0.1")
+            }
+        })
+        .collect();
+    let err = compile(
+        &state(
+            vec![service("x", "huge", "10.96.0.1")],
+            vec![slice("x", "huge", "huge-1", endpoints)],
+        ),
+        &node(),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("x/huge (svc.yaml:3)"), "{text}");
+    assert!(text.contains("port http (80/TCP)"), "{text}");
+    assert!(text.contains("16382 endpoints"), "{text}");
+}
+
+#[test]
+fn ids_are_kept_by_identity_and_never_reused() {
+    let services = vec![
+        service("x", "b", "10.96.0.2"),
+        service("x", "c", "10.96.0.3"),
+    ];
+    let slices = vec![
+        slice("x", "b", "b-1", vec![ready("10.0.0.1"), ready("10.0.0.2")]),
+        slice("x", "c", "c-1", vec![ready("10.0.1.1")]),
+    ];
+    let first = compile(&state(services.clone(), slices.clone()), &node()).unwrap();
+    // A Service that sorts first appears, b loses 10.0.0.2 and gains 10.0.0.3.
+    let mut changed_services = services;
+    changed_services.push(service("x", "a", "10.96.0.1"));
+    let changed_slices = vec![
+        slice("x", "a", "a-1", vec![ready("10.0.2.1")]),
+        slice("x", "b", "b-1", vec![ready("10.0.0.1"), ready("10.0.0.3")]),
+        slice("x", "c", "c-1", vec![ready("10.0.1.1")]),
+    ];
+    let second = compile_with(&state(changed_services, changed_slices), &node(), &first).unwrap();
+    let b = key("10.96.0.2", 80, ServiceScope::Internal);
+    let c = key("10.96.0.3", 80, ServiceScope::Internal);
+    assert_eq!(first.services[&c], second.services[&c], "c is untouched");
+    assert_eq!(first.services[&b].service, second.services[&b].service);
+    assert_eq!(
+        first.services[&b].backend_set,
+        second.services[&b].backend_set
+    );
+    let id_of = |maps: &MapSet, a: &str| {
+        *maps
+            .backends
+            .iter()
+            .find(|(_, be)| be.addr == addr(a))
+            .unwrap()
+            .0
+    };
+    assert_eq!(id_of(&first, "10.0.0.1"), id_of(&second, "10.0.0.1"));
+    let highest_before = *first.backends.keys().max().unwrap();
+    assert!(
+        id_of(&second, "10.0.0.3") > highest_before,
+        "new ids above the old ones"
+    );
+    assert!(id_of(&second, "10.0.2.1") > highest_before);
+    let a = second.services[&key("10.96.0.1", 80, ServiceScope::Internal)];
+    assert!(a.service > first.services[&c].service.max(first.services[&b].service));
+    assert!(!second.backends.contains_key(&BACKEND_NONE));
+    let removed = id_of(&first, "10.0.0.2");
+    assert!(
+        !second.backends.contains_key(&removed),
+        "the id of a backend that left is not given to another"
+    );
+    let c_set = first.services[&c].backend_set;
+    assert_eq!(first.maglev[&c_set], second.maglev[&c_set]);
+}
+
+#[test]
+fn a_restarted_agent_recovers_every_id_from_the_maps() {
+    let mut web = service("x", "web", "10.96.0.1");
+    web.kind = ServiceKind::LoadBalancer;
+    web.ports = vec![service_port("http", 80, Some(30080))];
+    web.load_balancer_ips = vec![ip("198.51.100.7")];
+    web.external_traffic_local = true;
+    let input = state(
+        vec![web, service("y", "db", "10.96.0.9")],
+        vec![
+            slice(
+                "x",
+                "web",
+                "web-1",
+                vec![ready("10.0.0.1"), on_node(ready("10.0.0.3"), "node-b")],
+            ),
+            slice("y", "db", "db-1", vec![ready("10.0.5.1")]),
+        ],
+    );
+    // A history of changes, so that ids are not simply 1, 2, 3.
+    let mut before = compile(
+        &state(
+            vec![service("z", "old", "10.96.0.5")],
+            vec![slice("z", "old", "old-1", vec![ready("10.0.7.7")])],
+        ),
+        &node(),
+    )
+    .unwrap();
+    before = compile_with(&input, &node(), &before).unwrap();
+    // What the kernel holds, as `Dataplane::load_pinned` reads it back.
+    let read_back = MapSet {
+        services: before.services.clone(),
+        backends: before.backends.clone(),
+        maglev: before.maglev.clone(),
+        source_ranges: before.source_ranges.clone(),
+        ..MapSet::default()
+    };
+    let recovered = MapSet {
+        service_ids: ServiceIds::recover(&read_back),
+        ..read_back
+    };
+    let after = compile_with(&input, &node(), &recovered).unwrap();
+    assert_eq!(after.services, before.services);
+    assert_eq!(after.backends, before.backends);
+    assert_eq!(after.maglev, before.maglev);
+    // And new identities get ids above every recovered one.
+    let mut grown = input.clone();
+    grown.services.push(service("a", "new", "10.96.0.20"));
+    grown
+        .endpoint_slices
+        .push(slice("a", "new", "new-1", vec![ready("10.0.9.1")]));
+    let next = compile_with(&grown, &node(), &after).unwrap();
+    let new = next.services[&key("10.96.0.20", 80, ServiceScope::Internal)];
+    assert!(new.service > before.services.values().map(|v| v.service).max().unwrap());
+    assert!(*next.backends.keys().max().unwrap() > *before.backends.keys().max().unwrap());
+}
