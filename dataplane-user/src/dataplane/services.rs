@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData};
+use dataplane_abi::MaglevTable;
 use dataplane_abi::maglev::{LARGE, MEDIUM, SMALL, Tier};
 use dataplane_abi::{Backend, ServiceKey, ServiceValue, SourceRangeKey, names};
 
@@ -164,14 +165,18 @@ impl Dataplane {
         tables: &[(u32, &[u32])],
     ) -> Result<(), DataplaneError> {
         let name = TABLE_MAPS[tier as usize];
-        let mut map: HashMap<&mut MapData, u32, [u32; N]> =
+        let mut map: HashMap<&mut MapData, u32, MaglevTable<N>> =
             typed_map(&mut self.ebpf, name, HashMap::try_from)?;
         for (set, slots) in tables {
-            let table: &[u32; N] = (*slots).try_into().map_err(|_| DataplaneError::TableSize {
+            let slots: &[u32; N] = (*slots).try_into().map_err(|_| DataplaneError::TableSize {
                 set: *set,
                 slots: slots.len(),
                 expected: N,
             })?;
+            let table = MaglevTable {
+                slots: *slots,
+                _guard: 0,
+            };
             map.insert(set, table, 0).map_err(map_err(name))?;
         }
         Ok(())
@@ -183,7 +188,7 @@ impl Dataplane {
         sets: &[u32],
     ) -> Result<(), DataplaneError> {
         let name = TABLE_MAPS[tier as usize];
-        let mut map: HashMap<&mut MapData, u32, [u32; N]> =
+        let mut map: HashMap<&mut MapData, u32, MaglevTable<N>> =
             typed_map(&mut self.ebpf, name, HashMap::try_from)?;
         for set in sets {
             remove_existing(map.remove(set)).map_err(map_err(name))?;
@@ -214,16 +219,16 @@ impl Dataplane {
         tier: Tier,
     ) -> Result<BTreeMap<u32, Table>, DataplaneError> {
         let name = TABLE_MAPS[tier as usize];
-        let map: HashMap<&mut MapData, u32, [u32; N]> =
+        let map: HashMap<&mut MapData, u32, MaglevTable<N>> =
             typed_map(&mut self.ebpf, name, HashMap::try_from)?;
         let mut out = BTreeMap::new();
         for entry in &map {
-            let (set, slots) = entry.map_err(map_err(name))?;
+            let (set, table) = entry.map_err(map_err(name))?;
             out.insert(
                 set,
                 Table {
                     tier,
-                    slots: slots.to_vec(),
+                    slots: table.slots.to_vec(),
                 },
             );
         }

@@ -1,0 +1,583 @@
+//! The Service path on crafted packets, through `BPF_PROG_TEST_RUN` on the real kernel: a
+//! client's packet to a `ClusterIP` leaves translated to a backend, the backend's reply comes
+//! back as from the `ClusterIP`, checksums right after every rewrite, in both families. Also the
+//! backend choice (spread, stickiness, affinity), backend removal (TCP stays, UDP moves), the
+//! answer to a Service without endpoints, and policy judged on the translated packet.
+//!
+//! The local pod `x/a` sits behind ifindex 1 (`BPF_PROG_TEST_RUN` runs on loopback); its
+//! backends `x/b` and `x/c` are remote pods.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use dataplane_abi::{DropReason, PassReason, programs};
+use testbed::fixtures::{TC_ACT_OK, TC_ACT_SHOT, ip, labels};
+use testbed::packet::{self, ACK, L4, Packet, SYN, Tuple};
+use weir::compile::{self, NodeView};
+use weir::dataplane::Dataplane;
+use weir::model::{
+    DesiredState, Endpoint, EndpointPort, EndpointSlice, LabelSelector, Namespace, NamespaceScope,
+    Origin, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule, Service, ServiceKind,
+    ServicePort, TargetPort,
+};
+
+/// `TC_ACT_REDIRECT`: the action of a packet turned into its answer and sent back.
+const TC_ACT_REDIRECT: i32 = 7;
+
+/// Addresses of one family.
+#[derive(Clone, Copy)]
+struct Family {
+    client: &'static str,
+    b: &'static str,
+    c: &'static str,
+    web: &'static str,
+    empty: &'static str,
+    sticky: &'static str,
+}
+
+const V4: Family = Family {
+    client: "10.0.0.1",
+    b: "10.0.0.2",
+    c: "10.0.1.3",
+    web: "10.96.0.10",
+    empty: "10.96.0.11",
+    sticky: "10.96.0.12",
+};
+
+const V6: Family = Family {
+    client: "fd00::1",
+    b: "fd00::2",
+    c: "fd00:1::3",
+    web: "fd00:96::10",
+    empty: "fd00:96::11",
+    sticky: "fd00:96::12",
+};
+
+fn pod(name: &str, app: &str, ips: [&str; 2]) -> Pod {
+    Pod {
+        namespace: "x".into(),
+        name: name.into(),
+        labels: labels(&[("pod", name), ("app", app)]),
+        ips: ips.iter().map(|s| ip(s)).collect(),
+        ..Pod::default()
+    }
+}
+
+fn port(name: &str, protocol: Protocol, port: u16, target: u16) -> ServicePort {
+    ServicePort {
+        name: name.into(),
+        protocol,
+        port,
+        target_port: TargetPort::Number(target),
+        node_port: None,
+    }
+}
+
+fn service(name: &str, ips: [&str; 2], ports: Vec<ServicePort>) -> Service {
+    Service {
+        namespace: "x".into(),
+        name: name.into(),
+        kind: ServiceKind::ClusterIp,
+        cluster_ips: ips.iter().map(|s| ip(s)).collect(),
+        ports,
+        selector: Some(labels(&[("app", "web")])),
+        ..Service::default()
+    }
+}
+
+/// One slice per family for `service`, with `backends` ready.
+fn slices(service: &str, backends: &[&str]) -> Vec<EndpointSlice> {
+    let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) =
+        backends.iter().map(|s| ip(s)).partition(IpAddr::is_ipv4);
+    [("v4", v4), ("v6", v6)]
+        .into_iter()
+        .map(|(family, addrs)| EndpointSlice {
+            namespace: "x".into(),
+            name: format!("{service}-{family}"),
+            service: service.into(),
+            ports: vec![
+                EndpointPort {
+                    name: "http".into(),
+                    protocol: Protocol::Tcp,
+                    port: 8080,
+                },
+                EndpointPort {
+                    name: "dns".into(),
+                    protocol: Protocol::Udp,
+                    port: 5353,
+                },
+            ],
+            endpoints: addrs
+                .into_iter()
+                .map(|a| Endpoint {
+                    addresses: vec![a],
+                    ready: true,
+                    serving: true,
+                    ..Endpoint::default()
+                })
+                .collect(),
+            legacy: false,
+            origin: Origin::default(),
+        })
+        .collect()
+}
+
+/// Services `x/web` (TCP 80 → 8080, UDP 53 → 5353), `x/empty` (no endpoint) and `x/sticky`
+/// (`ClientIP` affinity), backed by the given addresses.
+fn state(backends: &[&str]) -> DesiredState {
+    let http_dns = || {
+        vec![
+            port("http", Protocol::Tcp, 80, 8080),
+            port("dns", Protocol::Udp, 53, 5353),
+        ]
+    };
+    let mut sticky = service("sticky", [V4.sticky, V6.sticky], http_dns());
+    sticky.affinity_timeout_s = Some(10_800);
+    let mut endpoint_slices = slices("web", backends);
+    endpoint_slices.extend(slices("sticky", backends));
+    DesiredState {
+        namespaces: BTreeMap::from([(
+            "x".to_owned(),
+            Namespace {
+                name: "x".into(),
+                labels: BTreeMap::new(),
+            },
+        )]),
+        pods: vec![
+            pod("a", "client", [V4.client, V6.client]),
+            pod("b", "web", [V4.b, V6.b]),
+            pod("c", "web", [V4.c, V6.c]),
+        ],
+        services: vec![
+            service("web", [V4.web, V6.web], http_dns()),
+            service("empty", [V4.empty, V6.empty], http_dns()),
+            sticky,
+        ],
+        endpoint_slices,
+        ..DesiredState::default()
+    }
+}
+
+const BOTH: [&str; 4] = [V4.b, V4.c, V6.b, V6.c];
+
+fn node() -> NodeView {
+    NodeView {
+        host_addrs: BTreeSet::from([ip("10.0.255.1"), ip("fd00:ff::1")]),
+        local_routes: BTreeMap::from([(ip(V4.client), 1), (ip(V6.client), 1)]),
+        ..NodeView::default()
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn loaded(state: &DesiredState) -> Dataplane {
+    let mut dp = Dataplane::load().expect("loading the eBPF object (verifier)");
+    sync(&mut dp, state);
+    dp
+}
+
+fn sync(dp: &mut Dataplane, state: &DesiredState) {
+    let maps = compile::compile(state, &node()).expect("compiling");
+    dp.sync_maps(&maps).expect("writing maps");
+}
+
+/// What one program run did: its action, the reason counter that moved, the frame it left.
+struct Ran {
+    action: i32,
+    reason: String,
+    out: Vec<u8>,
+}
+
+impl Ran {
+    /// The frame left, read back with its checksums verified.
+    fn tuple(&self) -> Tuple {
+        packet::checksums(&self.out).unwrap_or_else(|e| panic!("output frame: {e}"))
+    }
+
+    fn expect(&self, action: i32, reason: &str, what: &str) -> &Self {
+        assert_eq!(
+            (self.action, self.reason.as_str()),
+            (action, reason),
+            "{what}: action and reason"
+        );
+        self
+    }
+}
+
+fn run(dp: &mut Dataplane, program: &'static str, pkt: &Packet) -> Ran {
+    let frame = pkt.frame();
+    packet::checksums(&frame).expect("the crafted frame itself is right");
+    let before = dp.counters().expect("counters");
+    let (action, out) = dp
+        .test_run_output(program, &frame)
+        .expect("BPF_PROG_TEST_RUN");
+    let after = dp.counters().expect("counters");
+    let mut moved: Vec<&str> = after
+        .passed
+        .iter()
+        .chain(after.dropped.iter())
+        .filter(|(k, v)| before.passed.get(*k).or(before.dropped.get(*k)) != Some(v))
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(
+        moved.len(),
+        1,
+        "exactly one reason counter moves per packet"
+    );
+    Ran {
+        action,
+        reason: moved.remove(0).to_owned(),
+        out,
+    }
+}
+
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Packet {
+    Packet::new(
+        ip(src),
+        ip(dst),
+        L4::Tcp {
+            src: sport,
+            dst: dport,
+            flags,
+        },
+    )
+}
+
+fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Packet {
+    Packet::new(
+        ip(src),
+        ip(dst),
+        L4::Udp {
+            src: sport,
+            dst: dport,
+        },
+    )
+}
+
+const NOT_ISOLATED: &str = PassReason::NotIsolated.name();
+const ESTABLISHED: &str = PassReason::Established.name();
+
+/// Opens a TCP connection from the client's `sport` to `vip`:80; the backend it went to.
+fn connect(dp: &mut Dataplane, f: Family, vip: &str, sport: u16) -> IpAddr {
+    let syn = run(dp, programs::FROM_POD, &tcp(f.client, sport, vip, 80, SYN));
+    syn.expect(TC_ACT_OK, NOT_ISOLATED, "SYN to the ClusterIP");
+    let t = syn.tuple();
+    assert_eq!((t.src, t.src_port), (ip(f.client), sport), "source kept");
+    assert_eq!(t.dst_port, 8080, "port translated to the target port");
+    t.dst
+}
+
+fn translation_and_reply(f: Family) {
+    let mut dp = loaded(&state(&BOTH));
+    let backend = connect(&mut dp, f, f.web, 40_000);
+    assert!(
+        [ip(f.b), ip(f.c)].contains(&backend),
+        "translated to a backend, got {backend}"
+    );
+    let ack = run(
+        &mut dp,
+        programs::FROM_POD,
+        &tcp(f.client, 40_000, f.web, 80, ACK),
+    );
+    ack.expect(TC_ACT_OK, ESTABLISHED, "later packet");
+    assert_eq!(ack.tuple().dst, backend, "every packet to the same backend");
+
+    let backend_s = backend.to_string();
+    let reply = run(
+        &mut dp,
+        programs::TO_POD,
+        &tcp(&backend_s, 8080, f.client, 40_000, SYN | ACK),
+    );
+    reply.expect(TC_ACT_OK, ESTABLISHED, "backend's reply");
+    let t = reply.tuple();
+    assert_eq!(
+        (t.src, t.src_port, t.dst, t.dst_port),
+        (ip(f.web), 80, ip(f.client), 40_000),
+        "the reply comes from the ClusterIP"
+    );
+
+    let dns = run(&mut dp, programs::FROM_POD, &udp(f.client, 5000, f.web, 53));
+    dns.expect(TC_ACT_OK, NOT_ISOLATED, "UDP to the ClusterIP");
+    let t = dns.tuple();
+    assert_eq!(t.dst_port, 5353, "UDP port translated");
+    let answer = run(
+        &mut dp,
+        programs::TO_POD,
+        &udp(&t.dst.to_string(), 5353, f.client, 5000),
+    );
+    answer.expect(TC_ACT_OK, ESTABLISHED, "UDP answer");
+    let a = answer.tuple();
+    assert_eq!(
+        (a.src, a.src_port),
+        (ip(f.web), 53),
+        "UDP answer from the ClusterIP"
+    );
+}
+
+#[test]
+fn ipv4_translation_and_reply() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    translation_and_reply(V4);
+}
+
+#[test]
+fn ipv6_translation_and_reply() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    translation_and_reply(V6);
+}
+
+#[test]
+fn connections_spread_over_backends_and_affinity_pins_a_client() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    for f in [V4, V6] {
+        let mut dp = loaded(&state(&BOTH));
+        let mut per_backend: BTreeMap<IpAddr, u32> = BTreeMap::new();
+        let connections: u16 = 400;
+        for sport in 0..connections {
+            *per_backend
+                .entry(connect(&mut dp, f, f.web, 20_000 + sport))
+                .or_default() += 1;
+        }
+        // Two backends over 400 connections: each share is binomial(400, 0.5) with a standard
+        // deviation of 10; 140..=260 is six of them away from 200.
+        assert_eq!(
+            per_backend.len(),
+            2,
+            "both backends chosen: {per_backend:?}"
+        );
+        for (backend, n) in &per_backend {
+            assert!(
+                (140..=260).contains(n),
+                "{backend} got {n} of {connections} connections"
+            );
+        }
+        let sticky: BTreeSet<IpAddr> = (0..50)
+            .map(|sport| connect(&mut dp, f, f.sticky, 30_000 + sport))
+            .collect();
+        assert_eq!(
+            sticky.len(),
+            1,
+            "ClientIP affinity: one backend, got {sticky:?}"
+        );
+    }
+}
+
+#[test]
+fn a_removed_backend_keeps_tcp_and_loses_udp() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    for f in [V4, V6] {
+        let mut dp = loaded(&state(&BOTH));
+        let tcp_backend = connect(&mut dp, f, f.web, 41_000);
+        let udp_backend = run(&mut dp, programs::FROM_POD, &udp(f.client, 6000, f.web, 53))
+            .tuple()
+            .dst;
+        // Remove whichever backend the UDP flow uses; keep the TCP one when they differ.
+        let gone = udp_backend;
+        let kept: Vec<&str> = BOTH.iter().copied().filter(|b| ip(b) != gone).collect();
+        sync(&mut dp, &state(&kept));
+
+        let ack = run(
+            &mut dp,
+            programs::FROM_POD,
+            &tcp(f.client, 41_000, f.web, 80, ACK),
+        );
+        ack.expect(TC_ACT_OK, ESTABLISHED, "TCP after its backend changed set");
+        assert_eq!(
+            ack.tuple().dst,
+            tcp_backend,
+            "an established TCP connection stays"
+        );
+
+        let moved = run(&mut dp, programs::FROM_POD, &udp(f.client, 6000, f.web, 53));
+        assert_eq!(moved.action, TC_ACT_OK, "the UDP flow goes on");
+        let to = moved.tuple().dst;
+        assert_ne!(to, gone, "the UDP flow leaves its removed backend");
+        assert!(kept.iter().any(|b| ip(b) == to), "to a live backend: {to}");
+    }
+}
+
+#[test]
+fn a_service_without_endpoints_is_rejected() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    for f in [V4, V6] {
+        let mut dp = loaded(&state(&BOTH));
+        let no_endpoints = DropReason::NoEndpoints.name();
+        let syn = tcp(f.client, 42_000, f.empty, 80, SYN);
+        let rst = run(&mut dp, programs::FROM_POD, &syn);
+        rst.expect(
+            TC_ACT_REDIRECT,
+            no_endpoints,
+            "SYN to a Service with no endpoint",
+        );
+        let t = rst.tuple();
+        assert_eq!(
+            (t.src, t.src_port, t.dst, t.dst_port),
+            (ip(f.empty), 80, ip(f.client), 42_000),
+            "a reset from the ClusterIP to the client"
+        );
+        let ip_len = if f.client.contains(':') { 40 } else { 20 };
+        let tcp_header = &rst.out[14 + ip_len..];
+        assert_eq!(tcp_header[13], 0x14, "RST and ACK set");
+        assert_eq!(
+            &tcp_header[8..12],
+            &2u32.to_be_bytes(),
+            "acknowledges the SYN (seq 1 + 1)"
+        );
+
+        let unreachable = run(
+            &mut dp,
+            programs::FROM_POD,
+            &udp(f.client, 7000, f.empty, 53),
+        );
+        unreachable.expect(
+            TC_ACT_REDIRECT,
+            no_endpoints,
+            "UDP to a Service with no endpoint",
+        );
+        check_port_unreachable(&unreachable.out, f);
+    }
+}
+
+/// An ICMP(v6) port unreachable from the `ClusterIP` to the client, with right checksums,
+/// quoting the client's datagram.
+fn check_port_unreachable(frame: &[u8], f: Family) {
+    let v6 = f.client.contains(':');
+    let ip_len = if v6 { 40 } else { 20 };
+    let l3 = &frame[14..];
+    let icmp = &l3[ip_len..];
+    let (src, dst): (IpAddr, IpAddr) = if v6 {
+        let s: [u8; 16] = l3[8..24].try_into().expect("16 bytes");
+        let d: [u8; 16] = l3[24..40].try_into().expect("16 bytes");
+        (s.into(), d.into())
+    } else {
+        let s: [u8; 4] = l3[12..16].try_into().expect("4 bytes");
+        let d: [u8; 4] = l3[16..20].try_into().expect("4 bytes");
+        assert_eq!(ones_sum(&l3[..20], 0), 0xffff, "IPv4 header checksum");
+        (s.into(), d.into())
+    };
+    assert_eq!(
+        (src, dst),
+        (ip(f.empty), ip(f.client)),
+        "from the ClusterIP"
+    );
+    let (kind, code) = if v6 { (1, 4) } else { (3, 3) };
+    assert_eq!((icmp[0], icmp[1]), (kind, code), "port unreachable");
+    assert_eq!(
+        icmp.len(),
+        8 + ip_len + 8,
+        "quotes the IP header and 8 bytes"
+    );
+    let seed = if v6 {
+        let mut pseudo = l3[8..40].to_vec();
+        pseudo.extend_from_slice(&u32::try_from(icmp.len()).expect("short").to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        ones_sum(&pseudo, 0)
+    } else {
+        0
+    };
+    assert_eq!(ones_sum(icmp, u32::from(seed)), 0xffff, "ICMP checksum");
+    let quoted = &icmp[8..];
+    let quoted_dst: IpAddr = if v6 {
+        <[u8; 16]>::try_from(&quoted[24..40])
+            .expect("16 bytes")
+            .into()
+    } else {
+        <[u8; 4]>::try_from(&quoted[16..20])
+            .expect("4 bytes")
+            .into()
+    };
+    assert_eq!(
+        quoted_dst,
+        ip(f.empty),
+        "the quoted datagram is the client's"
+    );
+}
+
+fn ones_sum(data: &[u8], seed: u32) -> u16 {
+    let mut sum = seed;
+    for pair in data.chunks(2) {
+        sum += u32::from(pair[0]) << 8 | u32::from(*pair.get(1).unwrap_or(&0));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    u16::try_from(sum).expect("folded")
+}
+
+#[test]
+fn policy_judges_the_translated_packet() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // The client may reach pod b on 8080 and nothing else: through the ClusterIP, connections
+    // that land on b pass and those that land on c are denied.
+    let mut state = state(&BOTH);
+    state.policies.push(Policy {
+        namespace: "x".into(),
+        name: "a-to-b".into(),
+        pod_selector: LabelSelector {
+            match_labels: labels(&[("pod", "a")]),
+            ..LabelSelector::default()
+        },
+        ingress: None,
+        egress: Some(vec![Rule {
+            peers: vec![Peer::Pods {
+                namespaces: NamespaceScope::Own("x".into()),
+                pods: LabelSelector {
+                    match_labels: labels(&[("pod", "b")]),
+                    ..LabelSelector::default()
+                },
+            }],
+            ports: vec![PortMatch {
+                protocol: Protocol::Tcp,
+                port: Some(PortSpec::Range {
+                    first: 8080,
+                    last: 8080,
+                }),
+            }],
+        }]),
+        origin: Origin::default(),
+    });
+    for f in [V4, V6] {
+        let mut dp = loaded(&state);
+        let (mut allowed, mut denied) = (0, 0);
+        for sport in 0..64 {
+            let ran = run(
+                &mut dp,
+                programs::FROM_POD,
+                &tcp(f.client, 50_000 + sport, f.web, 80, SYN),
+            );
+            let backend = ran.tuple().dst;
+            if backend == ip(f.b) {
+                ran.expect(TC_ACT_OK, PassReason::PolicyAllowed.name(), "to b");
+                allowed += 1;
+            } else {
+                ran.expect(TC_ACT_SHOT, DropReason::PolicyDenied.name(), "to c");
+                denied += 1;
+            }
+        }
+        assert!(
+            allowed > 0 && denied > 0,
+            "both backends tried: {allowed}/{denied}"
+        );
+    }
+}
