@@ -33,6 +33,8 @@ struct Family {
     web: &'static str,
     empty: &'static str,
     sticky: &'static str,
+    /// A Service whose one endpoint is the client itself.
+    own: &'static str,
 }
 
 const V4: Family = Family {
@@ -42,6 +44,7 @@ const V4: Family = Family {
     web: "10.96.0.10",
     empty: "10.96.0.11",
     sticky: "10.96.0.12",
+    own: "10.96.0.13",
 };
 
 const V6: Family = Family {
@@ -51,6 +54,7 @@ const V6: Family = Family {
     web: "fd00:96::10",
     empty: "fd00:96::11",
     sticky: "fd00:96::12",
+    own: "fd00:96::13",
 };
 
 fn pod(name: &str, app: &str, ips: [&str; 2]) -> Pod {
@@ -135,6 +139,7 @@ fn state(backends: &[&str]) -> DesiredState {
     sticky.affinity_timeout_s = Some(10_800);
     let mut endpoint_slices = slices("web", backends);
     endpoint_slices.extend(slices("sticky", backends));
+    endpoint_slices.extend(slices("own", &[V4.client, V6.client]));
     DesiredState {
         namespaces: BTreeMap::from([(
             "x".to_owned(),
@@ -152,6 +157,7 @@ fn state(backends: &[&str]) -> DesiredState {
             service("web", [V4.web, V6.web], http_dns()),
             service("empty", [V4.empty, V6.empty], http_dns()),
             sticky,
+            service("own", [V4.own, V6.own], http_dns()),
         ],
         endpoint_slices,
         ..DesiredState::default()
@@ -579,5 +585,58 @@ fn policy_judges_the_translated_packet() {
             allowed > 0 && denied > 0,
             "both backends tried: {allowed}/{denied}"
         );
+    }
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_service() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    for f in [V4, V6] {
+        let mut dp = loaded(&state(&BOTH));
+        let self_traffic = PassReason::SelfTraffic.name();
+        // Out of the pod: to itself, but from the frontend (from its own address, its stack
+        // would drop the packet as a martian).
+        let out = run(
+            &mut dp,
+            programs::FROM_POD,
+            &tcp(f.client, 43_000, f.own, 80, SYN),
+        );
+        out.expect(TC_ACT_OK, self_traffic, "SYN to the pod's own Service");
+        let t = out.tuple();
+        assert_eq!(
+            (t.src, t.src_port, t.dst, t.dst_port),
+            (ip(f.own), 43_000, ip(f.client), 8080),
+            "hairpin: from the frontend to the pod's backend port"
+        );
+        // Back in, as the kernel routes it: part of the connection, unchanged.
+        let back_in = run(
+            &mut dp,
+            programs::TO_POD,
+            &tcp(f.own, 43_000, f.client, 8080, SYN),
+        );
+        back_in.expect(TC_ACT_OK, ESTABLISHED, "the hairpin SYN into the pod");
+        assert_eq!(back_in.tuple(), t, "nothing rewritten on the way in");
+        // The pod answers the frontend; the answer turns around to the client side.
+        let answer = run(
+            &mut dp,
+            programs::FROM_POD,
+            &tcp(f.client, 8080, f.own, 43_000, SYN | ACK),
+        );
+        answer.expect(TC_ACT_OK, ESTABLISHED, "the pod's answer");
+        let a = answer.tuple();
+        assert_eq!(
+            (a.src, a.src_port, a.dst, a.dst_port),
+            (ip(f.own), 80, ip(f.client), 43_000),
+            "the answer comes from the Service port, to the client port"
+        );
+        let delivered = run(
+            &mut dp,
+            programs::TO_POD,
+            &tcp(f.own, 80, f.client, 43_000, SYN | ACK),
+        );
+        delivered.expect(TC_ACT_OK, ESTABLISHED, "the answer into the pod");
     }
 }
