@@ -43,6 +43,8 @@ pub mod names {
     pub const AFFINITY: &str = "WEIR_AFF_V1";
     /// LPM trie of [`crate::SourceRangeKey`] to `u32` (unused, 0): `loadBalancerSourceRanges`.
     pub const SOURCE_RANGES: &str = "WEIR_LBSRC_V1";
+    /// LRU hash of [`crate::SockNatKey`] to [`crate::SockNatValue`]; the socket programs own it.
+    pub const SOCK_NAT: &str = "WEIR_SKNAT_V1";
 }
 
 /// Names of the programs in the eBPF object.
@@ -53,6 +55,33 @@ pub mod programs {
     pub const TO_POD: &str = "weir_to_pod";
     /// Returns "pass" and nothing else: the benchmark's floor, measured in the same run.
     pub const FLOOR: &str = "weir_floor";
+    /// `connect()` of an IPv4 socket of the node: a frontend becomes a backend.
+    pub const CONNECT4: &str = "weir_connect4";
+    /// `connect()` of an IPv6 socket of the node.
+    pub const CONNECT6: &str = "weir_connect6";
+    /// `sendmsg()` of an unconnected IPv4 UDP socket of the node.
+    pub const SENDMSG4: &str = "weir_sendmsg4";
+    /// `sendmsg()` of an unconnected IPv6 UDP socket of the node.
+    pub const SENDMSG6: &str = "weir_sendmsg6";
+    /// `recvmsg()` of an IPv4 UDP socket: a backend's datagram comes from the frontend.
+    pub const RECVMSG4: &str = "weir_recvmsg4";
+    /// `recvmsg()` of an IPv6 UDP socket.
+    pub const RECVMSG6: &str = "weir_recvmsg6";
+    /// `getpeername()` of an IPv4 socket: the peer is the frontend it connected to.
+    pub const GETPEERNAME4: &str = "weir_peername4";
+    /// `getpeername()` of an IPv6 socket.
+    pub const GETPEERNAME6: &str = "weir_peername6";
+    /// Every socket program, attached to the node's cgroup together.
+    pub const SOCKETS: [&str; 8] = [
+        CONNECT4,
+        CONNECT6,
+        SENDMSG4,
+        SENDMSG6,
+        RECVMSG4,
+        RECVMSG6,
+        GETPEERNAME4,
+        GETPEERNAME6,
+    ];
 }
 
 /// Capacities the agent checks a compiled state against before it touches the kernel.
@@ -85,6 +114,8 @@ pub mod capacity {
     pub const AFFINITY: u32 = 65_536;
     /// Entries of `WEIR_LBSRC_V1`.
     pub const SOURCE_RANGES: u32 = 16_384;
+    /// Entries of `WEIR_SKNAT_V1` (least recently used entries are evicted beyond it).
+    pub const SOCK_NAT: u32 = 65_536;
 }
 
 /// An IPv6 address, or an IPv4 address mapped into IPv6, in network byte order.

@@ -217,6 +217,35 @@ pub struct SourceRangeKey {
 }
 const _: () = assert!(size_of::<SourceRangeKey>() == 20);
 
+/// Key of `WEIR_SKNAT_V1`: a backend a socket of the node was sent to instead of a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockNatKey {
+    /// `bpf_get_socket_cookie` of the socket.
+    pub cookie: u64,
+    /// The backend's address.
+    pub addr: Addr,
+    /// The backend's port, host byte order.
+    pub port_h: u16,
+    /// Padding, always zero.
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<SockNatKey>() == 32);
+
+/// Value of `WEIR_SKNAT_V1`: the frontend the socket asked for, which `recvmsg` and
+/// `getpeername` give back in place of the backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockNatValue {
+    /// The frontend's address.
+    pub addr: Addr,
+    /// The frontend's port, host byte order.
+    pub port_h: u16,
+    /// Padding, always zero.
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<SockNatValue>() == 20);
+
 /// Picks the Maglev slot of a flow: a hash of what stays the same for all packets of one
 /// connection seen from its client (address, port, protocol). Shared by the programs and the
 /// agent (`explain`, tests), so both name the same backend.
@@ -265,4 +294,6 @@ mod pod_impls {
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::SourceRangeKey {}
     unsafe impl<const N: usize> aya::Pod for super::MaglevTable<N> {}
+    unsafe impl aya::Pod for super::SockNatKey {}
+    unsafe impl aya::Pod for super::SockNatValue {}
 }

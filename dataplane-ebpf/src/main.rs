@@ -16,18 +16,19 @@ mod parse;
 mod policy;
 mod reject;
 mod service;
+mod sock;
 mod verdict;
 
 use aya_ebpf::{
-    macros::{classifier, map},
+    macros::{cgroup_sock_addr, classifier, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
-    programs::TcContext,
+    programs::{SockAddrContext, TcContext},
 };
 use dataplane_abi::{
     Addr, AffinityKey, AffinityValue, Backend, CidrInfo, Config, CtEntry, CtKey, Direction,
     DropReason, EndpointInfo, FragKey, FragPorts, MaglevTable, ObserveConfig, ObserveCounter,
-    PassReason, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SourceRangeKey, TokenBucket,
-    capacity, maglev,
+    PassReason, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SockNatKey, SockNatValue,
+    SourceRangeKey, TokenBucket, capacity, maglev,
 };
 
 use conntrack::{Flow, Nat};
@@ -119,6 +120,10 @@ static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
     LpmTrie::with_max_entries(capacity::SOURCE_RANGES, NO_PREALLOC);
 
+#[map(name = "WEIR_SKNAT_V1")]
+static SOCK_NAT: LruHashMap<SockNatKey, SockNatValue> =
+    LruHashMap::with_max_entries(capacity::SOCK_NAT, 0);
+
 /// Packets the pod sends (TC ingress of its host-side veth).
 #[classifier]
 #[expect(
@@ -147,6 +152,86 @@ pub fn weir_to_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn weir_floor(_ctx: TcContext) -> i32 {
     aya_ebpf::bindings::TC_ACT_OK
+}
+
+/// `connect()` of an IPv4 socket of the node (cgroup hook).
+#[cgroup_sock_addr(connect4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro passes the context by value"
+)]
+pub fn weir_connect4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx, sock::Family::V4)
+}
+
+/// `connect()` of an IPv6 socket of the node (cgroup hook).
+#[cgroup_sock_addr(connect6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro passes the context by value"
+)]
+pub fn weir_connect6(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx, sock::Family::V6)
+}
+
+/// `sendmsg()` of an unconnected IPv4 UDP socket of the node (cgroup hook).
+#[cgroup_sock_addr(sendmsg4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro passes the context by value"
+)]
+pub fn weir_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx, sock::Family::V4)
+}
+
+/// `sendmsg()` of an unconnected IPv6 UDP socket of the node (cgroup hook).
+#[cgroup_sock_addr(sendmsg6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro passes the context by value"
+)]
+pub fn weir_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx, sock::Family::V6)
+}
+
+/// `recvmsg()` of an IPv4 UDP socket of the node (cgroup hook).
+#[cgroup_sock_addr(recvmsg4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro passes the context by value"
+)]
+pub fn weir_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx, sock::Family::V4)
+}
+
+/// `recvmsg()` of an IPv6 UDP socket of the node (cgroup hook).
+#[cgroup_sock_addr(recvmsg6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro passes the context by value"
+)]
+pub fn weir_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx, sock::Family::V6)
+}
+
+/// `getpeername()` of an IPv4 socket of the node (cgroup hook).
+#[cgroup_sock_addr(getpeername4)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro passes the context by value"
+)]
+pub fn weir_peername4(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx, sock::Family::V4)
+}
+
+/// `getpeername()` of an IPv6 socket of the node (cgroup hook).
+#[cgroup_sock_addr(getpeername6)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the macro passes the context by value"
+)]
+pub fn weir_peername6(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx, sock::Family::V6)
 }
 
 #[inline(always)]

@@ -80,8 +80,9 @@ pub fn for_client(
     Ok(Some(translation))
 }
 
+/// The frontend `addr`:`port_h` of protocol `l4_proto`, for clients inside the cluster.
 #[inline(always)]
-fn frontend(addr: &Addr, port_h: u16, l4_proto: u8) -> Option<ServiceValue> {
+pub fn frontend(addr: &Addr, port_h: u16, l4_proto: u8) -> Option<ServiceValue> {
     let key = ServiceKey {
         addr: *addr,
         port_h,
@@ -103,6 +104,19 @@ fn select(
     if frontend.flags & service_flags::SOURCE_RANGES != 0 && !source_allowed(frontend, &key.local) {
         return Err(DropReason::SourceRange);
     }
+    let hash = flow_hash(&key.local, key.local_port_h, key.proto);
+    let (id, backend) = choose(frontend, &key.local, hash)?;
+    Ok(translation(frontend, id, &backend))
+}
+
+/// The backend of a new connection of `client` to `frontend`: the client's last one while its
+/// affinity lasts, else the Maglev table's slot for `hash`. Shared with the socket programs.
+#[inline(always)]
+pub fn choose(
+    frontend: &ServiceValue,
+    client: &Addr,
+    hash: u32,
+) -> Result<(u32, Backend), DropReason> {
     if frontend.backend_count == 0 {
         return Err(if frontend.flags & service_flags::DROP_IF_EMPTY != 0 {
             DropReason::NoLocalEndpoints
@@ -112,18 +126,17 @@ fn select(
     }
     let now = unsafe { bpf_ktime_get_ns() };
     if frontend.affinity_timeout_s != 0
-        && let Some((id, backend)) = affine_backend(frontend, &key.local, now)
+        && let Some(chosen) = affine_backend(frontend, client, now)
     {
-        return Ok(translation(frontend, id, &backend));
+        return Ok(chosen);
     }
-    let hash = flow_hash(&key.local, key.local_port_h, key.proto);
     let id = maglev_pick(frontend, hash).ok_or(DropReason::NoEndpoints)?;
     // SAFETY: the value is copied out before the program run ends.
     let backend = *unsafe { BACKENDS.get(id) }.ok_or(DropReason::NoEndpoints)?;
     if frontend.affinity_timeout_s != 0 {
-        remember_affinity(frontend, &key.local, id, now);
+        remember_affinity(frontend, client, id, now);
     }
-    Ok(translation(frontend, id, &backend))
+    Ok((id, backend))
 }
 
 #[inline(always)]

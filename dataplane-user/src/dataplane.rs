@@ -22,6 +22,7 @@ use crate::pins::{Hook, Pins};
 
 mod observe;
 mod services;
+mod sockets;
 pub use observe::{FlowEvents, FlowRing, MapReader};
 use services::ServiceDiff;
 
@@ -91,6 +92,15 @@ pub enum DataplaneError {
         slots: usize,
         /// Slots of a table of its tier.
         expected: usize,
+    },
+    /// The cgroup to attach the socket programs to could not be opened.
+    #[error("cgroup {path}")]
+    Cgroup {
+        /// The cgroup's folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// A link pinned by an earlier agent could not be taken over.
     #[error("adopting the pinned link {path}")]
@@ -171,6 +181,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     applied: MapSet,
     links: BTreeMap<u32, [Held; 2]>,
+    /// Cgroup links of the socket programs, when attached with pins.
+    sockets: Vec<Held>,
     epoch: u32,
     pins: Option<Pins>,
 }
@@ -216,6 +228,7 @@ impl Dataplane {
             ebpf,
             applied: MapSet::default(),
             links: BTreeMap::new(),
+            sockets: Vec::new(),
             epoch: 0,
             pins,
         })

@@ -6,6 +6,8 @@
 //!                               counters)
 //!   links/<ifindex>-from_pod    TCX links of each local pod's interface
 //!   links/<ifindex>-to_pod
+//!   sockets/<program>           cgroup links of the socket programs (Services for the
+//!                               node's own processes)
 //! ```
 //!
 //! Pinned maps and links keep enforcing while no agent runs; the next agent adopts them and
@@ -27,7 +29,7 @@ const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 
 /// The maps pinned so that state, connections, Service balancing (tables, backends, client
 /// affinity) and counters survive the agent.
-pub const PINNED_MAPS: [&str; 15] = [
+pub const PINNED_MAPS: [&str; 16] = [
     names::ENDPOINTS,
     names::CIDRS,
     names::POLICY,
@@ -43,6 +45,7 @@ pub const PINNED_MAPS: [&str; 15] = [
     names::MAGLEV_LARGE,
     names::AFFINITY,
     names::SOURCE_RANGES,
+    names::SOCK_NAT,
 ];
 
 /// Which program a pinned link holds.
@@ -95,11 +98,17 @@ impl Pins {
         self.root.join("links")
     }
 
+    /// Where the cgroup link of socket program `name` is pinned.
+    pub fn socket_link(&self, name: &str) -> PathBuf {
+        self.root.join("sockets").join(name)
+    }
+
     /// Creates the folders, mounting bpffs on the root's bpffs folder first when the host
     /// has not (as Cilium does: a node may boot without it).
     pub fn prepare(&self) -> io::Result<()> {
         ensure_bpffs(&self.root)?;
         std::fs::create_dir_all(self.root.join("maps"))?;
+        std::fs::create_dir_all(self.root.join("sockets"))?;
         std::fs::create_dir_all(self.links_dir())
     }
 
@@ -138,6 +147,13 @@ impl Pins {
             std::fs::remove_file(path)?;
             removed += 1;
         }
+        for name in dataplane_abi::programs::SOCKETS {
+            match std::fs::remove_file(self.socket_link(name)) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
         for name in PINNED_MAPS {
             match std::fs::remove_file(self.map(name)) {
                 Ok(()) => removed += 1,
@@ -145,7 +161,12 @@ impl Pins {
                 Err(e) => return Err(e),
             }
         }
-        for dir in [self.links_dir(), self.root.join("maps"), self.root.clone()] {
+        for dir in [
+            self.links_dir(),
+            self.root.join("sockets"),
+            self.root.join("maps"),
+            self.root.clone(),
+        ] {
             match std::fs::remove_dir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
