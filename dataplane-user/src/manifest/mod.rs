@@ -18,6 +18,8 @@ pub mod service;
 mod yaml;
 
 #[cfg(test)]
+mod service_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::btree_map::Entry;

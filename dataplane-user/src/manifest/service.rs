@@ -748,13 +748,15 @@ fn check_slice(
             listed.len()
         );
         Err(errors.reject(endpoints_path, message))
-    } else {
-        // FQDN slices are ignored whole: their addresses are names, not checked here.
-        let family = family.as_ref().ok().copied().flatten();
+    } else if let Ok(Some(family)) = family {
         check_all(listed, |i, endpoint| {
             let path = endpoints_path.index(i);
             slice_endpoint(endpoint, family, &path, errors)
         })
+    } else {
+        // An FQDN slice is ignored whole, and its addresses are names: nothing to check. With
+        // an unknown address type, what the addresses should be is not known.
+        Ok(Vec::new())
     };
     labels?;
     let Some(_) = family? else {
@@ -848,7 +850,7 @@ fn slice_ports(
 
 fn slice_endpoint(
     endpoint: &discovery::Endpoint,
-    family: Option<Family>,
+    family: Family,
     path: &FieldPath,
     errors: &mut Errors,
 ) -> Checked<Endpoint> {
@@ -862,12 +864,11 @@ fn slice_endpoint(
         _ => check_all(&endpoint.addresses, |i, text| {
             let path = addresses_path.index(i);
             let ip = parse_ip(text, &path, errors)?;
-            match family {
-                Some(family) if family != family_of(ip) => {
-                    let message = format!("{ip} is not an {family} address, as addressType says");
-                    Err(errors.reject(path, message))
-                }
-                _ => Ok(ip),
+            if family_of(ip) == family {
+                Ok(ip)
+            } else {
+                let message = format!("{ip} is not an {family} address, as addressType says");
+                Err(errors.reject(path, message))
             }
         }),
     };

@@ -12,7 +12,7 @@ use crate::model::{
 
 /// Removes the first newline and the indentation common to all lines, so that fixtures can be
 /// written indented in the test. Line 1 is the first line after the opening quote.
-fn yaml(text: &str) -> String {
+pub(super) fn yaml(text: &str) -> String {
     let text = text.strip_prefix('\n').unwrap_or(text);
     let indent = text
         .lines()
