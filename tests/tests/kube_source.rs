@@ -339,16 +339,12 @@ fn web_slices(loaded: &Loaded) -> Vec<(String, Vec<(String, bool)>)> {
 }
 
 fn web_slice(endpoints: serde_json::Value) -> serde_json::Value {
-    fakeapi::endpoint_slice(
-        "shop",
-        "web-x7k2p",
-        "web",
-        json!({
-            "addressType": "IPv4",
-            "endpoints": endpoints,
-            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
-        }),
-    )
+    let mut body = json!({
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+    });
+    body["endpoints"] = endpoints;
+    fakeapi::endpoint_slice("shop", "web-x7k2p", "web", body)
 }
 
 #[test]
