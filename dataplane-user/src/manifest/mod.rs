@@ -303,6 +303,8 @@ struct Loader {
     errors: Vec<ManifestError>,
     /// First definition of each (kind, namespace, name), to report duplicates.
     seen: BTreeMap<(Kind, String, String), Origin>,
+    /// The Services' cluster IPs and node ports, to report one used twice.
+    allocations: load_services::Allocations,
     files: usize,
 }
 

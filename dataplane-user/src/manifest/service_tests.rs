@@ -1098,3 +1098,45 @@ fn no_service_input_makes_the_loader_panic() {
         let _ = load_str(Path::new("test.yaml"), odd);
     }
 }
+
+#[test]
+fn two_services_may_not_share_a_cluster_ip_or_node_port() {
+    let errors = errors(
+        "
+        apiVersion: v1
+        kind: Service
+        metadata: {name: a}
+        spec:
+          type: NodePort
+          clusterIPs: [10.96.0.10, 'fd00::10']
+          ports: [{port: 80, nodePort: 30080}]
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: b}
+        spec:
+          type: NodePort
+          clusterIP: 10.96.0.10
+          ports: [{name: u, port: 80, nodePort: 30080, protocol: UDP}, {name: x, port: 81, nodePort: 30080}]
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: c}
+        spec:
+          clusterIPs: [10.96.0.12, 'fd00::10']
+          ports: [{port: 80}]
+        ",
+    );
+    assert_eq!(
+        errors,
+        [
+            "test.yaml:14:14: spec.clusterIP: cluster IP 10.96.0.10 is already allocated to \
+             Service default/a (test.yaml:1)",
+            // The same number over UDP is another port.
+            "test.yaml:15:94: spec.ports[1].nodePort: node port 30080/TCP is already allocated \
+             to Service default/a (test.yaml:1)",
+            "test.yaml:21:28: spec.clusterIPs[1]: cluster IP fd00::10 is already allocated to \
+             Service default/a (test.yaml:1)",
+        ]
+    );
+}
