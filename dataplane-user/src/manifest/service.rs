@@ -7,6 +7,7 @@
 //! all was wrong with it.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
@@ -256,11 +257,28 @@ fn cluster_ips(
     }
     let single_path = path.key("clusterIP");
     let listed_path = path.key("clusterIPs");
+    // The i-th cluster IP must be of the i-th listed family.
+    let of_family = |ip: IpAddr, i: usize, path: &FieldPath, errors: &mut Errors| match families
+        .as_ref()
+        .ok()
+        .and_then(|families| families.get(i))
+    {
+        Some(family) if *family != family_of(ip) => {
+            let message = format!("{ip} is not an {family} address, as ipFamilies[{i}] says");
+            Err(errors.reject(path.clone(), message))
+        }
+        _ => Ok(Some(ip)),
+    };
     let single_checked = single.map(|text| {
         if text == "None" {
-            Ok(None)
+            return Ok(None);
+        }
+        let ip = parse_ip(text, &single_path, errors)?;
+        // When both are given, `clusterIPs[0]` is checked instead.
+        if listed.is_empty() {
+            of_family(ip, 0, &single_path, errors)
         } else {
-            parse_ip(text, &single_path, errors).map(Some)
+            Ok(Some(ip))
         }
     });
     let listed_checked = check_all(listed, |i, text| {
@@ -272,13 +290,7 @@ fn cluster_ips(
             return Err(errors.reject(item_path, "None must be the first and only value"));
         }
         let ip = parse_ip(text, &item_path, errors)?;
-        match families.as_ref().ok().and_then(|families| families.get(i)) {
-            Some(family) if *family != family_of(ip) => {
-                let message = format!("{ip} is not an {family} address, as ipFamilies[{i}] says");
-                Err(errors.reject(item_path, message))
-            }
-            _ => Ok(Some(ip)),
-        }
+        of_family(ip, i, &item_path, errors)
     });
     if let (Some(single), Some(first)) = (single, listed.first())
         && single != first
@@ -410,7 +422,7 @@ fn service_ports(
         let port_path = ports_path.index(i);
         let converted = service_port(port, kind, name_required, node_ports, &port_path, errors)?;
         if !converted.name.is_empty()
-            && let Some(first) = names.insert(port.name.as_deref().unwrap_or_default(), i)
+            && let Some(first) = first_use(&mut names, port.name.as_deref().unwrap_or_default(), i)
         {
             let message = format!(
                 "duplicate port name \"{}\", also used by ports[{first}]",
@@ -419,7 +431,7 @@ fn service_ports(
             return Err(errors.reject(port_path.key("name"), message));
         }
         let number = (converted.port, converted.protocol);
-        if let Some(first) = numbers.insert(number, i) {
+        if let Some(first) = first_use(&mut numbers, number, i) {
             let message = format!(
                 "duplicate port {}/{}, also used by ports[{first}]",
                 converted.port, converted.protocol
@@ -427,7 +439,7 @@ fn service_ports(
             return Err(errors.reject(port_path.key("port"), message));
         }
         if let Some(node_port) = converted.node_port
-            && let Some(first) = node_numbers.insert((node_port, converted.protocol), i)
+            && let Some(first) = first_use(&mut node_numbers, (node_port, converted.protocol), i)
         {
             let message = format!(
                 "duplicate node port {node_port}/{}, also used by ports[{first}]",
@@ -836,7 +848,7 @@ fn slice_ports(
             None => Err(errors.reject(path.key("port"), "port is required")),
         };
         let name = name?;
-        if let Some(first) = names.insert(port.name.as_deref().unwrap_or_default(), i) {
+        if let Some(first) = first_use(&mut names, port.name.as_deref().unwrap_or_default(), i) {
             let message = format!("duplicate port name \"{name}\", also used by ports[{first}]");
             return Err(errors.reject(path.key("name"), message));
         }
@@ -1006,7 +1018,7 @@ fn legacy_ports(
         let number = port_number(port.port, &path.key("port"), errors);
         let name = name?;
         if !name.is_empty()
-            && let Some(first) = names.insert(port.name.as_deref().unwrap_or_default(), i)
+            && let Some(first) = first_use(&mut names, port.name.as_deref().unwrap_or_default(), i)
         {
             let message = format!("duplicate port name \"{name}\", also used by ports[{first}]");
             return Err(errors.reject(path.key("name"), message));
@@ -1105,6 +1117,17 @@ fn pod_cidrs(spec: Option<&core::NodeSpec>, errors: &mut Errors) -> Checked<Vec<
         return Err(errors.reject(listed_path.index(1), message));
     }
     Ok(cidrs)
+}
+
+/// The index `key` was first seen at, or `None` (and `index` recorded) if this is the first.
+fn first_use<K: Ord>(seen: &mut BTreeMap<K, usize>, key: K, index: usize) -> Option<usize> {
+    match seen.entry(key) {
+        Entry::Occupied(first) => Some(*first.get()),
+        Entry::Vacant(entry) => {
+            entry.insert(index);
+            None
+        }
+    }
 }
 
 fn parse_ip(text: &str, path: &FieldPath, errors: &mut Errors) -> Checked<IpAddr> {

@@ -257,6 +257,15 @@ fn cluster_ips_must_be_addresses_one_per_family_and_agree() {
 }
 
 #[test]
+fn a_single_cluster_ip_is_checked_against_the_first_family() {
+    let errors = service_errors("clusterIP: 10.96.0.1\nipFamilies: [IPv6]\nports: [{port: 80}]");
+    assert_eq!(
+        errors,
+        ["test.yaml:7:14: spec.clusterIP: 10.96.0.1 is not an IPv6 address, as ipFamilies[0] says"]
+    );
+}
+
+#[test]
 fn a_node_port_service_cannot_be_headless() {
     let errors = service_errors(
         "
