@@ -14,6 +14,8 @@ use crate::api::encode_query;
 use crate::dataplane::FlowEvents;
 use crate::explain::Explanation;
 use crate::flows::{FlowFilter, FlowRecord, Verdict};
+use crate::manifest::Loaded;
+use crate::model::{DesiredState, Service, ServiceKind, TargetPort};
 
 /// The agent's default `--health-addr`.
 pub const DEFAULT_AGENT: &str = "127.0.0.1:9876";
@@ -386,4 +388,115 @@ fn render_counters(out: &mut String, s: &serde_json::Value) {
             n("received")
         );
     }
+}
+
+/// What `weir check` says of a directory that loaded: how many objects of each kind, then one
+/// line per Service with its addresses, ports and endpoints.
+pub fn check_summary(loaded: &Loaded) -> String {
+    use std::fmt::Write as _;
+    let state = &loaded.state;
+    let mut out = format!(
+        "{} files: {} namespaces, {} pods, {} network policies, {} services, {} endpoint slices \
+         ({} derived from pods), {} nodes\n",
+        loaded.files,
+        state.namespaces.len(),
+        state.pods.len(),
+        state.policies.len(),
+        state.services.len(),
+        state.endpoint_slices.len(),
+        loaded.derived_slices,
+        state.nodes.len()
+    );
+    for service in &state.services {
+        let _ = writeln!(out, "{}", service_line(state, service));
+    }
+    out
+}
+
+/// `service shop/web: NodePort 10.96.0.10; 80/TCP -> http (node port 30080); ClientIP affinity
+/// 600s; 2 endpoint addresses, 1 ready`.
+fn service_line(state: &DesiredState, service: &Service) -> String {
+    use std::fmt::Write as _;
+    let kind = match service.kind {
+        ServiceKind::ClusterIp => "ClusterIP",
+        ServiceKind::NodePort => "NodePort",
+        ServiceKind::LoadBalancer => "LoadBalancer",
+    };
+    let addresses: Vec<String> = service
+        .cluster_ips
+        .iter()
+        .chain(&service.external_ips)
+        .chain(&service.load_balancer_ips)
+        .map(ToString::to_string)
+        .collect();
+    let addresses = if addresses.is_empty() {
+        "no address".to_owned()
+    } else {
+        addresses.join(" ")
+    };
+    let ports: Vec<String> = service
+        .ports
+        .iter()
+        .map(|port| {
+            let target = match &port.target_port {
+                TargetPort::Number(number) => number.to_string(),
+                TargetPort::Named(name) => name.clone(),
+            };
+            let node_port = port
+                .node_port
+                .map(|node_port| format!(" (node port {node_port})"))
+                .unwrap_or_default();
+            format!("{}/{} -> {target}{node_port}", port.port, port.protocol)
+        })
+        .collect();
+    let mut line = format!(
+        "service {}/{}: {kind} {addresses}; {}",
+        service.namespace,
+        service.name,
+        if ports.is_empty() {
+            "no ports".to_owned()
+        } else {
+            ports.join(", ")
+        }
+    );
+    if let Some(timeout) = service.affinity_timeout_s {
+        let _ = write!(line, "; ClientIP affinity {timeout}s");
+    }
+    if !service.load_balancer_source_ranges.is_empty() {
+        let ranges: Vec<String> = service
+            .load_balancer_source_ranges
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let _ = write!(line, "; clients from {}", ranges.join(" "));
+    }
+    if service.external_traffic_local {
+        line.push_str("; external traffic Local");
+    }
+    if service.internal_traffic_local {
+        line.push_str("; internal traffic Local");
+    }
+    let (total, ready) = endpoint_addresses(state, service);
+    let _ = write!(line, "; {total} endpoint addresses, {ready} ready");
+    line
+}
+
+/// How many distinct endpoint addresses a Service has, and how many are ready: from its
+/// `EndpointSlices`, or from its legacy `Endpoints` when it has no slice.
+fn endpoint_addresses(state: &DesiredState, service: &Service) -> (usize, usize) {
+    let slices = state
+        .endpoint_slices
+        .iter()
+        .filter(|slice| slice.namespace == service.namespace && slice.service == service.name);
+    let has_current = slices.clone().any(|slice| !slice.legacy);
+    let mut addresses = std::collections::BTreeMap::new();
+    for slice in slices.filter(|slice| slice.legacy != has_current) {
+        for endpoint in &slice.endpoints {
+            for address in &endpoint.addresses {
+                *addresses.entry(*address).or_insert(false) |= endpoint.ready;
+            }
+        }
+    }
+    let ready = addresses.values().filter(|ready| **ready).count();
+    (addresses.len(), ready)
 }

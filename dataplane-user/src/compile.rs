@@ -870,6 +870,7 @@ mod tests {
                 ips: vec![ip(addr)],
                 ports: vec![],
                 origin: Origin::default(),
+                ..Pod::default()
             };
             let mut a = pod("x", "a", "10.0.0.1");
             a.ports.push(NamedPort {

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod cli;
 pub mod compile;
 pub mod dataplane;
+pub mod endpoints;
 pub mod explain;
 pub mod flows;
 pub mod manifest;

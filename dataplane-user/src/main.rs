@@ -239,14 +239,8 @@ fn check(dir: &std::path::Path) -> ExitCode {
     for ignored in &loaded.ignored {
         println!("{ignored}");
     }
+    print!("{}", cli::check_summary(&loaded));
     let state = &loaded.state;
-    println!(
-        "{} files: {} namespaces, {} pods, {} network policies",
-        loaded.files,
-        state.namespaces.len(),
-        state.pods.len(),
-        state.policies.len()
-    );
     let node = all_local(state);
     match compile::compile(state, &node) {
         Ok(maps) => {

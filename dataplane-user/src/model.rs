@@ -72,8 +72,34 @@ pub struct Pod {
     pub ips: Vec<IpAddr>,
     /// Named container ports, for rules that name a port.
     pub ports: Vec<NamedPort>,
+    /// Whether the pod takes Service traffic; read only where Weir derives a Service's
+    /// endpoints itself (a manifests directory), as the `EndpointSlice` controller would. The
+    /// Kubernetes source leaves it [`PodCondition::Ready`]: there the cluster's
+    /// `EndpointSlices` carry readiness.
+    pub condition: PodCondition,
     /// Where the pod was read from.
     pub origin: Origin,
+}
+
+/// What a pod's status says about Service traffic to it, as the `EndpointSlice` controller
+/// reads it (`status.phase`, the `Ready` condition, `metadata.deletionTimestamp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PodCondition {
+    /// Running and ready: its `Ready` condition is `True`, or (a manifest written by hand)
+    /// its status says nothing against it.
+    #[default]
+    Ready,
+    /// Not ready (the `Ready` condition is `False`, or the pod is `Pending`): an endpoint that
+    /// is neither ready nor serving.
+    NotReady,
+    /// Being deleted: an endpoint that is terminating, serving while its `Ready` condition
+    /// still holds.
+    Terminating {
+        /// The `Ready` condition, as for a pod that is not being deleted.
+        serving: bool,
+    },
+    /// `Succeeded` or `Failed`: its containers have stopped for good; not an endpoint.
+    Finished,
 }
 
 /// A container port that has a name.

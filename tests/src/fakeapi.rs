@@ -544,6 +544,47 @@ pub fn network_policy(namespace: &str, name: &str, spec: Value) -> Value {
     policy
 }
 
+/// A `v1` Service with `spec`.
+pub fn service(namespace: &str, name: &str, spec: Value) -> Value {
+    let mut service = json!({
+        "kind": "Service",
+        "metadata": {"namespace": namespace, "name": name},
+    });
+    service["spec"] = spec;
+    service
+}
+
+/// A `discovery.k8s.io/v1` `EndpointSlice` of Service `service`, labelled as the
+/// `EndpointSlice` controller labels its slices, with `body` (`addressType`, `endpoints`,
+/// `ports`).
+pub fn endpoint_slice(namespace: &str, name: &str, service: &str, body: Value) -> Value {
+    let mut slice = json!({
+        "kind": "EndpointSlice",
+        "metadata": {
+            "namespace": namespace, "name": name,
+            "labels": {"kubernetes.io/service-name": service,
+                       "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+        },
+    });
+    if let (Some(slice), Value::Object(body)) = (slice.as_object_mut(), body) {
+        slice.extend(body);
+    }
+    slice
+}
+
+/// A `v1` Node with `InternalIP` addresses.
+pub fn node(name: &str, addresses: &[&str]) -> Value {
+    let addresses: Vec<Value> = addresses
+        .iter()
+        .map(|address| json!({"type": "InternalIP", "address": address}))
+        .collect();
+    json!({
+        "kind": "Node",
+        "metadata": {"name": name},
+        "status": {"addresses": addresses},
+    })
+}
+
 fn labels_json(labels: &[(&str, &str)]) -> Value {
     let labels: serde_json::Map<String, Value> = labels
         .iter()

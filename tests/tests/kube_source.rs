@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -316,6 +316,171 @@ fn an_invalid_policy_from_the_api_refuses_the_change_set_naming_object_and_field
         .apply(fakeapi::network_policy("shop", "bad", fixed));
     let loaded = fixture.wait("the fixed policy", |fixture| fixture.source.load().ok());
     assert_eq!(names(&loaded).1, ["shop/bad", "shop/deny"]);
+}
+
+/// `(name, [address ready?])` of each `EndpointSlice` of `shop/web`, in name order.
+fn web_slices(loaded: &Loaded) -> Vec<(String, Vec<(String, bool)>)> {
+    let mut slices: Vec<(String, Vec<(String, bool)>)> = loaded
+        .state
+        .endpoint_slices
+        .iter()
+        .filter(|slice| slice.namespace == "shop" && slice.service == "web")
+        .map(|slice| {
+            let endpoints = slice
+                .endpoints
+                .iter()
+                .map(|e| (e.addresses[0].to_string(), e.ready))
+                .collect();
+            (slice.name.clone(), endpoints)
+        })
+        .collect();
+    slices.sort();
+    slices
+}
+
+fn web_slice(endpoints: serde_json::Value) -> serde_json::Value {
+    let mut body = json!({
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+    });
+    body["endpoints"] = endpoints;
+    fakeapi::endpoint_slice("shop", "web-x7k2p", "web", body)
+}
+
+#[test]
+fn services_endpoint_slices_and_nodes_arrive_and_change() {
+    let mut fixture = Fixture::connect(shop());
+    fixture.wait_pods(&["shop/a"]);
+    let before = fixture.version();
+
+    let spec = json!({
+        "type": "ClusterIP", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+        "selector": {"app": "web"},
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}],
+    });
+    fixture.api.apply(fakeapi::service("shop", "web", spec));
+    fixture.api.apply(web_slice(json!([
+        {"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": "node-1"},
+    ])));
+    fixture.api.apply(fakeapi::node("node-1", &["192.168.0.1"]));
+    let loaded = fixture.wait("the Service, its slice and the node", |fixture| {
+        let loaded = fixture.source.load().ok()?;
+        let arrived = !loaded.state.services.is_empty()
+            && !web_slices(&loaded).is_empty()
+            && !loaded.state.nodes.is_empty();
+        arrived.then_some(loaded)
+    });
+    assert_ne!(
+        fixture.version(),
+        before,
+        "Services shape the desired state"
+    );
+    let service = &loaded.state.services[0];
+    assert_eq!(service.origin.to_string(), "kubernetes:Service/shop/web");
+    assert_eq!(
+        service.cluster_ips,
+        ["10.96.0.10".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        web_slices(&loaded),
+        [("web-x7k2p".to_owned(), vec![("10.0.0.1".to_owned(), true)])]
+    );
+    let slice = &loaded.state.endpoint_slices[0];
+    assert_eq!(slice.endpoints[0].node_name.as_deref(), Some("node-1"));
+    assert_eq!(loaded.state.nodes[0].name, "node-1");
+
+    // A second pod starts: the controller adds it, not ready yet, then ready.
+    fixture.api.apply(web_slice(json!([
+        {"addresses": ["10.0.0.1"], "conditions": {"ready": true}},
+        {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
+    ])));
+    let starting = vec![
+        ("10.0.0.1".to_owned(), true),
+        ("10.0.0.2".to_owned(), false),
+    ];
+    fixture.wait("the new endpoint, not ready", |fixture| {
+        let loaded = fixture.source.load().ok()?;
+        (web_slices(&loaded) == [("web-x7k2p".to_owned(), starting.clone())]).then_some(())
+    });
+    fixture.api.apply(web_slice(json!([
+        {"addresses": ["10.0.0.1"]},
+        {"addresses": ["10.0.0.2"]},
+    ])));
+    fixture.wait("the new endpoint ready (unset means ready)", |fixture| {
+        let loaded = fixture.source.load().ok()?;
+        let slices = web_slices(&loaded);
+        let ready = slices.first()?.1.iter().all(|(_, ready)| *ready);
+        (slices.len() == 1 && slices[0].1.len() == 2 && ready).then_some(())
+    });
+
+    // The Service becomes a NodePort; its node port comes from the API server's range,
+    // whatever that range is.
+    let spec = json!({
+        "type": "NodePort", "clusterIP": "10.96.0.10",
+        "selector": {"app": "web"},
+        "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 8080}],
+    });
+    fixture.api.apply(fakeapi::service("shop", "web", spec));
+    fixture.wait("the Service as a NodePort", |fixture| {
+        let loaded = fixture.source.load().ok()?;
+        let port = loaded.state.services.first()?.ports.first()?.node_port;
+        (port == Some(8080)).then_some(())
+    });
+
+    fixture.api.delete("EndpointSlice", "shop", "web-x7k2p");
+    fixture.api.delete("Service", "shop", "web");
+    fixture.wait("the Service and its slice deleted", |fixture| {
+        let loaded = fixture.source.load().ok()?;
+        (loaded.state.services.is_empty() && loaded.state.endpoint_slices.is_empty()).then_some(())
+    });
+}
+
+#[test]
+fn an_invalid_service_from_the_api_refuses_the_change_set_until_it_is_fixed() {
+    let mut fixture = Fixture::connect(shop());
+    fixture.wait_pods(&["shop/a"]);
+
+    let typo = json!({"selector": {"app": "web"}, "ports": [{"port": 80, "targetport": 8080}]});
+    fixture.api.apply(fakeapi::service("shop", "web", typo));
+    let error = fixture.wait_error();
+    assert_eq!(
+        error.to_string(),
+        "kubernetes:Service/shop/web: spec.ports[0].targetport: unknown field \"targetport\""
+    );
+
+    let fixed = json!({"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]});
+    fixture.api.apply(fakeapi::service("shop", "web", fixed));
+    let loaded = fixture.wait("the fixed Service", |fixture| fixture.source.load().ok());
+    assert_eq!(
+        loaded.state.services[0].ports[0].target_port,
+        weir::model::TargetPort::Number(8080)
+    );
+
+    // An ExternalName Service is valid, and plays no part.
+    let alias = json!({"type": "ExternalName", "externalName": "db.example.com"});
+    fixture.api.apply(fakeapi::service("shop", "db", alias));
+    fixture.api.apply(fakeapi::service(
+        "shop",
+        "marker",
+        json!({"ports": [{"port": 1}]}),
+    ));
+    let loaded = fixture.wait("the marker Service after the alias", |fixture| {
+        let loaded = fixture.source.load().ok()?;
+        let names: Vec<&str> = loaded
+            .state
+            .services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        names.contains(&"marker").then_some(loaded)
+    });
+    let names: Vec<&str> = loaded
+        .state
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["marker", "web"]);
 }
 
 /// End to end: `weir run --kubeconfig` in a node namespace, reading pods and a policy from

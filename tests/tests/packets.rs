@@ -35,6 +35,7 @@ fn pod(ns: &str, name: &str, ips: &[&str], ports: Vec<NamedPort>) -> Pod {
         ips: ips.iter().map(|s| ip(s)).collect(),
         ports,
         origin: Origin::default(),
+        ..Pod::default()
     }
 }
 

@@ -23,7 +23,7 @@ use super::names;
 use super::path::{FieldPath, Segment};
 use crate::model::{
     LabelSelector, Labels, NamedPort, Namespace, NamespaceScope, Operator, Origin, Peer, Pod,
-    Policy, PortMatch, PortSpec, Protocol, Requirement, Rule,
+    PodCondition, Policy, PortMatch, PortSpec, Protocol, Requirement, Rule,
 };
 
 /// What is wrong with an object, and where in it.
@@ -160,13 +160,46 @@ fn check_pod(pod: &core::Pod, errors: &mut Errors) -> Checked<Pod> {
     let labels = object_labels(&pod.metadata, errors);
     let ips = pod_ips(pod.status.as_ref(), errors);
     let ports = named_ports(pod.spec.as_ref(), errors);
+    let condition = pod_condition(pod, errors);
     Ok(Pod {
         namespace: namespace?,
         name: name?,
         labels: labels?,
         ips: ips?,
         ports: ports?,
+        condition: condition?,
         origin: Origin::default(),
+    })
+}
+
+/// Readiness as the `EndpointSlice` controller sees it, except that a pod whose status has no
+/// `Ready` condition is taken at its phase: a manifest written by hand rarely lists conditions,
+/// and a pod written with its addresses is meant to be running.
+fn pod_condition(pod: &core::Pod, errors: &mut Errors) -> Checked<PodCondition> {
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|status| status.phase.as_deref());
+    let running = match phase {
+        None | Some("Running") => true,
+        Some("Pending" | "Unknown") => false,
+        Some("Succeeded" | "Failed") => return Ok(PodCondition::Finished),
+        Some(other) => {
+            let message = format!(
+                "unknown phase \"{other}\": must be Pending, Running, Succeeded, Failed or Unknown"
+            );
+            return Err(errors.reject(FieldPath::root().key("status").key("phase"), message));
+        }
+    };
+    let ready_condition = status
+        .and_then(|status| status.conditions.as_ref())
+        .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"));
+    // As `podutil.IsPodReady`: only `True` is ready (`False` and `Unknown` are not).
+    let ready = ready_condition.map_or(running, |condition| condition.status == "True");
+    Ok(if pod.metadata.deletion_timestamp.is_some() {
+        PodCondition::Terminating { serving: ready }
+    } else if ready {
+        PodCondition::Ready
+    } else {
+        PodCondition::NotReady
     })
 }
 
@@ -422,7 +455,7 @@ fn check_ip_block(
 
 /// Parses `address/prefix`, IPv4 or IPv6. Host bits are cleared (`10.0.0.1/24` is
 /// `10.0.0.0/24`), as Kubernetes, which accepts such values, matches against the network.
-fn parse_cidr(text: &str, path: &FieldPath, errors: &mut Errors) -> Checked<IpNetwork> {
+pub(super) fn parse_cidr(text: &str, path: &FieldPath, errors: &mut Errors) -> Checked<IpNetwork> {
     let parsed = text.split_once('/').and_then(|(address, prefix)| {
         let address = address.parse::<IpAddr>().ok()?;
         // `u8::from_str` would accept `+24`.
@@ -493,7 +526,7 @@ fn port_spec(
     }
 }
 
-fn port_number(number: i32, path: &FieldPath, errors: &mut Errors) -> Checked<u16> {
+pub(super) fn port_number(number: i32, path: &FieldPath, errors: &mut Errors) -> Checked<u16> {
     match u16::try_from(number) {
         Ok(port) if port != 0 => Ok(port),
         _ => {
@@ -505,7 +538,11 @@ fn port_number(number: i32, path: &FieldPath, errors: &mut Errors) -> Checked<u1
 }
 
 /// `TCP` when absent, as Kubernetes defaults it.
-fn protocol(name: Option<&str>, path: &FieldPath, errors: &mut Errors) -> Checked<Protocol> {
+pub(super) fn protocol(
+    name: Option<&str>,
+    path: &FieldPath,
+    errors: &mut Errors,
+) -> Checked<Protocol> {
     let Some(name) = name else {
         return Ok(Protocol::Tcp);
     };
@@ -527,7 +564,7 @@ fn optional_selector(
     )
 }
 
-fn check_selector(
+pub(super) fn check_selector(
     selector: &meta::LabelSelector,
     path: &FieldPath,
     errors: &mut Errors,
@@ -593,7 +630,7 @@ fn check_requirement(
 }
 
 /// `metadata.name`, which every object needs, checked with `syntax`.
-fn object_name(
+pub(super) fn object_name(
     meta: &meta::ObjectMeta,
     syntax: fn(&str) -> Result<(), String>,
     errors: &mut Errors,
@@ -606,7 +643,7 @@ fn object_name(
 }
 
 /// `metadata.namespace`, `default` when absent as for `kubectl apply`.
-fn object_namespace(meta: &meta::ObjectMeta, errors: &mut Errors) -> Checked<String> {
+pub(super) fn object_namespace(meta: &meta::ObjectMeta, errors: &mut Errors) -> Checked<String> {
     let path = FieldPath::root().key("metadata").key("namespace");
     match meta.namespace.as_deref() {
         None | Some("") => Ok("default".to_owned()),
@@ -616,13 +653,13 @@ fn object_namespace(meta: &meta::ObjectMeta, errors: &mut Errors) -> Checked<Str
     }
 }
 
-fn object_labels(meta: &meta::ObjectMeta, errors: &mut Errors) -> Checked<Labels> {
+pub(super) fn object_labels(meta: &meta::ObjectMeta, errors: &mut Errors) -> Checked<Labels> {
     let path = FieldPath::root().key("metadata").key("labels");
     check_labels(meta.labels.as_ref(), &path, errors)
 }
 
 /// Labels of an object or `matchLabels` of a selector: the same syntax.
-fn check_labels(
+pub(super) fn check_labels(
     labels: Option<&BTreeMap<String, String>>,
     path: &FieldPath,
     errors: &mut Errors,
@@ -637,7 +674,7 @@ fn check_labels(
     Ok(checked.into_iter().collect())
 }
 
-fn last_key(path: &FieldPath) -> &str {
+pub(super) fn last_key(path: &FieldPath) -> &str {
     match path.segments().last() {
         Some(Segment::Key(key)) => key,
         _ => "value",
@@ -645,7 +682,10 @@ fn last_key(path: &FieldPath) -> &str {
 }
 
 /// Checks every item, so that every error is reported, then succeeds only if all did.
-fn check_all<I, T, U>(items: I, mut check: impl FnMut(usize, T) -> Checked<U>) -> Checked<Vec<U>>
+pub(super) fn check_all<I, T, U>(
+    items: I,
+    mut check: impl FnMut(usize, T) -> Checked<U>,
+) -> Checked<Vec<U>>
 where
     I: IntoIterator<Item = T>,
 {
@@ -659,31 +699,31 @@ where
 
 /// A part of an object was invalid; why is recorded in [`Errors`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Invalid;
+pub(super) struct Invalid;
 
-type Checked<T> = Result<T, Invalid>;
+pub(super) type Checked<T> = Result<T, Invalid>;
 
 /// The errors found in one object so far.
 #[derive(Default)]
-struct Errors(Vec<FieldError>);
+pub(super) struct Errors(Vec<FieldError>);
 
 impl Errors {
-    fn reject(&mut self, path: FieldPath, message: impl Into<String>) -> Invalid {
+    pub(super) fn reject(&mut self, path: FieldPath, message: impl Into<String>) -> Invalid {
         self.0.push(FieldError::value(path, message.into()));
         Invalid
     }
 
-    fn reject_key(&mut self, path: FieldPath, message: impl Into<String>) -> Invalid {
+    pub(super) fn reject_key(&mut self, path: FieldPath, message: impl Into<String>) -> Invalid {
         self.0.push(FieldError::key(path, message.into()));
         Invalid
     }
 
-    fn check(&mut self, path: &FieldPath, result: Result<(), String>) -> Checked<()> {
+    pub(super) fn check(&mut self, path: &FieldPath, result: Result<(), String>) -> Checked<()> {
         result.map_err(|message| self.reject(path.clone(), message))
     }
 
     /// The converted object, if nothing was wrong with it.
-    fn finish<T>(self, converted: Checked<T>) -> Result<T, Vec<FieldError>> {
+    pub(super) fn finish<T>(self, converted: Checked<T>) -> Result<T, Vec<FieldError>> {
         match (converted, self.0.is_empty()) {
             (Ok(converted), true) => Ok(converted),
             (Err(Invalid), true) => {
@@ -700,7 +740,7 @@ impl Errors {
 }
 
 impl FieldError {
-    fn value(path: FieldPath, message: String) -> Self {
+    pub(super) fn value(path: FieldPath, message: String) -> Self {
         Self {
             path,
             message,
@@ -708,7 +748,7 @@ impl FieldError {
         }
     }
 
-    fn key(path: FieldPath, message: String) -> Self {
+    pub(super) fn key(path: FieldPath, message: String) -> Self {
         Self {
             path,
             message,

@@ -11,10 +11,14 @@
 //! state is returned, so that a half-read directory is never applied.
 
 pub mod convert;
+mod load_services;
 mod names;
 pub mod path;
+pub mod service;
 mod yaml;
 
+#[cfg(test)]
+mod service_tests;
 #[cfg(test)]
 mod tests;
 
@@ -34,13 +38,17 @@ use crate::model::{DesiredState, Namespace, Origin};
 pub struct Loaded {
     /// Everything the manifests declare.
     pub state: DesiredState,
-    /// Objects of kinds Weir does not enforce (Services, Deployments, ...), for the user to see.
+    /// Objects of kinds Weir does not enforce (Deployments, Ingresses, ...) and valid objects
+    /// it has no use for (`ExternalName` Services), for the user to see.
     pub ignored: Vec<Ignored>,
     /// How many manifest files were read.
     pub files: usize,
+    /// How many of `state.endpoint_slices` Weir made from the pods a Service selects (see
+    /// [`crate::endpoints`]), for Services no manifest gives endpoints to.
+    pub derived_slices: usize,
 }
 
-/// An object skipped because its kind plays no part in `NetworkPolicy` enforcement.
+/// An object skipped because it plays no part in what Weir enforces.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ignored {
     /// The object's `kind`.
@@ -51,6 +59,8 @@ pub struct Ignored {
     pub name: String,
     /// Where the object was read from.
     pub origin: Origin,
+    /// Why, when the kind alone does not say (an `ExternalName` Service).
+    pub note: Option<&'static str>,
 }
 
 impl fmt::Display for Ignored {
@@ -59,7 +69,11 @@ impl fmt::Display for Ignored {
         if let Some(namespace) = &self.namespace {
             write!(f, "{namespace}/")?;
         }
-        write!(f, "{} ({})", self.name, self.origin)
+        write!(f, "{} ({})", self.name, self.origin)?;
+        if let Some(note) = self.note {
+            write!(f, ": {note}")?;
+        }
+        Ok(())
     }
 }
 
@@ -213,17 +227,26 @@ enum Kind {
     Namespace,
     Pod,
     NetworkPolicy,
+    Service,
+    EndpointSlice,
+    /// Legacy `v1` `Endpoints`.
+    Endpoints,
+    Node,
     /// `kubectl get -o yaml` output: objects under `items`.
     List,
-    /// Anything else (Service, Deployment, ...): reported as [`Ignored`].
+    /// Anything else (Deployment, Ingress, ...): reported as [`Ignored`].
     Other,
 }
 
 /// The kinds Weir reads, with the only `apiVersion` it accepts for each.
-const KINDS: [(&str, &str, Kind); 4] = [
+const KINDS: [(&str, &str, Kind); 8] = [
     ("Namespace", "v1", Kind::Namespace),
     ("Pod", "v1", Kind::Pod),
     ("NetworkPolicy", "networking.k8s.io/v1", Kind::NetworkPolicy),
+    ("Service", "v1", Kind::Service),
+    ("EndpointSlice", "discovery.k8s.io/v1", Kind::EndpointSlice),
+    ("Endpoints", "v1", Kind::Endpoints),
+    ("Node", "v1", Kind::Node),
     ("List", "v1", Kind::List),
 ];
 
@@ -280,6 +303,8 @@ struct Loader {
     errors: Vec<ManifestError>,
     /// First definition of each (kind, namespace, name), to report duplicates.
     seen: BTreeMap<(Kind, String, String), Origin>,
+    /// The Services' cluster IPs and node ports, to report one used twice.
+    allocations: load_services::Allocations,
     files: usize,
 }
 
@@ -311,12 +336,17 @@ impl Loader {
             Kind::Namespace => self.add_namespace(object),
             Kind::Pod => self.add_pod(object),
             Kind::NetworkPolicy => self.add_policy(object),
+            Kind::Service => self.add_service(object),
+            Kind::EndpointSlice => self.add_endpoint_slice(object),
+            Kind::Endpoints => self.add_endpoints(object),
+            Kind::Node => self.add_node(object),
             Kind::List => self.add_items(object),
             Kind::Other => self.ignored.push(Ignored {
                 kind: object.string_field("kind").unwrap_or_default().to_owned(),
                 namespace: object.metadata_field("namespace").map(str::to_owned),
                 name: object.metadata_field("name").unwrap_or_default().to_owned(),
                 origin: object.origin(),
+                note: None,
             }),
         }
     }
@@ -476,22 +506,30 @@ impl Loader {
                 errors: self.errors,
             });
         }
-        // Pods and policies may live in namespaces no manifest declares (see `DesiredState`).
-        let used = self.state.pods.iter().map(|pod| &pod.namespace);
-        let used = used.chain(self.state.policies.iter().map(|policy| &policy.namespace));
+        let derived = crate::endpoints::derive(&self.state);
+        let derived_slices = derived.len();
+        self.state.endpoint_slices.extend(derived);
+        // Objects may live in namespaces no manifest declares (see `DesiredState`).
+        let state = &self.state;
+        let used = state.pods.iter().map(|pod| &pod.namespace);
+        let used = used.chain(state.policies.iter().map(|policy| &policy.namespace));
+        let used = used.chain(state.services.iter().map(|service| &service.namespace));
+        let used = used.chain(state.endpoint_slices.iter().map(|slice| &slice.namespace));
+        let used: Vec<String> = used.cloned().collect();
         for name in used {
-            if !self.state.namespaces.contains_key(name) {
-                let namespace = Namespace {
-                    name: name.clone(),
+            self.state
+                .namespaces
+                .entry(name.clone())
+                .or_insert_with(|| Namespace {
+                    name,
                     labels: BTreeMap::new(),
-                };
-                self.state.namespaces.insert(name.clone(), namespace);
-            }
+                });
         }
         Ok(Loaded {
             state: self.state,
             ignored: self.ignored,
             files: self.files,
+            derived_slices,
         })
     }
 }

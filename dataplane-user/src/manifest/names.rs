@@ -21,6 +21,17 @@ pub fn dns_label(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A DNS-1035 label: Service names, which become DNS names and environment variables. A
+/// DNS-1123 label that starts with a letter.
+pub fn dns1035_label(name: &str) -> Result<(), String> {
+    dns_label(name)?;
+    if name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        Ok(())
+    } else {
+        Err(format!("\"{name}\" must start with a lowercase letter"))
+    }
+}
+
 /// A DNS-1123 subdomain: names of most objects and label key prefixes. At most 253 characters,
 /// dot-separated DNS labels.
 pub fn dns_subdomain(name: &str) -> Result<(), String> {
@@ -161,6 +172,8 @@ mod tests {
         assert!(dns_label("Kube").is_err());
         assert!(dns_label("a.b").is_err());
         assert_eq!(dns_subdomain("a.b-c"), Ok(()));
+        assert_eq!(dns1035_label("web-1"), Ok(()));
+        assert!(dns1035_label("1web").is_err());
         assert!(dns_subdomain("a..b").is_err());
     }
 }

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use super::*;
 use crate::model::{
     LabelSelector, NamedPort, NamespaceScope, Operator, Peer, Policy, PortMatch, PortSpec,
-    Protocol, Requirement, Rule,
+    Protocol, Requirement, Rule, Service, ServiceKind, ServicePort, TargetPort,
 };
 
 /// Removes the first newline and the indentation common to all lines, so that fixtures can be
 /// written indented in the test. Line 1 is the first line after the opening quote.
-fn yaml(text: &str) -> String {
+pub(super) fn yaml(text: &str) -> String {
     let text = text.strip_prefix('\n').unwrap_or(text);
     let indent = text
         .lines()
@@ -187,13 +187,32 @@ fn the_course_example_loads() {
     };
     assert_eq!(loaded.state.policies, vec![expected]);
 
+    let expected = Service {
+        namespace: "default".to_owned(),
+        name: "mon-service".to_owned(),
+        kind: ServiceKind::ClusterIp,
+        ports: vec![ServicePort {
+            name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: TargetPort::Number(80),
+            node_port: None,
+        }],
+        selector: Some(labels(&[("app", "mon-app")])),
+        origin: Origin {
+            file: "test.yaml".into(),
+            line: 14,
+        },
+        ..Service::default()
+    };
+    assert_eq!(loaded.state.services, vec![expected]);
+    // mon-pod has no address yet, so it is no endpoint.
+    assert_eq!(loaded.state.endpoint_slices, vec![]);
+
     let ignored: Vec<String> = loaded.ignored.iter().map(ToString::to_string).collect();
     assert_eq!(
         ignored,
-        [
-            "ignored: Service mon-service (test.yaml:14)",
-            "ignored: Ingress default/mon-ingress (test.yaml:45)",
-        ]
+        ["ignored: Ingress default/mon-ingress (test.yaml:45)"]
     );
     assert_eq!(
         loaded.state.namespaces.keys().collect::<Vec<_>>(),

@@ -1,9 +1,8 @@
-//! The kinds Weir watches, and what it keeps of each object: the model for the kinds that
-//! shape the desired state, converted when the object arrives; the object itself for the kinds
-//! kept for the Services feature.
+//! The kinds Weir watches, and what it keeps of each object: the model, converted when the
+//! object arrives.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -14,7 +13,8 @@ use serde::de::DeserializeOwned;
 
 use crate::manifest::ManifestError;
 use crate::manifest::convert::{self, FieldError, UnknownFields};
-use crate::model::{Namespace, Origin, Pod, Policy};
+use crate::manifest::service::{self, Conversion};
+use crate::model::{EndpointSlice, Namespace, Node, Origin, Pod, PodCondition, Policy, Service};
 
 /// A kind of Kubernetes object that Weir watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,11 +25,13 @@ pub enum Kind {
     Pod,
     /// `networking.k8s.io/v1` `NetworkPolicy`.
     NetworkPolicy,
-    /// `v1` `Service`: watched, not yet part of the desired state.
+    /// `v1` `Service`.
     Service,
-    /// `discovery.k8s.io/v1` `EndpointSlice`: watched, not yet part of the desired state.
+    /// `discovery.k8s.io/v1` `EndpointSlice`: the endpoints the cluster's controllers keep
+    /// (legacy `Endpoints` are not watched: every supported Kubernetes mirrors them into
+    /// slices).
     EndpointSlice,
-    /// `v1` `Node`: watched, not yet part of the desired state.
+    /// `v1` `Node`.
     Node,
 }
 
@@ -65,16 +67,6 @@ impl Kind {
             Self::Service => "services",
             Self::EndpointSlice => "endpointslices",
             Self::Node => "nodes",
-        }
-    }
-
-    /// Whether objects of this kind are part of the desired state. The others are watched
-    /// and kept so that the Services feature finds them listed (and `deploy/` RBAC is
-    /// final), but their changes do not make the agent recompile.
-    pub fn shapes_policy(self) -> bool {
-        match self {
-            Self::Namespace | Self::Pod | Self::NetworkPolicy => true,
-            Self::Service | Self::EndpointSlice | Self::Node => false,
         }
     }
 
@@ -131,8 +123,12 @@ pub(super) enum Entry {
     Namespace(Namespace),
     Pod(Pod),
     Policy(Policy),
-    /// An object of a kind that does not shape the desired state, as the API sent it.
-    Kept(Box<DynamicObject>),
+    Service(Box<Service>),
+    EndpointSlice(EndpointSlice),
+    Node(Node),
+    /// A valid object that plays no part in the desired state: an `ExternalName` Service, an
+    /// `FQDN` `EndpointSlice`.
+    Ignored,
     /// An object Weir refuses: while it is there, no change set is applied.
     Invalid(Vec<ManifestError>),
 }
@@ -143,9 +139,6 @@ pub(super) enum Entry {
 pub(super) fn convert(kind: Kind, key: &ObjectKey, mut object: DynamicObject) -> Entry {
     // Server-side apply bookkeeping: often the largest part of an object, never read here.
     object.metadata.managed_fields = None;
-    if !kind.shapes_policy() {
-        return Entry::Kept(Box::new(slim(object)));
-    }
     let label = key.label(kind);
     let json = match serde_json::to_value(&object) {
         Ok(json) => json,
@@ -159,15 +152,36 @@ pub(super) fn convert(kind: Kind, key: &ObjectKey, mut object: DynamicObject) ->
         Kind::Namespace => {
             decode(&json, UnknownFields::Ignore, convert::namespace).map(Entry::Namespace)
         }
-        Kind::Pod => decode(&json, UnknownFields::Ignore, convert::pod)
-            .map(|pod| Entry::Pod(Pod { origin, ..pod })),
+        // Readiness is left out: the cluster's `EndpointSlices` carry it, and a pod's
+        // readiness changing (often) must not make every node's agent recompile.
+        Kind::Pod => decode(&json, UnknownFields::Ignore, convert::pod).map(|pod| {
+            let condition = PodCondition::Ready;
+            Entry::Pod(Pod {
+                condition,
+                origin,
+                ..pod
+            })
+        }),
         // Unknown fields are refused as in a file: a field this version of Weir does not know
-        // (one a newer API server added) could change what the policy selects or allows.
+        // (one a newer API server added) could change what the policy selects or allows, or
+        // where a Service sends its traffic.
         Kind::NetworkPolicy => decode(&json, UnknownFields::Reject, convert::network_policy)
             .map(|policy| Entry::Policy(Policy { origin, ..policy })),
-        Kind::Service | Kind::EndpointSlice | Kind::Node => {
-            return Entry::Kept(Box::new(slim(object)));
+        Kind::Service => decode(&json, UnknownFields::Reject, api_service).map(|converted| {
+            model(converted, |service| {
+                Entry::Service(Box::new(Service { origin, ..service }))
+            })
+        }),
+        Kind::EndpointSlice => {
+            decode(&json, UnknownFields::Reject, service::endpoint_slice).map(|converted| {
+                model(converted, |slice| {
+                    Entry::EndpointSlice(EndpointSlice { origin, ..slice })
+                })
+            })
         }
+        // A node's spec and status have many fields Weir does not read.
+        Kind::Node => decode(&json, UnknownFields::Ignore, service::node)
+            .map(|node| Entry::Node(Node { origin, ..node })),
     };
     converted.unwrap_or_else(|errors| {
         let errors = errors
@@ -177,23 +191,19 @@ pub(super) fn convert(kind: Kind, key: &ObjectKey, mut object: DynamicObject) ->
     })
 }
 
-/// Drops the parts of a kept object that no feature reads and that make up most of its size,
-/// since every node's agent keeps every Service, `EndpointSlice` and Node of the cluster.
-fn slim(mut object: DynamicObject) -> DynamicObject {
-    if let Some(annotations) = &mut object.metadata.annotations {
-        // A copy of the whole object as last applied by `kubectl apply`.
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+/// A Service from the API server, whose node ports it has checked against its own range.
+fn api_service(
+    service: &k8s_openapi::api::core::v1::Service,
+) -> Result<Conversion<Service>, Vec<FieldError>> {
+    service::service_in(service, &service::ANY_NODE_PORT)
+}
+
+/// The entry of a converted object, or [`Entry::Ignored`].
+fn model<T>(converted: Conversion<T>, entry: impl FnOnce(T) -> Entry) -> Entry {
+    match converted {
+        Conversion::Model(model) => entry(model),
+        Conversion::Ignored { .. } => Entry::Ignored,
     }
-    // A Node's `status.images` lists every image on the node with its size: often tens of
-    // kilobytes per node.
-    if let Some(status) = object
-        .data
-        .get_mut("status")
-        .and_then(|s| s.as_object_mut())
-    {
-        status.remove("images");
-    }
-    object
 }
 
 /// Decodes `json` into the k8s-openapi type `K`, then converts it to the model.
@@ -209,7 +219,7 @@ where
 }
 
 /// An error about an object from the API: no line or column, the field path as it is.
-pub(super) fn object_error(label: &std::path::Path, field: &str, message: String) -> ManifestError {
+pub(super) fn object_error(label: &Path, field: &str, message: String) -> ManifestError {
     ManifestError {
         file: label.to_owned(),
         line: 0,
@@ -302,21 +312,74 @@ mod tests {
     }
 
     #[test]
-    fn kept_objects_lose_what_no_feature_reads() {
+    fn services_slices_and_nodes_convert_with_their_origin() {
+        let service = object(json!({
+            "metadata": {"namespace": "shop", "name": "web"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "selector": {"app": "web"},
+                     "ports": [{"port": 80, "targetPort": "http", "nodePort": 8080}]},
+        }));
+        let key = ObjectKey::of(&service);
+        let Entry::Service(converted) = convert(Kind::Service, &key, service) else {
+            panic!("not converted");
+        };
+        assert_eq!(converted.origin.to_string(), "kubernetes:Service/shop/web");
+        // Outside the default node port range: the API server checked its own.
+        assert_eq!(converted.ports[0].node_port, Some(8080));
+
+        let slice = object(json!({
+            "metadata": {"namespace": "shop", "name": "web-abcde",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": false}}],
+            "ports": [{"port": 8080}],
+        }));
+        let key = ObjectKey::of(&slice);
+        let Entry::EndpointSlice(converted) = convert(Kind::EndpointSlice, &key, slice) else {
+            panic!("not converted");
+        };
+        assert_eq!(
+            (converted.service.as_str(), converted.endpoints[0].ready),
+            ("web", false)
+        );
+
         let node = object(json!({
-            "metadata": {"name": "n1", "annotations": {
-                "kubectl.kubernetes.io/last-applied-configuration": "{}", "zone": "a"}},
-            "status": {"images": [{"names": ["app"]}], "addresses": [{"type": "InternalIP"}]},
+            "metadata": {"name": "n1"},
+            "status": {"images": [{"names": ["app"]}],
+                       "addresses": [{"type": "InternalIP", "address": "192.168.0.1"},
+                                     {"type": "Hostname", "address": "n1"}]},
         }));
         let key = ObjectKey::of(&node);
-        let Entry::Kept(kept) = convert(Kind::Node, &key, node) else {
-            panic!("not kept");
+        let Entry::Node(converted) = convert(Kind::Node, &key, node) else {
+            panic!("not converted");
         };
-        let annotations = kept.metadata.annotations.unwrap();
-        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["zone"]);
         assert_eq!(
-            kept.data["status"],
-            json!({"addresses": [{"type": "InternalIP"}]})
+            converted.addresses,
+            ["192.168.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(converted.origin.to_string(), "kubernetes:Node/n1");
+    }
+
+    #[test]
+    fn external_name_services_and_fqdn_slices_are_ignored_and_bad_services_refused() {
+        let alias = object(json!({
+            "metadata": {"namespace": "shop", "name": "db"},
+            "spec": {"type": "ExternalName", "externalName": "db.example.com"},
+        }));
+        let key = ObjectKey::of(&alias);
+        assert_eq!(convert(Kind::Service, &key, alias), Entry::Ignored);
+
+        let typo = object(json!({
+            "metadata": {"namespace": "shop", "name": "web"},
+            "spec": {"ports": [{"port": 80, "targetport": 8080}]},
+        }));
+        let key = ObjectKey::of(&typo);
+        let Entry::Invalid(errors) = convert(Kind::Service, &key, typo) else {
+            panic!("accepted");
+        };
+        let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            texts,
+            ["kubernetes:Service/shop/web: spec.ports[0].targetport: unknown field \"targetport\""]
         );
     }
 

@@ -19,7 +19,7 @@ pub(super) type Objects = BTreeMap<ObjectKey, Entry>;
 /// relist does not hold up the others.
 #[derive(Debug)]
 pub(super) struct Store {
-    /// Bumped by every change of a kind that shapes the desired state.
+    /// Bumped by every change of an object.
     changes: AtomicU64,
     kinds: [Mutex<KindState>; Kind::ALL.len()],
 }
@@ -77,7 +77,7 @@ impl Store {
         health.connected = true;
         health.lists += 1;
         health.last_list = Some(SystemTime::now());
-        self.changed(kind, changed);
+        self.changed(changed);
     }
 
     /// Stores an added or modified object.
@@ -88,7 +88,7 @@ impl Store {
         if changed {
             state.objects.insert(key, entry);
         }
-        self.changed(kind, changed);
+        self.changed(changed);
     }
 
     /// Forgets a deleted object.
@@ -96,7 +96,7 @@ impl Store {
         let mut state = self.lock(kind);
         state.health.connected = true;
         let changed = state.objects.remove(key).is_some();
-        self.changed(kind, changed);
+        self.changed(changed);
     }
 
     /// Notes that the watcher of `kind` received an event that changes no object (the start
@@ -137,7 +137,7 @@ impl Store {
         }
         let mut state = DesiredState::default();
         let mut errors = Vec::new();
-        for kind in Kind::ALL.into_iter().filter(|kind| kind.shapes_policy()) {
+        for kind in Kind::ALL {
             for entry in self.lock(kind).objects.values() {
                 match entry {
                     Entry::Namespace(namespace) => {
@@ -147,8 +147,11 @@ impl Store {
                     }
                     Entry::Pod(pod) => state.pods.push(pod.clone()),
                     Entry::Policy(policy) => state.policies.push(policy.clone()),
+                    Entry::Service(service) => state.services.push((**service).clone()),
+                    Entry::EndpointSlice(slice) => state.endpoint_slices.push(slice.clone()),
+                    Entry::Node(node) => state.nodes.push(node.clone()),
                     Entry::Invalid(invalid) => errors.extend(invalid.iter().cloned()),
-                    Entry::Kept(_) => {}
+                    Entry::Ignored => {}
                 }
             }
         }
@@ -160,6 +163,7 @@ impl Store {
             state,
             ignored: Vec::new(),
             files: 0,
+            derived_slices: 0,
         })
     }
 
@@ -175,8 +179,8 @@ impl Store {
             .collect()
     }
 
-    fn changed(&self, kind: Kind, changed: bool) {
-        if changed && kind.shapes_policy() {
+    fn changed(&self, changed: bool) {
+        if changed {
             self.changes.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -190,11 +194,13 @@ impl Store {
     }
 }
 
-/// A pod or policy in a namespace that is not listed (yet: the namespace watcher may lag
-/// behind the pod watcher) belongs to a namespace with no labels, as in a manifests directory.
+/// An object in a namespace that is not listed (yet: the namespace watcher may lag behind the
+/// others) belongs to a namespace with no labels, as in a manifests directory.
 fn add_implied_namespaces(state: &mut DesiredState) {
     let used = state.pods.iter().map(|pod| &pod.namespace);
     let used = used.chain(state.policies.iter().map(|policy| &policy.namespace));
+    let used = used.chain(state.services.iter().map(|service| &service.namespace));
+    let used = used.chain(state.endpoint_slices.iter().map(|slice| &slice.namespace));
     let missing: Vec<String> = used
         .filter(|name| !state.namespaces.contains_key(*name))
         .cloned()
@@ -268,7 +274,7 @@ impl fmt::Display for Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Pod;
+    use crate::model::{Node, Pod};
 
     fn key(namespace: &str, name: &str) -> ObjectKey {
         ObjectKey {
@@ -318,7 +324,10 @@ mod tests {
         store.upsert(Kind::Pod, key("x", "a"), pod("x", "a"));
         assert_eq!(store.version(), added, "an update that changes nothing");
         store.replace(Kind::Node, Objects::new());
-        assert_eq!(store.version(), added, "a kind kept for later");
+        assert_eq!(store.version(), added, "a relist that changes nothing");
+        store.upsert(Kind::Node, key("", "n1"), Entry::Node(Node::default()));
+        let node_added = store.version();
+        assert_ne!(node_added, added, "nodes are part of the desired state");
         store.remove(Kind::Pod, &key("x", "a"));
         assert_ne!(store.version(), added);
     }

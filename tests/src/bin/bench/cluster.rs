@@ -159,6 +159,7 @@ fn pod(ns: usize, p: usize) -> Pod {
         ips: vec![pod_ip(ns, p)],
         ports: Vec::new(),
         origin: Origin::default(),
+        ..Pod::default()
     }
 }
 
