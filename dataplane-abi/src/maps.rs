@@ -5,12 +5,14 @@ use core::mem::size_of;
 
 /// Names of the maps, exactly as the eBPF object declares them (kernel limit: 15 characters).
 pub mod names {
-    /// Hash of [`crate::Addr`] to [`crate::EndpointInfo`].
-    pub const ENDPOINTS: &str = "WEIR_EP_V1";
-    /// LPM trie of [`crate::Addr`] to [`crate::CidrInfo`].
-    pub const CIDRS: &str = "WEIR_CIDR_V1";
-    /// Hash of [`crate::PolicyKey`] to [`crate::PolicyValue`].
-    pub const POLICY: &str = "WEIR_POL_V1";
+    /// Hash of [`crate::Slotted`] [`crate::Addr`] to [`crate::EndpointInfo`].
+    pub const ENDPOINTS: &str = "WEIR_EP_V2";
+    /// LPM trie of [`crate::Slotted`] [`crate::Addr`] to [`crate::CidrInfo`].
+    pub const CIDRS: &str = "WEIR_CIDR_V2";
+    /// Hash of [`crate::Slotted`] [`crate::PolicyKey`] to [`crate::PolicyValue`].
+    pub const POLICY: &str = "WEIR_POL_V2";
+    /// Names of earlier layouts, whose pins a new agent removes.
+    pub const RETIRED: [&str; 4] = ["WEIR_EP_V1", "WEIR_CIDR_V1", "WEIR_POL_V1", "WEIR_CT_V1"];
     /// LRU hash of [`crate::CtKey`] to [`crate::CtEntry`]; the programs own it.
     pub const CONNTRACK: &str = "WEIR_CT_V2";
     /// LRU hash of [`crate::FragKey`] to [`crate::FragPorts`]; the programs own it.
@@ -86,13 +88,13 @@ pub mod programs {
 
 /// Capacities the agent checks a compiled state against before it touches the kernel.
 pub mod capacity {
-    /// Entries of `WEIR_EP_V1`.
+    /// Entries of one generation of `WEIR_EP_V2` (the map holds two).
     pub const ENDPOINTS: u32 = 131_072;
-    /// Entries of `WEIR_CIDR_V1`.
+    /// Entries of one generation of `WEIR_CIDR_V2` (the map holds two).
     pub const CIDRS: u32 = 65_536;
-    /// Entries of `WEIR_POL_V1`.
+    /// Entries of one generation of `WEIR_POL_V2` (the map holds two).
     pub const POLICY: u32 = 1_048_576;
-    /// Entries of `WEIR_CT_V1` (least recently used entries are evicted beyond it).
+    /// Entries of `WEIR_CT_V2` (least recently used entries are evicted beyond it).
     pub const CONNTRACK: u32 = 262_144;
     /// Entries of `WEIR_FRAG_V1` (least recently used entries are evicted beyond it).
     pub const FRAGMENTS: u32 = 8_192;
@@ -148,7 +150,35 @@ pub mod endpoint_flags {
     pub const EGRESS_ISOLATED: u32 = 1 << 3;
 }
 
-/// What Weir knows about one address: `WEIR_EP_V1[Addr]`.
+/// A key of the policy maps (`WEIR_EP_V2`, `WEIR_CIDR_V2`, `WEIR_POL_V2`), which hold two
+/// generations of the policy state side by side.
+///
+/// A packet reads [`Config::policy_epoch`] once and looks up every key in the slot
+/// `policy_epoch & 1`: it sees one whole generation, never a mix. The agent writes a change
+/// into the other slot, which no packet reads, then flips the epoch with one write (see
+/// `docs/design.md`, "Atomic changes"). For the trie, `slot` comes first and the prefix
+/// length counts its 32 bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Slotted<K> {
+    /// 0 or 1: the generation's slot.
+    pub slot: u32,
+    /// The key within the slot.
+    pub key: K,
+}
+const _: () = assert!(size_of::<Slotted<Addr>>() == 20);
+const _: () = assert!(size_of::<Slotted<PolicyKey>>() == 16);
+
+/// Bits a [`Slotted`] key adds in front of an LPM trie key's own prefix.
+pub const SLOT_PREFIX_BITS: u32 = 32;
+
+/// The slot packets read under `policy_epoch`.
+#[must_use]
+pub const fn slot_of(policy_epoch: u32) -> u32 {
+    policy_epoch & 1
+}
+
+/// What Weir knows about one address: `WEIR_EP_V2[slot, Addr]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EndpointInfo {
@@ -164,7 +194,7 @@ pub struct EndpointInfo {
 }
 const _: () = assert!(size_of::<EndpointInfo>() == 16);
 
-/// Value of `WEIR_CIDR_V1`, an LPM trie over [`Addr`] for addresses that are not pods (ipBlocks).
+/// Value of `WEIR_CIDR_V2`, an LPM trie over [`Addr`] for addresses that are not pods (ipBlocks).
 /// IPv4 prefix lengths are offset by 96, as the addresses are IPv4-mapped.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -174,7 +204,7 @@ pub struct CidrInfo {
 }
 const _: () = assert!(size_of::<CidrInfo>() == 4);
 
-/// Key of `WEIR_POL_V1`: is traffic of this local pod, in this direction, with this peer class,
+/// Key of `WEIR_POL_V2` (within a slot): is traffic of this local pod, in this direction, with this peer class,
 /// on this protocol and port, allowed? Wildcards: [`PEER_CLASS_ANY`], [`crate::proto::ANY`],
 /// [`PORT_ANY`].
 #[repr(C)]
@@ -193,7 +223,7 @@ pub struct PolicyKey {
 }
 const _: () = assert!(size_of::<PolicyKey>() == 12);
 
-/// Value of `WEIR_POL_V1`: which rule allowed it, for observability (flow events, `explain`).
+/// Value of `WEIR_POL_V2`: which rule allowed it, for observability (flow events, `explain`).
 ///
 /// `rule` took the slot that was padding, always written as zero, in the same layout: the map
 /// keeps its name because no reader ever gave those bytes a meaning, and the agent rewrites
@@ -208,7 +238,7 @@ pub struct PolicyValue {
 }
 const _: () = assert!(size_of::<PolicyValue>() == 8);
 
-/// Key of `WEIR_CT_V1`, oriented from the local pod: whichever way a packet travels, the same
+/// Key of `WEIR_CT_V2`, oriented from the local pod: whichever way a packet travels, the same
 /// connection gives the same key at the same pod.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -306,8 +336,10 @@ const _: () = assert!(size_of::<FragPorts>() == 4);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Config {
-    /// Bumped by the agent after each policy change; connections tracked under an older epoch
-    /// are checked against policy again on their next packet.
+    /// The policy generation: bumped by one after each change, its low bit selects the slot
+    /// of the policy maps packets read ([`slot_of`]); connections tracked under an older
+    /// epoch are checked against policy again on their next packet. One word, so that the
+    /// generation and its slot flip together.
     pub policy_epoch: u32,
     /// [`config_flags`] bits. This took the slot that was padding, always written as zero: the
     /// map keeps its name, as for [`PolicyValue::rule`].
@@ -363,4 +395,5 @@ mod pod_impls {
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragPorts {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl<K: aya::Pod> aya::Pod for super::Slotted<K> {}
 }

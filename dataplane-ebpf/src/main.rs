@@ -27,8 +27,8 @@ use aya_ebpf::{
 use dataplane_abi::{
     Addr, AffinityKey, AffinityValue, Backend, CidrInfo, Config, CtEntry, CtKey, Direction,
     DropReason, EndpointInfo, FragKey, FragPorts, MaglevTable, ObserveConfig, ObserveCounter,
-    PassReason, PolicyKey, PolicyValue, ServiceKey, ServiceValue, SockNatKey, SockNatValue,
-    SourceRangeKey, TokenBucket, capacity, maglev,
+    PassReason, PolicyKey, PolicyValue, ServiceKey, ServiceValue, Slotted, SockNatKey,
+    SockNatValue, SourceRangeKey, TokenBucket, capacity, maglev, slot_of,
 };
 
 use conntrack::{Flow, Nat};
@@ -37,14 +37,18 @@ use observe::Trace;
 use parse::{Packet, Parsed};
 use policy::{Local, Remote};
 
-#[map(name = "WEIR_EP_V1")]
-static ENDPOINTS: HashMap<Addr, EndpointInfo> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
+// The policy maps hold two generations (`Slotted` keys): twice one generation's capacity.
+#[map(name = "WEIR_EP_V2")]
+static ENDPOINTS: HashMap<Slotted<Addr>, EndpointInfo> =
+    HashMap::with_max_entries(2 * capacity::ENDPOINTS, NO_PREALLOC);
 
-#[map(name = "WEIR_CIDR_V1")]
-static CIDRS: LpmTrie<Addr, CidrInfo> = LpmTrie::with_max_entries(capacity::CIDRS, 0);
+#[map(name = "WEIR_CIDR_V2")]
+static CIDRS: LpmTrie<Slotted<Addr>, CidrInfo> =
+    LpmTrie::with_max_entries(2 * capacity::CIDRS, NO_PREALLOC);
 
-#[map(name = "WEIR_POL_V1")]
-static POLICY: HashMap<PolicyKey, PolicyValue> = HashMap::with_max_entries(capacity::POLICY, 0);
+#[map(name = "WEIR_POL_V2")]
+static POLICY: HashMap<Slotted<PolicyKey>, PolicyValue> =
+    HashMap::with_max_entries(2 * capacity::POLICY, NO_PREALLOC);
 
 #[map(name = "WEIR_CT_V2")]
 static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
@@ -259,13 +263,14 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
     };
     // SAFETY: `skb` points at the context the kernel passed this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let local = policy::local_endpoint(&local_addr, ifindex)?;
+    // Read once: every policy lookup of this packet uses this generation's slot.
+    let epoch = policy_epoch();
+    let local = policy::local_endpoint(&local_addr, ifindex, slot_of(epoch))?;
     let wire_peer = policy::remote_peer(&wire_remote, &local);
     if let Err(unknown) = fragment::resolve_ports(pkt) {
         // Trusted traffic never has its first fragment remembered: it needs no ports.
         return wire_peer.trusted.ok_or(unknown);
     }
-    let epoch = policy_epoch();
 
     // An error about a tracked connection passes; any other is judged as ICMP itself.
     if pkt.is_icmp_error && conntrack::lookup(&Flow::of_icmp_error(pkt, dir).key).is_some() {

@@ -11,23 +11,26 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use dataplane_abi::{
     Addr, Direction, DropReason, EndpointInfo, PEER_CLASS_ANY, PEER_CLASS_WORLD, PORT_ANY,
-    PassReason, PolicyKey, PolicyValue, endpoint_flags, proto,
+    PassReason, PolicyKey, PolicyValue, SLOT_PREFIX_BITS, Slotted, endpoint_flags, proto,
 };
 
 use crate::observe::Trace;
 use crate::{CIDRS, ENDPOINTS, POLICY};
 
-/// The local pod a packet belongs to.
+/// The local pod a packet belongs to, in the generation of the policy state the packet reads.
 pub struct Local {
     pub endpoint: u32,
     pub flags: u32,
+    /// The slot of the policy maps this packet reads (`slot_of(policy_epoch)`), read once.
+    pub slot: u32,
 }
 
-/// Finds the local pod behind `ifindex` that owns `addr`.
+/// Finds the local pod behind `ifindex` that owns `addr`, in policy slot `slot`.
 #[inline(always)]
-pub fn local_endpoint(addr: &Addr, ifindex: u32) -> Result<Local, DropReason> {
+pub fn local_endpoint(addr: &Addr, ifindex: u32, slot: u32) -> Result<Local, DropReason> {
+    let key = Slotted { slot, key: *addr };
     // SAFETY: the value is copied out before the program run ends.
-    let ep: EndpointInfo = match unsafe { ENDPOINTS.get(addr) } {
+    let ep: EndpointInfo = match unsafe { ENDPOINTS.get(key) } {
         Some(ep) => *ep,
         None => return Err(DropReason::NotPodAddress),
     };
@@ -37,6 +40,7 @@ pub fn local_endpoint(addr: &Addr, ifindex: u32) -> Result<Local, DropReason> {
     Ok(Local {
         endpoint: ep.endpoint,
         flags: ep.flags,
+        slot,
     })
 }
 
@@ -51,6 +55,8 @@ pub struct Remote {
     /// trie, looked up only when a policy decision needs it, so established connections never
     /// pay for the trie walk.
     pod_class: u32,
+    /// The policy slot the packet reads.
+    slot: u32,
 }
 
 /// [`Remote::pod_class`] of an address that is not a pod: the wildcard is never an address's
@@ -64,7 +70,13 @@ impl Remote {
         if self.pod_class != NOT_A_POD {
             return self.pod_class;
         }
-        let key = Key::new(128, *addr);
+        let key = Key::new(
+            SLOT_PREFIX_BITS + 128,
+            Slotted {
+                slot: self.slot,
+                key: *addr,
+            },
+        );
         CIDRS
             .get(&key)
             .map_or(PEER_CLASS_WORLD, |info| info.peer_class)
@@ -76,9 +88,14 @@ pub fn remote_peer(addr: &Addr, local: &Local) -> Remote {
     let mut remote = Remote {
         trusted: None,
         pod_class: NOT_A_POD,
+        slot: local.slot,
+    };
+    let key = Slotted {
+        slot: local.slot,
+        key: *addr,
     };
     // SAFETY: the value is copied out before the program run ends.
-    if let Some(ep) = unsafe { ENDPOINTS.get(addr) } {
+    if let Some(ep) = unsafe { ENDPOINTS.get(key) } {
         if ep.flags & endpoint_flags::HOST != 0 {
             remote.trusted = Some(PassReason::NodeTraffic);
         } else if ep.flags & endpoint_flags::LOCAL_POD != 0 && ep.endpoint == local.endpoint {
@@ -108,8 +125,8 @@ pub fn decide(
     if local.flags & isolated_bit == 0 {
         return Ok(PassReason::NotIsolated);
     }
-    let found = rule_allows(local.endpoint, dir, peer_class, l4_proto, dst_port_h)
-        .or_else(|| rule_allows(local.endpoint, dir, PEER_CLASS_ANY, l4_proto, dst_port_h));
+    let found = rule_allows(local, dir, peer_class, l4_proto, dst_port_h)
+        .or_else(|| rule_allows(local, dir, PEER_CLASS_ANY, l4_proto, dst_port_h));
     match found {
         Some(value) => {
             trace.allowed_by(value);
@@ -123,18 +140,21 @@ pub fn decide(
 /// protocol, then any protocol.
 #[inline(always)]
 fn rule_allows(
-    endpoint: u32,
+    local: &Local,
     dir: Direction,
     peer_class: u32,
     l4_proto: u8,
     port_h: u16,
 ) -> Option<PolicyValue> {
-    let mut key = PolicyKey {
-        endpoint,
-        peer_class,
-        port_h,
-        proto: l4_proto,
-        direction: dir as u8,
+    let mut key = Slotted {
+        slot: local.slot,
+        key: PolicyKey {
+            endpoint: local.endpoint,
+            peer_class,
+            port_h,
+            proto: l4_proto,
+            direction: dir as u8,
+        },
     };
     // Ports only mean something to protocols that have them; ICMP and others match only
     // rules without `ports`.
@@ -142,16 +162,16 @@ fn rule_allows(
     if has_ports && let Some(value) = lookup(&key) {
         return Some(value);
     }
-    key.port_h = PORT_ANY;
+    key.key.port_h = PORT_ANY;
     if has_ports && let Some(value) = lookup(&key) {
         return Some(value);
     }
-    key.proto = proto::ANY;
+    key.key.proto = proto::ANY;
     lookup(&key)
 }
 
 #[inline(always)]
-fn lookup(key: &PolicyKey) -> Option<PolicyValue> {
+fn lookup(key: &Slotted<PolicyKey>) -> Option<PolicyValue> {
     // SAFETY: the value is copied out before the program run ends.
     POLICY.get_ptr(key).map(|value| unsafe { *value })
 }

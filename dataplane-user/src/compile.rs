@@ -5,10 +5,10 @@
 //! - Every distinct `from`/`to` peer of every policy is a *peer atom*.
 //! - Every address gets a *peer class*: the set of atoms it matches (plus, for pods, the
 //!   numbers of the named ports egress rules mention). Addresses with the same set share a class.
-//!   Pod addresses carry their class in `WEIR_EP_V1`; other addresses get theirs from the
-//!   ipBlock prefixes in `WEIR_CIDR_V1`.
+//!   Pod addresses carry their class in `WEIR_EP_V2`; other addresses get theirs from the
+//!   ipBlock prefixes in `WEIR_CIDR_V2`.
 //! - A rule becomes entries `(local pod, peer class, protocol, port, direction)` in
-//!   `WEIR_POL_V1`, only for pods on this node; a rule with no peers uses the wildcard class.
+//!   `WEIR_POL_V2`, only for pods on this node; a rule with no peers uses the wildcard class.
 //!
 //! Services are compiled in [`services`], their Maglev tables in [`maglev`].
 
@@ -63,11 +63,11 @@ pub type CidrPrefix = (u32, Addr);
 /// The contents of every map the agent writes, for one desired state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapSet {
-    /// Contents of `WEIR_EP_V1`.
+    /// Contents of `WEIR_EP_V2`.
     pub endpoints: BTreeMap<Addr, EndpointInfo>,
-    /// Contents of `WEIR_CIDR_V1`.
+    /// Contents of `WEIR_CIDR_V2`.
     pub cidrs: BTreeMap<CidrPrefix, CidrInfo>,
-    /// Contents of `WEIR_POL_V1`.
+    /// Contents of `WEIR_POL_V2`.
     pub policy: BTreeMap<PolicyKey, PolicyValue>,
     /// Local pods by ifindex: the interfaces to attach to.
     pub local_pods: BTreeMap<u32, LocalPod>,
@@ -1209,7 +1209,7 @@ mod tests {
         };
         let text = err.to_string();
         assert!(text.contains("policy x/p-"), "{text}");
-        assert!(text.contains("WEIR_POL_V1"), "{text}");
+        assert!(text.contains("WEIR_POL_V2"), "{text}");
     }
 
     #[test]

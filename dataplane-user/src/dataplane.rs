@@ -2,7 +2,7 @@
 //! hold and a new [`MapSet`], and attaches the programs to local pods' interfaces.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::path::PathBuf;
 
@@ -14,7 +14,7 @@ use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use dataplane_abi::{
     Addr, CidrInfo, Config, CtEntry, CtKey, DropReason, EndpointInfo, PassReason, PolicyKey,
-    PolicyValue, capacity, ct_timeout, names, programs,
+    PolicyValue, SLOT_PREFIX_BITS, Slotted, capacity, ct_timeout, names, programs, slot_of,
 };
 
 use crate::compile::MapSet;
@@ -176,10 +176,21 @@ impl Held {
     }
 }
 
+/// How long after a flip the slot it left may still be read by a program run that started
+/// before it (runs last microseconds; this is the margin).
+const FLIP_GRACE: Duration = Duration::from_millis(20);
+
 /// The loaded programs and maps, and what the agent last wrote to them.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// What the maps hold: the Service maps, and the policy maps' active slot.
     applied: MapSet,
+    /// What the policy maps' other slot holds (the generation before; only the `endpoints`,
+    /// `cidrs` and `policy` fields mean anything): the base the next change is written over.
+    standby: MapSet,
+    /// When the last flip happened: packets that read the epoch just before it may still be
+    /// reading the slot it left, which is not rewritten before `FLIP_GRACE` has passed.
+    last_flip: Option<Instant>,
     links: BTreeMap<u32, [Held; 2]>,
     /// Cgroup links of the socket programs, when attached with pins.
     sockets: Vec<Held>,
@@ -211,10 +222,13 @@ impl Dataplane {
         }
         let ebpf = loader.load(OBJECT).map_err(DataplaneError::Load)?;
         let mut dp = Self::with_programs(ebpf, Some(pins.clone()))?;
-        dp.applied = dp.read_back()?;
         dp.epoch = dp.read_epoch()?;
+        (dp.applied, dp.standby) = dp.read_back(dp.epoch)?;
         dp.adopt_links(pins)?;
-        dp.bump_epoch()?;
+        // A new generation (the same state, in the other slot): connections are checked
+        // again by this agent's programs.
+        let current = dp.applied.clone();
+        dp.sync_maps(&current)?;
         Ok(dp)
     }
 
@@ -227,6 +241,8 @@ impl Dataplane {
         Ok(Self {
             ebpf,
             applied: MapSet::default(),
+            standby: MapSet::default(),
+            last_flip: None,
             links: BTreeMap::new(),
             sockets: Vec::new(),
             epoch: 0,
@@ -234,38 +250,56 @@ impl Dataplane {
         })
     }
 
-    /// The contents of the maps the agent writes, as the kernel holds them.
-    fn read_back(&mut self) -> Result<MapSet, DataplaneError> {
-        let mut out = MapSet::default();
+    /// The contents of the maps the agent writes, as the kernel holds them: the active state
+    /// (the Service maps, and the policy maps' slot of the current epoch) and the standby slot.
+    fn read_back(&mut self, epoch: u32) -> Result<(MapSet, MapSet), DataplaneError> {
+        let mut slots = [MapSet::default(), MapSet::default()];
         for entry in &self.endpoint_map()? {
             let (k, v) = entry.map_err(map_err(names::ENDPOINTS))?;
-            out.endpoints.insert(k, v);
+            if let Some(slot) = slots.get_mut(k.slot as usize) {
+                slot.endpoints.insert(k.key, v);
+            }
         }
         for entry in &self.cidr_map()? {
             let (k, v) = entry.map_err(map_err(names::CIDRS))?;
-            out.cidrs.insert((k.prefix_len(), k.data()), v);
+            let data = k.data();
+            if let Some(slot) = slots.get_mut(data.slot as usize) {
+                let len = k.prefix_len().saturating_sub(SLOT_PREFIX_BITS);
+                slot.cidrs.insert((len, data.key), v);
+            }
         }
         for entry in &self.policy_map()? {
             let (k, v) = entry.map_err(map_err(names::POLICY))?;
-            out.policy.insert(k, v);
+            if let Some(slot) = slots.get_mut(k.slot as usize) {
+                slot.policy.insert(k.key, v);
+            }
         }
+        let [zero, one] = slots;
+        let (mut out, standby) = if slot_of(epoch) == 0 {
+            (zero, one)
+        } else {
+            (one, zero)
+        };
         // The signatures behind these ids are not in the maps: new ids start above them.
-        let max_class = out
-            .endpoints
-            .values()
-            .map(|e| e.peer_class)
-            .chain(out.cidrs.values().map(|c| c.peer_class))
-            .chain(
-                out.policy
-                    .keys()
-                    .map(|k| k.peer_class)
-                    .filter(|c| *c != dataplane_abi::PEER_CLASS_ANY),
-            )
+        let max_class = [&out, &standby]
+            .into_iter()
+            .flat_map(|set| {
+                set.endpoints
+                    .values()
+                    .map(|e| e.peer_class)
+                    .chain(set.cidrs.values().map(|c| c.peer_class))
+                    .chain(
+                        set.policy
+                            .keys()
+                            .map(|k| k.peer_class)
+                            .filter(|c| *c != dataplane_abi::PEER_CLASS_ANY),
+                    )
+            })
             .max()
             .unwrap_or(0);
         out.class_ids = crate::compile::ClassIds::above(max_class);
         self.read_back_services(&mut out)?;
-        Ok(out)
+        Ok((out, standby))
     }
 
     fn read_epoch(&mut self) -> Result<u32, DataplaneError> {
@@ -359,80 +393,117 @@ impl Dataplane {
         Ok(stats)
     }
 
-    /// Writes the difference between the maps and `desired`. On failure the previous contents
-    /// are restored, so the kernel never holds half of a change.
+    /// Makes the maps hold `desired`, atomically for policy: the new generation is written
+    /// into the policy maps' standby slot, which no packet reads, then one write of the epoch
+    /// flips every packet to it; a packet sees the old state or the new, never a mix. The
+    /// Service maps, read in one chain per packet (frontend, table, backend), get their
+    /// additions before the flip and their removals after it.
+    ///
+    /// On failure nothing a packet reads has changed (Service additions are undone) and the
+    /// standby slot is read back, to be the base of the next attempt.
     pub fn sync_maps(&mut self, desired: &MapSet) -> Result<ApplyStats, DataplaneError> {
-        let previous = std::mem::take(&mut self.applied);
-        match self.write_diff(&previous, desired) {
-            Ok(stats) => {
-                self.applied = desired.clone();
-                self.bump_epoch()?;
-                Ok(stats)
-            }
+        self.wait_for_readers_of_standby();
+        let applied = std::mem::take(&mut self.applied);
+        let standby = std::mem::take(&mut self.standby);
+        let services = ServiceDiff::new(&applied, desired);
+        let written = self
+            .write_service_upserts(&services)
+            .and_then(|()| self.write_policy_slot(&standby, desired));
+        let stats = match written {
+            Ok(stats) => stats,
             Err(err) => {
                 // Best effort: entries that failed to write in one direction rarely fail back.
-                let _ = self.write_diff(desired, &previous);
-                self.applied = previous;
-                Err(err)
+                let undo = ServiceDiff::new(desired, &applied);
+                let _ = self.write_service_upserts(&undo);
+                let _ = self.write_service_removals(&undo);
+                self.applied = applied;
+                self.standby = self.read_back(self.epoch.wrapping_add(1))?.0;
+                return Err(err);
             }
+        };
+        self.bump_epoch()?;
+        self.last_flip = Some(Instant::now());
+        let removed = self.write_service_removals(&services);
+        let stats = ApplyStats {
+            upserts: stats.upserts + services.upserts(),
+            removals: stats.removals + services.removals(),
+            ..ApplyStats::default()
+        };
+        self.standby = applied;
+        self.applied = desired.clone();
+        removed.map(|()| stats)
+    }
+
+    /// A program run lasts microseconds; one that read the epoch just before the last flip
+    /// may still be looking up the slot it left. Changes come far apart (debounced), so this
+    /// rarely waits at all.
+    fn wait_for_readers_of_standby(&self) {
+        if let Some(rest) = self
+            .last_flip
+            .and_then(|flip| FLIP_GRACE.checked_sub(flip.elapsed()))
+        {
+            std::thread::sleep(rest);
         }
     }
 
-    /// Additions and changes first (policy, then the classes that lead to it), removals last:
-    /// a packet never meets a class whose policy entries are not written yet. The Service maps
-    /// follow the same rule (see `services`): their upserts come first, their removals last.
-    fn write_diff(&mut self, from: &MapSet, to: &MapSet) -> Result<ApplyStats, DataplaneError> {
+    /// Writes `to`'s policy state into the standby slot, which holds `from`.
+    fn write_policy_slot(
+        &mut self,
+        from: &MapSet,
+        to: &MapSet,
+    ) -> Result<ApplyStats, DataplaneError> {
+        let slot = slot_of(self.epoch.wrapping_add(1));
         let policy = diff(&from.policy, &to.policy);
         let cidrs = diff(&from.cidrs, &to.cidrs);
         let endpoints = diff(&from.endpoints, &to.endpoints);
-        let services = ServiceDiff::new(from, to);
         let stats = ApplyStats {
-            upserts: policy.upserts.len()
-                + cidrs.upserts.len()
-                + endpoints.upserts.len()
-                + services.upserts(),
-            removals: policy.removals.len()
-                + cidrs.removals.len()
-                + endpoints.removals.len()
-                + services.removals(),
+            upserts: policy.upserts.len() + cidrs.upserts.len() + endpoints.upserts.len(),
+            removals: policy.removals.len() + cidrs.removals.len() + endpoints.removals.len(),
             ..ApplyStats::default()
         };
-        self.write_service_upserts(&services)?;
+        let prefix = |len: u32, key: Addr| Key::new(SLOT_PREFIX_BITS + len, Slotted { slot, key });
         {
             let mut map = self.policy_map()?;
             for (k, v) in &policy.upserts {
-                map.insert(*k, *v, 0).map_err(map_err(names::POLICY))?;
+                map.insert(Slotted { slot, key: *k }, *v, 0)
+                    .map_err(map_err(names::POLICY))?;
+            }
+            for k in &policy.removals {
+                remove_existing(map.remove(&Slotted { slot, key: *k }))
+                    .map_err(map_err(names::POLICY))?;
             }
         }
         {
             let mut map = self.cidr_map()?;
             for ((len, addr), v) in &cidrs.upserts {
-                map.insert(&Key::new(*len, *addr), *v, 0)
+                map.insert(&prefix(*len, *addr), *v, 0)
                     .map_err(map_err(names::CIDRS))?;
             }
+            for (len, addr) in &cidrs.removals {
+                remove_existing(map.remove(&prefix(*len, *addr))).map_err(map_err(names::CIDRS))?;
+            }
         }
-        let mut eps = self.endpoint_map()?;
+        let mut map = self.endpoint_map()?;
         for (k, v) in &endpoints.upserts {
-            eps.insert(*k, *v, 0).map_err(map_err(names::ENDPOINTS))?;
+            map.insert(Slotted { slot, key: *k }, *v, 0)
+                .map_err(map_err(names::ENDPOINTS))?;
         }
         for k in &endpoints.removals {
-            remove_existing(eps.remove(k)).map_err(map_err(names::ENDPOINTS))?;
+            remove_existing(map.remove(&Slotted { slot, key: *k }))
+                .map_err(map_err(names::ENDPOINTS))?;
         }
-        let mut map = self.cidr_map()?;
-        for (len, addr) in &cidrs.removals {
-            remove_existing(map.remove(&Key::new(*len, *addr))).map_err(map_err(names::CIDRS))?;
-        }
-        let mut map = self.policy_map()?;
-        for k in &policy.removals {
-            remove_existing(map.remove(k)).map_err(map_err(names::POLICY))?;
-        }
-        self.write_service_removals(&services)?;
         Ok(stats)
     }
 
-    /// Tells the programs policy changed: tracked connections are checked again.
+    /// Flips the programs to the next generation (and its slot): tracked connections are
+    /// checked again.
     fn bump_epoch(&mut self) -> Result<(), DataplaneError> {
-        self.epoch = self.epoch.wrapping_add(1).max(1);
+        // Always by one, so that the slot alternates; 0 (what programs read when the config
+        // entry is missing) is skipped for 2, of the same parity.
+        self.epoch = match self.epoch.wrapping_add(1) {
+            0 => 2,
+            next => next,
+        };
         let map = self
             .ebpf
             .map_mut(names::CONFIG)
@@ -646,17 +717,19 @@ impl Dataplane {
 
     fn endpoint_map(
         &mut self,
-    ) -> Result<HashMap<&mut MapData, Addr, EndpointInfo>, DataplaneError> {
+    ) -> Result<HashMap<&mut MapData, Slotted<Addr>, EndpointInfo>, DataplaneError> {
         typed_map(&mut self.ebpf, names::ENDPOINTS, HashMap::try_from)
     }
 
     fn policy_map(
         &mut self,
-    ) -> Result<HashMap<&mut MapData, PolicyKey, PolicyValue>, DataplaneError> {
+    ) -> Result<HashMap<&mut MapData, Slotted<PolicyKey>, PolicyValue>, DataplaneError> {
         typed_map(&mut self.ebpf, names::POLICY, HashMap::try_from)
     }
 
-    fn cidr_map(&mut self) -> Result<LpmTrie<&mut MapData, Addr, CidrInfo>, DataplaneError> {
+    fn cidr_map(
+        &mut self,
+    ) -> Result<LpmTrie<&mut MapData, Slotted<Addr>, CidrInfo>, DataplaneError> {
         typed_map(&mut self.ebpf, names::CIDRS, LpmTrie::try_from)
     }
 }

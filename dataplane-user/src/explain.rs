@@ -22,26 +22,45 @@ use crate::catalog::{self, Catalog};
 use crate::compile::{self, MapSet};
 use crate::dataplane::{DataplaneError, MapReader};
 
-/// The maps a policy decision reads, as the programs look them up.
+/// The maps a policy decision reads, as the programs look them up, in one generation.
 pub trait PolicyMaps {
-    /// `WEIR_EP_V1[addr]`.
+    /// `WEIR_EP_V2[addr]`.
     fn endpoint(&self, addr: &Addr) -> Result<Option<EndpointInfo>, DataplaneError>;
-    /// The longest prefix of `WEIR_CIDR_V1` holding `addr`.
+    /// The longest prefix of `WEIR_CIDR_V2` holding `addr`.
     fn cidr(&self, addr: &Addr) -> Result<Option<CidrInfo>, DataplaneError>;
-    /// `WEIR_POL_V1[key]`.
+    /// `WEIR_POL_V2[key]`.
     fn policy(&self, key: &PolicyKey) -> Result<Option<PolicyValue>, DataplaneError>;
 }
 
-/// The kernel's maps: what is enforced now.
-impl PolicyMaps for MapReader {
+/// The kernel's maps in the generation packets read now: what is enforced.
+pub struct Enforced<'a> {
+    reader: &'a MapReader,
+    slot: u32,
+}
+
+impl<'a> Enforced<'a> {
+    /// The generation enforced now, read once, as a packet reads it once.
+    ///
+    /// # Errors
+    ///
+    /// The configuration map could not be read.
+    pub fn now(reader: &'a MapReader) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            reader,
+            slot: reader.slot()?,
+        })
+    }
+}
+
+impl PolicyMaps for Enforced<'_> {
     fn endpoint(&self, addr: &Addr) -> Result<Option<EndpointInfo>, DataplaneError> {
-        MapReader::endpoint(self, addr)
+        self.reader.endpoint(self.slot, addr)
     }
     fn cidr(&self, addr: &Addr) -> Result<Option<CidrInfo>, DataplaneError> {
-        MapReader::cidr(self, addr)
+        self.reader.cidr(self.slot, addr)
     }
     fn policy(&self, key: &PolicyKey) -> Result<Option<PolicyValue>, DataplaneError> {
-        MapReader::policy(self, key)
+        self.reader.policy(self.slot, key)
     }
 }
 
@@ -89,7 +108,7 @@ pub struct Query {
 /// One policy-map lookup, in the order the program makes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lookup {
-    /// The `WEIR_POL_V1` key looked up.
+    /// The `WEIR_POL_V2` key looked up.
     pub key: PolicyKey,
     /// The value stored under it; `None` on a miss.
     pub found: Option<PolicyValue>,

@@ -143,7 +143,8 @@ impl Observer {
         let names = self.names();
         let query = explain::resolve(&names, src, dst, port)?;
         let reader = self.reader.get().ok_or(ExplainError::NotLoaded)?;
-        explain::explain(reader, &names, &query).map_err(ExplainError::Maps)
+        let enforced = explain::Enforced::now(reader).map_err(ExplainError::Maps)?;
+        explain::explain(&enforced, &names, &query).map_err(ExplainError::Maps)
     }
 
     /// The `/status` fields this module owns.

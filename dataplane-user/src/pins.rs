@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <root>/                       default /sys/fs/bpf/weir
-//!   maps/WEIR_EP_V1 ...         the maps that outlive the agent (state, conntrack, Services,
+//!   maps/WEIR_EP_V2 ...         the maps that outlive the agent (state, conntrack, Services,
 //!                               counters)
 //!   links/<ifindex>-from_pod    TCX links of each local pod's interface
 //!   links/<ifindex>-to_pod
@@ -109,7 +109,21 @@ impl Pins {
         ensure_bpffs(&self.root)?;
         std::fs::create_dir_all(self.root.join("maps"))?;
         std::fs::create_dir_all(self.root.join("sockets"))?;
+        self.remove_retired()?;
         std::fs::create_dir_all(self.links_dir())
+    }
+
+    /// Removes the pins of maps in layouts no program reads any more (an upgrade changed
+    /// them): nothing else would ever free them.
+    fn remove_retired(&self) -> io::Result<()> {
+        for name in names::RETIRED {
+            match std::fs::remove_file(self.map(name)) {
+                Ok(()) => tracing::info!(map = name, "removed the pin of a retired map layout"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// The pinned links, as `(ifindex, hook, path)`.
@@ -230,7 +244,7 @@ mod tests {
         let pins = Pins::new("/sys/fs/bpf/weir");
         assert_eq!(
             pins.map(names::POLICY),
-            Path::new("/sys/fs/bpf/weir/maps/WEIR_POL_V1")
+            Path::new("/sys/fs/bpf/weir/maps/WEIR_POL_V2")
         );
         assert_eq!(
             pins.link(7, Hook::ToPod),

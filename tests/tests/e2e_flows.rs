@@ -179,7 +179,7 @@ fn flows_explain_status_and_metrics_describe_real_traffic() {
         "ready",
         "x/a",
         "isolated",
-        "WEIR_POL_V1",
+        "WEIR_POL_V2",
         "policy_denied",
         "flow events",
     ] {

@@ -347,7 +347,8 @@ fn compare_all(
                     (Direction::Egress, src_if, programs::FROM_POD),
                     (Direction::Ingress, dst_if, programs::TO_POD),
                 ] {
-                    let judged = explain::judge(&reader, &q, dir).expect("reading the maps");
+                    let enforced = explain::Enforced::now(&reader).expect("reading the epoch");
+                    let judged = explain::judge(&enforced, &q, dir).expect("reading the maps");
                     let Some(ifindex) = ifindex else {
                         if judged.is_some() {
                             failures.push(format!("{q:?} {dir:?}: judged, but not a local pod"));

@@ -9,8 +9,8 @@ use std::time::Duration;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 use dataplane_abi::{
-    Addr, CidrInfo, EndpointInfo, ObserveConfig, ObserveCounter, PolicyKey, PolicyValue, names,
-    observe_flags,
+    Addr, CidrInfo, Config, EndpointInfo, ObserveConfig, ObserveCounter, PolicyKey, PolicyValue,
+    SLOT_PREFIX_BITS, Slotted, names, observe_flags, slot_of,
 };
 
 use super::{Dataplane, DataplaneError, map_err, typed_map};
@@ -95,6 +95,7 @@ impl Dataplane {
     /// thread): the descriptors are duplicated.
     pub fn reader(&self) -> Result<MapReader, DataplaneError> {
         Ok(MapReader {
+            config: Array::try_from(self.dup(names::CONFIG)?).map_err(map_err(names::CONFIG))?,
             endpoints: HashMap::try_from(self.dup(names::ENDPOINTS)?)
                 .map_err(map_err(names::ENDPOINTS))?,
             cidrs: LpmTrie::try_from(self.dup(names::CIDRS)?).map_err(map_err(names::CIDRS))?,
@@ -110,7 +111,7 @@ impl Dataplane {
             .map(name)
             .ok_or(DataplaneError::MissingMap { name })?;
         let data: &MapData = match map {
-            Map::HashMap(d) | Map::LpmTrie(d) | Map::PerCpuArray(d) => d,
+            Map::HashMap(d) | Map::LpmTrie(d) | Map::PerCpuArray(d) | Map::Array(d) => d,
             _ => {
                 return Err(DataplaneError::Map {
                     name,
@@ -150,26 +151,41 @@ impl Dataplane {
 /// Read-only handles on the kernel's policy maps and the flow-event counters, independent of
 /// the [`Dataplane`] they came from.
 pub struct MapReader {
-    endpoints: HashMap<MapData, Addr, EndpointInfo>,
-    cidrs: LpmTrie<MapData, Addr, CidrInfo>,
-    policy: HashMap<MapData, PolicyKey, PolicyValue>,
+    config: Array<MapData, Config>,
+    endpoints: HashMap<MapData, Slotted<Addr>, EndpointInfo>,
+    cidrs: LpmTrie<MapData, Slotted<Addr>, CidrInfo>,
+    policy: HashMap<MapData, Slotted<PolicyKey>, PolicyValue>,
     flow_counters: PerCpuArray<MapData, u64>,
 }
 
 impl MapReader {
-    /// `WEIR_EP_V1[addr]`.
-    pub fn endpoint(&self, addr: &Addr) -> Result<Option<EndpointInfo>, DataplaneError> {
-        found(self.endpoints.get(addr, 0), names::ENDPOINTS)
+    /// The slot of the policy maps packets read now (the current generation's). A lookup
+    /// sequence that must see one generation reads it once and passes it to each lookup.
+    pub fn slot(&self) -> Result<u32, DataplaneError> {
+        let config = self.config.get(&0, 0).map_err(map_err(names::CONFIG))?;
+        Ok(slot_of(config.policy_epoch))
     }
 
-    /// The longest prefix of `WEIR_CIDR_V1` holding `addr`, as the programs look it up.
-    pub fn cidr(&self, addr: &Addr) -> Result<Option<CidrInfo>, DataplaneError> {
-        found(self.cidrs.get(&Key::new(128, *addr), 0), names::CIDRS)
+    /// `WEIR_EP_V2[slot, addr]`.
+    pub fn endpoint(&self, slot: u32, addr: &Addr) -> Result<Option<EndpointInfo>, DataplaneError> {
+        let key = Slotted { slot, key: *addr };
+        found(self.endpoints.get(&key, 0), names::ENDPOINTS)
     }
 
-    /// `WEIR_POL_V1[key]`.
-    pub fn policy(&self, key: &PolicyKey) -> Result<Option<PolicyValue>, DataplaneError> {
-        found(self.policy.get(key, 0), names::POLICY)
+    /// The longest prefix of `WEIR_CIDR_V2`'s `slot` holding `addr`, as the programs look it up.
+    pub fn cidr(&self, slot: u32, addr: &Addr) -> Result<Option<CidrInfo>, DataplaneError> {
+        let key = Key::new(SLOT_PREFIX_BITS + 128, Slotted { slot, key: *addr });
+        found(self.cidrs.get(&key, 0), names::CIDRS)
+    }
+
+    /// `WEIR_POL_V2[slot, key]`.
+    pub fn policy(
+        &self,
+        slot: u32,
+        key: &PolicyKey,
+    ) -> Result<Option<PolicyValue>, DataplaneError> {
+        let key = Slotted { slot, key: *key };
+        found(self.policy.get(&key, 0), names::POLICY)
     }
 
     /// Like [`Dataplane::flow_event_counters`].
