@@ -3,11 +3,12 @@
 
 use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
 use aya_ebpf::programs::TcContext;
-use dataplane_abi::{Direction, DropReason, PassReason};
+use aya_log_ebpf::debug;
+use dataplane_abi::{Direction, DropReason, PassReason, config_flags};
 
 use crate::observe::{self, Trace};
 use crate::reject;
-use crate::{DROP_COUNTERS, PASS_COUNTERS, SCRATCH};
+use crate::{CONFIG, DROP_COUNTERS, PASS_COUNTERS, SCRATCH};
 
 /// Rejects a connection to a Service with no endpoint: the packet, turned into its answer, goes
 /// back to the pod (counted and reported as the drop it also is).
@@ -54,5 +55,33 @@ pub fn finish(
     if observe::wanted(outcome) {
         observe::flow(ctx, dir, outcome, trace);
     }
+    if debug_log_enabled() {
+        let (passed, reason) = match outcome {
+            Ok(reason) => (1u8, reason as u32),
+            Err(reason) => (0u8, reason as u32),
+        };
+        // SAFETY: `skb` points at the context the kernel passed this program.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        debug!(
+            ctx,
+            "ifindex {} direction {} passed {} reason {} action {} policy {} service {}",
+            ifindex,
+            dir as u8,
+            passed,
+            reason,
+            action,
+            trace.policy,
+            trace.service
+        );
+    }
     action
+}
+
+/// Per-packet debug logs (aya-log), off unless the agent runs with `--ebpf-debug-log`: one
+/// array lookup and a branch when off.
+#[inline(always)]
+fn debug_log_enabled() -> bool {
+    CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & config_flags::DEBUG_LOG != 0)
 }

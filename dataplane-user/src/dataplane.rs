@@ -20,6 +20,7 @@ use dataplane_abi::{
 use crate::compile::MapSet;
 use crate::pins::{Hook, Pins};
 
+mod debug_log;
 mod observe;
 mod services;
 mod sockets;
@@ -92,6 +93,13 @@ pub enum DataplaneError {
         slots: usize,
         /// Slots of a table of its tier.
         expected: usize,
+    },
+    /// The programs' debug log could not be opened.
+    #[error("eBPF debug log")]
+    DebugLog {
+        /// The cause.
+        #[source]
+        source: aya_log::Error,
     },
     /// The cgroup to attach the socket programs to could not be opened.
     #[error("cgroup {path}")]
@@ -195,6 +203,8 @@ pub struct Dataplane {
     /// Cgroup links of the socket programs, when attached with pins.
     sockets: Vec<Held>,
     epoch: u32,
+    /// [`dataplane_abi::config_flags`] bits, written with every epoch.
+    config_flags: u32,
     pins: Option<Pins>,
 }
 
@@ -246,6 +256,7 @@ impl Dataplane {
             links: BTreeMap::new(),
             sockets: Vec::new(),
             epoch: 0,
+            config_flags: 0,
             pins,
         })
     }
@@ -504,6 +515,12 @@ impl Dataplane {
             0 => 2,
             next => next,
         };
+        self.write_config()
+    }
+
+    /// Writes the epoch and the flags: one array entry, the one word packets need together
+    /// (the epoch and its slot) written whole.
+    fn write_config(&mut self) -> Result<(), DataplaneError> {
         let map = self
             .ebpf
             .map_mut(names::CONFIG)
@@ -517,7 +534,7 @@ impl Dataplane {
                 0,
                 Config {
                     policy_epoch: self.epoch,
-                    flags: 0,
+                    flags: self.config_flags,
                 },
                 0,
             )
