@@ -29,8 +29,11 @@ impl Dataplane {
             let prog = socket_program(&mut self.ebpf, name)?;
             prog.load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
+            // A link (what aya makes from Linux 5.7 on, and what a pin needs) always shares
+            // the cgroup with other programs; the kernel refuses any flag with it (EINVAL),
+            // and `Single` is the mode aya turns into none.
             let id = prog
-                .attach(&file, CgroupAttachMode::AllowMultiple)
+                .attach(&file, CgroupAttachMode::Single)
                 .map_err(|source| DataplaneError::Program { name, source })?;
             let Some(pins) = &self.pins else {
                 continue;
