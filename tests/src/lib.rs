@@ -38,7 +38,7 @@ mod topology;
 mod selftest;
 
 pub use agent::{Agent, Launch, Status, http_get, weir_binary};
-pub use cgroup::{Cgroup, cgroup2_root, reap_orphan_cgroups};
+pub use cgroup::{Cgroup, SOCKET_HOOKS, cgroup2_root, reap_orphan_cgroups};
 pub use netns::{Netns, RunTag, netns_path, reap_orphans};
 pub use probe::{CONNECT_TIMEOUT, Case, Family, Proto, REPLY_TIMEOUT};
 pub use reachability::{NODE, Peer, Reachability, TruthTable};

@@ -16,6 +16,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt as _;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testbed::fixtures::ip;
-use testbed::{Cgroup, Netns, RunTag};
+use testbed::{Cgroup, Netns, RunTag, SOCKET_HOOKS};
 use weir::compile::{self, NodeView};
 use weir::dataplane::Dataplane;
 use weir::model::{
@@ -34,7 +35,7 @@ use weir::model::{
 
 /// Set in the environment of the client processes: the test then plays the client.
 const CLIENT_ROLE: &str = "WEIR_SERVICE_SOCKETS_CLIENT";
-/// The test the client processes run (this file's only test).
+/// The test the client processes run.
 const TEST_NAME: &str = "node_processes_in_the_cgroup_reach_services_and_no_other_process_does";
 /// Marks the client's report among libtest's own output (which starts the same line).
 const REPORT_MARK: &str = "service-sockets-report: ";
@@ -106,6 +107,7 @@ fn node_processes_in_the_cgroup_reach_services_and_no_other_process_does() {
     dataplane
         .attach_sockets(cgroup.path())
         .expect("attaching the socket programs to the test's cgroup");
+    assert_eq!(cgroup.attached_programs(&SOCKET_HOOKS), 8, "one per hook");
 
     let inside = run_client(&netns, Some(&cgroup));
     let outside = run_client(&netns, None);
@@ -131,10 +133,31 @@ fn node_processes_in_the_cgroup_reach_services_and_no_other_process_does() {
         expect_untranslated(&outside[f], &family);
     }
     drop(dataplane);
+    assert_eq!(
+        cgroup.attached_programs(&SOCKET_HOOKS),
+        0,
+        "unpinned programs go with the dataplane"
+    );
     drop(servers);
     let path = cgroup.path().to_path_buf();
     drop(cgroup);
     assert!(!path.exists(), "the cgroup guard left {}", path.display());
+}
+
+/// `weir run`'s default `--cgroup` names the root of this host's v2 hierarchy, on a unified
+/// layout (`/sys/fs/cgroup`) as on a hybrid one (`/sys/fs/cgroup/unified`). Nothing attached.
+#[test]
+fn the_default_cgroup_is_the_root_of_the_v2_hierarchy() {
+    let root = testbed::cgroup2_root();
+    if !root.starts_with(weir::cli::DEFAULT_CGROUP) {
+        eprintln!("skipped: cgroup2 is mounted at {}", root.display());
+        return;
+    }
+    let resolved = Dataplane::socket_cgroup(Path::new(weir::cli::DEFAULT_CGROUP))
+        .expect("the default names a cgroup v2 folder");
+    assert_eq!(resolved, root);
+    let resolved = Dataplane::socket_cgroup(&root).expect("the root is one");
+    assert_eq!(resolved, root, "a cgroup v2 folder names itself");
 }
 
 /// In the cgroup: backends answer, the application sees only the `ClusterIP`, and a Service
