@@ -6,6 +6,7 @@
 //! good state keeps being enforced.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -34,6 +35,10 @@ pub struct Config {
     pub flow_events: FlowEvents,
     /// This node's name: endpoints whose `nodeName` it is count as local.
     pub node_name: Option<String>,
+    /// The cgroup (as given: `/sys/fs/cgroup`, or on a hybrid host its parent) whose processes
+    /// reach Services at the socket level; `None` turns the socket programs off, and
+    /// detaches those an earlier agent pinned.
+    pub socket_cgroup: Option<PathBuf>,
 }
 
 /// What the agent reports on `/status`; shared between the sync loop and the HTTP server.
@@ -69,6 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // Enforcement does not depend on it: go on without flows.
         tracing::warn!(error = %anyhow::Error::new(err), "flow events unavailable");
     }
+    attach_sockets(&mut dataplane, config.socket_cgroup.as_deref())?;
     tracing::info!(source = %config.source.describe(), health = %config.health_addr, "agent started");
 
     let mut source = config.source;
@@ -98,6 +104,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pins = %config.pins.root().display(),
         "agent stopping; pinned programs keep enforcing (weir uninstall removes them)"
     );
+    Ok(())
+}
+
+/// Attaches the socket programs to the cgroup `given` resolves to, or with none detaches
+/// those an earlier agent left. An attachment that fails stops the agent: a node whose
+/// processes silently miss Services is worse than one that says why it did not start.
+fn attach_sockets(dataplane: &mut Dataplane, given: Option<&Path>) -> anyhow::Result<()> {
+    let Some(given) = given else {
+        let removed = dataplane
+            .detach_pinned_sockets()
+            .context("detaching the socket programs of an earlier agent")?;
+        if removed > 0 {
+            tracing::info!(removed, "socket programs of an earlier agent detached");
+        }
+        return Ok(());
+    };
+    let hint = "pass --cgroup with a cgroup v2 folder, or --no-socket-lb";
+    let cgroup = Dataplane::socket_cgroup(given)
+        .with_context(|| format!("finding the cgroup for the socket programs ({hint})"))?;
+    dataplane.attach_sockets(&cgroup).with_context(|| {
+        format!(
+            "attaching the socket programs to {} ({hint})",
+            cgroup.display()
+        )
+    })?;
+    tracing::info!(cgroup = %cgroup.display(), "socket programs attached: its processes reach Services");
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -61,6 +62,32 @@ impl FlowEventArgs {
         }
     }
 }
+
+/// `weir run`'s options for Services reached from the node's own processes.
+#[derive(Args, Debug)]
+pub struct SocketLbArgs {
+    /// Cgroup (v2) whose processes, and those of every cgroup below it, reach Services at
+    /// the socket level: a `connect()` or `sendto()` to a `ClusterIP` goes straight to a
+    /// backend, and `getpeername()`/`recvfrom()` show the `ClusterIP`. The default, the
+    /// root, covers every process of the node, as Cilium's socket load balancing does; on a
+    /// host with the hybrid v1/v2 layout, its `unified` folder is used.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CGROUP)]
+    pub cgroup: PathBuf,
+    /// Attach no socket programs (and detach those an earlier agent left): the node's own
+    /// processes then reach no `ClusterIP` through Weir (pods still do).
+    #[arg(long, conflicts_with = "cgroup")]
+    pub no_socket_lb: bool,
+}
+
+impl SocketLbArgs {
+    /// Where the socket programs attach; `None` when they are off.
+    pub fn cgroup(&self) -> Option<PathBuf> {
+        (!self.no_socket_lb).then(|| self.cgroup.clone())
+    }
+}
+
+/// `weir run`'s default `--cgroup`: where cgroup v2 is mounted on a unified host.
+pub const DEFAULT_CGROUP: &str = "/sys/fs/cgroup";
 
 /// `weir flows`.
 #[derive(Args, Debug)]

@@ -55,6 +55,8 @@ enum Command {
         pin_path: PathBuf,
         #[command(flatten)]
         flow_events: cli::FlowEventArgs,
+        #[command(flatten)]
+        socket_lb: cli::SocketLbArgs,
     },
     /// Print the flows the agent saw: drops and new connections (as `hubble observe`).
     Flows(cli::FlowsArgs),
@@ -126,6 +128,7 @@ fn main() -> ExitCode {
             poll_ms,
             pin_path,
             flow_events,
+            socket_lb,
         } => run(source, node_name, |source, node_name| agent::Config {
             source,
             health_addr,
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
             pins: weir::pins::Pins::new(pin_path),
             flow_events: flow_events.events(),
             node_name,
+            socket_cgroup: socket_lb.cgroup(),
         }),
         Command::Flows(args) => cli::run(|| cli::flows(&args)),
         Command::Explain(args) => cli::run(|| cli::explain(&args)),
@@ -278,6 +282,27 @@ mod tests {
             unreachable!("parsed a run command");
         };
         source.choose(in_a_pod)
+    }
+
+    fn socket_cgroup(args: &[&str]) -> anyhow::Result<Option<PathBuf>> {
+        let cli = Cli::try_parse_from([&["weir", "run"], args].concat())?;
+        let Command::Run { socket_lb, .. } = cli.command else {
+            unreachable!("parsed a run command");
+        };
+        Ok(socket_lb.cgroup())
+    }
+
+    #[test]
+    fn socket_programs_attach_to_the_root_cgroup_unless_told_otherwise() {
+        let root = Some(PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(socket_cgroup(&[]).unwrap(), root);
+        let mine = Some(PathBuf::from("/sys/fs/cgroup/mine"));
+        assert_eq!(
+            socket_cgroup(&["--cgroup", "/sys/fs/cgroup/mine"]).unwrap(),
+            mine
+        );
+        assert_eq!(socket_cgroup(&["--no-socket-lb"]).unwrap(), None);
+        assert!(socket_cgroup(&["--no-socket-lb", "--cgroup", "/x"]).is_err());
     }
 
     #[test]

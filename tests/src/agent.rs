@@ -44,14 +44,18 @@ pub struct Status {
     pub raw: serde_json::Value,
 }
 
-/// How the agent process enters the node namespace.
+/// How the agent process enters the node namespace, and where its socket programs go: never
+/// to the machine's root cgroup, `weir run`'s default, where they would translate `ClusterIP`s
+/// for every process of the machine.
 #[derive(Clone, Debug)]
 pub enum Launch {
-    /// `ip netns exec`: a private mount namespace too, so its pins die with it.
+    /// `ip netns exec`: a private mount namespace too, so its pins die with it. Its fresh
+    /// `/sys` has no cgroup hierarchy: the socket programs are off (`--no-socket-lb`).
     Private,
     /// `nsenter --net`: the host's mounts, so pins under `pin_path` outlive the process, as
-    /// on a real node; the test removes them (`weir uninstall`).
-    Pinned { pin_path: PathBuf },
+    /// on a real node; the test removes them (`weir uninstall`). The socket programs attach
+    /// to `cgroup`, a [`crate::Cgroup`] of the test's, pinned as well.
+    Pinned { pin_path: PathBuf, cgroup: PathBuf },
 }
 
 /// A running `weir run`. Borrows the topology so that it stops before the namespaces go.
@@ -108,15 +112,15 @@ impl<'t> Agent<'t> {
                 }
             });
         }
-        if let Launch::Pinned { pin_path } = launch {
-            command
-                .arg(binary)
-                .arg("run")
+        command.arg(binary).arg("run");
+        match launch {
+            Launch::Private => command.arg("--no-socket-lb"),
+            Launch::Pinned { pin_path, cgroup } => command
                 .arg("--pin-path")
-                .arg(pin_path);
-        } else {
-            command.arg(binary).arg("run");
-        }
+                .arg(pin_path)
+                .arg("--cgroup")
+                .arg(cgroup),
+        };
         let child = command
             .arg("--manifests")
             .arg(manifests)

@@ -4,12 +4,15 @@
 //! - [`Topology`]: a node namespace and pods joined to it by veth pairs, as a CNI wires them,
 //!   with TCP and UDP echo servers in every pod and parallel probes between them;
 //! - [`Reachability`]: expected connectivity, compared with probes in upstream's format;
-//! - [`Agent`]: the `weir` binary running in the node namespace.
+//! - [`Agent`]: the `weir` binary running in the node namespace;
+//! - [`Cgroup`]: a cgroup v2 of the test's own, for the socket programs and the processes
+//!   they should see.
 //!
-//! Nothing here touches the root network namespace (shared GUIDE, section 3). Guards delete
-//! what they made on every path a test can take, panics included; a process killed outright
-//! runs no Drop, so its agent dies with it and the next test process deletes its namespaces
-//! ([`reap_orphans`]). Everything needs root: tests call [`require_root!`] first.
+//! Nothing here touches the root network namespace (shared GUIDE, section 3) nor attaches
+//! anything to a cgroup it did not create. Guards delete what they made on every path a test
+//! can take, panics included; a process killed outright runs no Drop, so its agent dies with
+//! it and the next test process deletes its namespaces and cgroups ([`reap_orphans`],
+//! [`reap_orphan_cgroups`]). Everything needs root: tests call [`require_root!`] first.
 //!
 //! Failures panic with context instead of returning errors: every caller is a test, and a
 //! panic with the namespace, command and output in its message is the report it needs.
@@ -19,6 +22,7 @@
 )]
 
 mod agent;
+mod cgroup;
 pub mod fakeapi;
 pub mod fixtures;
 pub mod manifests;
@@ -34,6 +38,7 @@ mod topology;
 mod selftest;
 
 pub use agent::{Agent, Launch, Status, http_get, weir_binary};
+pub use cgroup::{Cgroup, SOCKET_HOOKS, cgroup2_root, reap_orphan_cgroups};
 pub use netns::{Netns, RunTag, netns_path, reap_orphans};
 pub use probe::{CONNECT_TIMEOUT, Case, Family, Proto, REPLY_TIMEOUT};
 pub use reachability::{NODE, Peer, Reachability, TruthTable};

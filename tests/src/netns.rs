@@ -206,8 +206,9 @@ fn delete(name: &str) -> Result<(), String> {
 }
 
 /// Which process made each namespace: one file per namespace under [`REGISTRY_DIR`],
-/// holding the owner's pid and start time (a pid alone could have been reused).
-mod registry {
+/// holding the owner's pid and start time (a pid alone could have been reused). The cgroup
+/// guard keeps its records the same way.
+pub(crate) mod registry {
     use std::path::PathBuf;
 
     use super::REGISTRY_DIR as DIR;
@@ -245,7 +246,7 @@ mod registry {
 
     /// `owner` is "pid start-time"; unreadable records count as alive, so that nothing is
     /// deleted on a guess.
-    fn is_alive(owner: &str) -> bool {
+    pub(crate) fn is_alive(owner: &str) -> bool {
         let mut fields = owner.split_whitespace().map(str::parse::<u64>);
         let (Some(Ok(pid)), Some(Ok(started))) = (fields.next(), fields.next()) else {
             return true;
@@ -254,7 +255,7 @@ mod registry {
     }
 
     /// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
-    fn start_time(pid: u32) -> Option<u64> {
+    pub(crate) fn start_time(pid: u32) -> Option<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // The command name (field 2) may hold spaces and parentheses: count from its end.
         let after_name = &stat[stat.rfind(')')? + 1..];

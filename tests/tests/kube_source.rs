@@ -605,6 +605,9 @@ impl<'t> KubeAgent<'t> {
             .arg(&kubeconfig)
             .arg("--node-name=node-1")
             .arg(format!("--health-addr={health}"))
+            // `ip netns exec` gives it a fresh `/sys` without cgroups (and the machine's root
+            // cgroup is no place for a test's programs).
+            .arg("--no-socket-lb")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("cloning the log handle"))

@@ -4,7 +4,9 @@
 //! everything the agent pinned.
 //!
 //! The agent runs with the host's mounts (`nsenter --net`) so that its pins outlive it, under
-//! a pin folder of this run only, removed on every path.
+//! a pin folder of this run only, removed on every path. Its socket programs attach to a
+//! cgroup of the test's: pinned too, they stay one per hook through the restart and go with
+//! `weir uninstall`.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -16,7 +18,8 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use testbed::{
-    Agent, Family, Launch, PodSpec, Proto, RunTag, TempDir, Topology, manifests, weir_binary,
+    Agent, Cgroup, Family, Launch, PodSpec, Proto, RunTag, SOCKET_HOOKS, TempDir, Topology,
+    manifests, weir_binary,
 };
 
 /// The port of the long-lived connection.
@@ -175,6 +178,20 @@ fn expect_enforced(topology: &Topology, step: &str) {
     );
 }
 
+/// Waits (bounded) until `expected` socket programs are attached to `cgroup`: a replaced or
+/// unpinned link is released from a kernel work queue, a moment later.
+fn expect_socket_programs(cgroup: &Cgroup, expected: u32, step: &str) {
+    let mut attached = cgroup.attached_programs(&SOCKET_HOOKS);
+    for _ in 0..50 {
+        if attached == expected {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+        attached = cgroup.attached_programs(&SOCKET_HOOKS);
+    }
+    assert_eq!(attached, expected, "{step}: socket programs on the cgroup");
+}
+
 fn uninstall(pin_path: &Path) {
     let out = Command::new(weir_binary())
         .args(["uninstall", "--pin-path"])
@@ -207,17 +224,21 @@ fn enforcement_and_connections_survive_kill_9_and_restart_and_uninstall_removes_
     let dir = TempDir::new("manifests");
     topology.write_manifests(dir.path());
     manifests::write_atomic(dir.path(), "policy.yaml", POLICY);
+    let tag = RunTag::random();
     let pins = PinFolder(PathBuf::from(format!(
         "/sys/fs/bpf/weir-test-{}",
-        RunTag::random().as_str()
+        tag.as_str()
     )));
+    let cgroup = Cgroup::new(&tag, "agent");
     let launch = Launch::Pinned {
         pin_path: pins.0.clone(),
+        cgroup: cgroup.path().to_path_buf(),
     };
 
     let mut agent = Agent::start_with(&topology, dir.path(), &launch);
     agent.wait_ready();
     expect_enforced(&topology, "first agent");
+    expect_socket_programs(&cgroup, 8, "first agent");
 
     let stop = Arc::new(AtomicBool::new(false));
     let exchanges = Arc::new(AtomicU64::new(0));
@@ -236,12 +257,18 @@ fn enforcement_and_connections_survive_kill_9_and_restart_and_uninstall_removes_
     );
     thread::sleep(Duration::from_millis(500));
     expect_enforced(&topology, "no agent (killed with SIGKILL)");
+    expect_socket_programs(&cgroup, 8, "no agent (killed with SIGKILL)");
 
     let before_restart = exchanges.load(Ordering::Relaxed);
     let mut agent = Agent::start_with(&topology, dir.path(), &launch);
     agent.wait_ready();
     thread::sleep(Duration::from_millis(500));
     expect_enforced(&topology, "second agent, adopting the pins");
+    expect_socket_programs(
+        &cgroup,
+        8,
+        "second agent, its links pinned over the first's",
+    );
 
     stop.store(true, Ordering::Relaxed);
     let talked = client.join().expect("client thread");
@@ -273,8 +300,10 @@ fn enforcement_and_connections_survive_kill_9_and_restart_and_uninstall_removes_
         !topology.probe("x/b", "x/a", 80, Proto::Tcp, Family::V4),
         "a stopped agent leaves enforcement in place"
     );
+    expect_socket_programs(&cgroup, 8, "a stopped agent");
     uninstall(&pins.0);
     assert!(!pins.0.exists(), "weir uninstall left {}", pins.0.display());
+    expect_socket_programs(&cgroup, 0, "after uninstall");
     // Unpinning releases a link from a kernel work queue: give it a moment (bounded).
     let open = (0..20).any(|_| {
         let ok = topology.probe("x/b", "x/a", 80, Proto::Tcp, Family::V4);

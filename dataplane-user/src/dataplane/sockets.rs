@@ -1,13 +1,17 @@
-//! The socket programs: attached to a cgroup (v2), they give the processes in it Service
-//! translation at `connect()`/`sendmsg()` time, and the frontend back at `recvmsg()` and
-//! `getpeername()`. The agent attaches them to the root cgroup, so every process of the node
-//! reaches `ClusterIP`s as pods do; tests attach them to a cgroup of their own.
+//! The socket programs: attached to a cgroup (v2), they give the processes in it and in its
+//! descendants Service translation at `connect()`/`sendmsg()` time, and the frontend back at
+//! `recvmsg()` and `getpeername()`. The agent attaches them to the root cgroup by default, so
+//! every process of the node reaches `ClusterIP`s as pods do; tests attach them to a cgroup of
+//! their own.
 //!
 //! A restart keeps them working: the new agent attaches its programs next to the pinned ones
 //! (both running for a moment is harmless: the second sees a backend, not a frontend) and
 //! then moves its own pins over the old ones, which detaches them.
 
+use std::ffi::CString;
 use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::FdLink;
@@ -16,21 +20,56 @@ use dataplane_abi::programs;
 
 use super::{Dataplane, DataplaneError, Held};
 
+/// `statfs(2)` magic of cgroup v2 (`CGROUP2_SUPER_MAGIC`).
+const CGROUP2_MAGIC: libc::c_long = 0x6367_7270;
+/// Where systemd's hybrid layout mounts cgroup v2, under the v1 hierarchies' tmpfs.
+const HYBRID_UNIFIED: &str = "unified";
+
 impl Dataplane {
-    /// Loads the socket programs and attaches them to the cgroup at `cgroup` (a cgroup v2
-    /// folder: `/sys/fs/cgroup` for every process of the node). With pins, the attachments
-    /// outlive the agent; without, they last as long as this value.
+    /// The cgroup v2 folder that `path` names for the socket programs: `path` itself when it
+    /// is one, else its `unified` folder on a host with systemd's hybrid v1/v2 layout (where
+    /// `/sys/fs/cgroup` is a tmpfs of v1 hierarchies and v2 sits at `/sys/fs/cgroup/unified`).
+    pub fn socket_cgroup(path: &Path) -> Result<PathBuf, DataplaneError> {
+        let cgroup_err = |path: &Path, source| DataplaneError::Cgroup {
+            path: path.to_path_buf(),
+            source,
+        };
+        if is_cgroup2(path).map_err(|e| cgroup_err(path, e))? {
+            return Ok(path.to_path_buf());
+        }
+        let unified = path.join(HYBRID_UNIFIED);
+        if is_cgroup2(&unified).unwrap_or(false) {
+            return Ok(unified);
+        }
+        Err(cgroup_err(
+            path,
+            not_cgroup2("not a cgroup v2 folder, nor the parent of one named `unified`"),
+        ))
+    }
+
+    /// Loads the socket programs and attaches them to the cgroup v2 folder `cgroup` (the
+    /// root of the hierarchy for every process of the node; see [`Self::socket_cgroup`]).
+    /// With pins, the attachments outlive the agent; without, they last as long as this value.
     pub fn attach_sockets(&mut self, cgroup: &Path) -> Result<(), DataplaneError> {
-        let file = File::open(cgroup).map_err(|source| DataplaneError::Cgroup {
+        let cgroup_err = |source| DataplaneError::Cgroup {
             path: cgroup.to_path_buf(),
             source,
-        })?;
+        };
+        // Checked here: the kernel's answer to a folder of another file system, or of a v1
+        // hierarchy, is a bare EBADF.
+        if !is_cgroup2(cgroup).map_err(cgroup_err)? {
+            return Err(cgroup_err(not_cgroup2("not a cgroup v2 folder")));
+        }
+        let file = File::open(cgroup).map_err(cgroup_err)?;
         for name in programs::SOCKETS {
             let prog = socket_program(&mut self.ebpf, name)?;
             prog.load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
+            // A link (what aya makes from Linux 5.7 on, and what a pin needs) always shares
+            // the cgroup with other programs; the kernel refuses any flag with it (EINVAL),
+            // and `Single` is the mode aya turns into none.
             let id = prog
-                .attach(&file, CgroupAttachMode::AllowMultiple)
+                .attach(&file, CgroupAttachMode::Single)
                 .map_err(|source| DataplaneError::Program { name, source })?;
             let Some(pins) = &self.pins else {
                 continue;
@@ -49,20 +88,42 @@ impl Dataplane {
         }
         Ok(())
     }
+
+    /// Detaches the socket programs an earlier agent pinned, when this one runs without them
+    /// (`weir run --no-socket-lb`): unpinned, their links go, and the node's processes are
+    /// no longer translated. Returns how many were removed.
+    pub fn detach_pinned_sockets(&mut self) -> Result<usize, DataplaneError> {
+        let mut removed = self.sockets.len();
+        for held in self.sockets.drain(..) {
+            held.detach();
+        }
+        let Some(pins) = &self.pins else {
+            return Ok(removed);
+        };
+        for name in programs::SOCKETS {
+            let path = pins.socket_link(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(DataplaneError::Pin { path, source }),
+            }
+        }
+        Ok(removed)
+    }
 }
 
 /// Pins `link` at `path`, atomically replacing (and so detaching) an earlier agent's link.
 fn replace_pin(link: FdLink, path: &Path) -> Result<FdLink, DataplaneError> {
+    // bpffs refuses names with a dot (EPERM): no `.new` extension.
+    let mut fresh = PathBuf::from(path).into_os_string();
+    fresh.push("-new");
+    let fresh = PathBuf::from(fresh);
     let pin_err = |source| DataplaneError::Pin {
-        path: path.to_path_buf(),
+        path: fresh.clone(),
         source,
     };
-    let mut fresh = PathBuf::from(path);
-    fresh.set_extension("new");
     let _ = std::fs::remove_file(&fresh);
-    let pinned = link
-        .pin(&fresh)
-        .map_err(|e| pin_err(std::io::Error::other(e)))?;
+    let pinned = link.pin(&fresh).map_err(|e| pin_err(io::Error::other(e)))?;
     std::fs::rename(&fresh, path).map_err(pin_err)?;
     Ok(pinned.into())
 }
@@ -77,4 +138,42 @@ fn socket_program<'a>(
     })?;
     prog.try_into()
         .map_err(|source| DataplaneError::Program { name, source })
+}
+
+fn not_cgroup2(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, why)
+}
+
+/// Whether `path` is a folder of a cgroup v2 hierarchy; a path that does not exist is not.
+fn is_cgroup2(path: &Path) -> io::Result<bool> {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return Ok(false);
+    };
+    // SAFETY: an all-zero statfs is a valid out-parameter.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: NUL-terminated path, valid out-parameter.
+    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } != 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::NotFound {
+            Ok(false)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(stat.f_type == CGROUP2_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_of_another_file_system_is_no_socket_cgroup() {
+        let err = Dataplane::socket_cgroup(Path::new("/proc")).unwrap_err();
+        assert!(
+            matches!(&err, DataplaneError::Cgroup { path, .. } if path == Path::new("/proc")),
+            "{err:?}"
+        );
+        assert!(!is_cgroup2(Path::new("/no/such/folder")).unwrap());
+    }
 }

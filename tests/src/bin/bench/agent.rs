@@ -967,6 +967,9 @@ impl<'t> AgentProcess<'t> {
             .arg(health.to_string())
             .arg("--poll-ms")
             .arg(poll_ms.to_string())
+            // `ip netns exec` gives it a fresh `/sys` without cgroups (and the machine's root
+            // cgroup is no place for a benchmark's programs).
+            .arg("--no-socket-lb")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
