@@ -39,6 +39,8 @@ pub struct Config {
     /// reach Services at the socket level; `None` turns the socket programs off, and
     /// detaches those an earlier agent pinned.
     pub socket_cgroup: Option<PathBuf>,
+    /// Forward the programs' per-packet debug logs (aya-log) to `tracing`.
+    pub ebpf_debug_log: bool,
 }
 
 /// What the agent reports on `/status`; shared between the sync loop and the HTTP server.
@@ -75,6 +77,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %anyhow::Error::new(err), "flow events unavailable");
     }
     attach_sockets(&mut dataplane, config.socket_cgroup.as_deref())?;
+    if config.ebpf_debug_log {
+        let log = dataplane
+            .enable_debug_log(crate::dataplane::TracingLog)
+            .context("opening the eBPF debug log")?;
+        tokio::spawn(forward_debug_log(log));
+    }
     tracing::info!(source = %config.source.describe(), health = %config.health_addr, "agent started");
 
     let mut source = config.source;
@@ -105,6 +113,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "agent stopping; pinned programs keep enforcing (weir uninstall removes them)"
     );
     Ok(())
+}
+
+/// Reads the programs' debug log whenever records wait, until the agent exits.
+async fn forward_debug_log(log: crate::dataplane::DebugLog) {
+    // SAFETY: the logger owns its ring's descriptor, never replaces it, and closes it only
+    // when dropped, which the `AsyncFd` does (as for the flow ring, `flows::ring`).
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(log, tokio::io::Interest::READABLE)
+    };
+    let mut log = match registered {
+        Ok(log) => log,
+        Err(err) => {
+            tracing::warn!(error = %err, "eBPF debug log unavailable");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut ready) = log.readable_mut().await else {
+            return;
+        };
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+    }
 }
 
 /// Attaches the socket programs to the cgroup `given` resolves to, or with none detaches

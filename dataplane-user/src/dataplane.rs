@@ -24,6 +24,7 @@ mod debug_log;
 mod observe;
 mod services;
 mod sockets;
+pub use debug_log::{DebugLog, TracingLog};
 pub use observe::{FlowEvents, FlowRing, MapReader};
 use services::ServiceDiff;
 

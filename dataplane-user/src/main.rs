@@ -57,6 +57,10 @@ enum Command {
         flow_events: cli::FlowEventArgs,
         #[command(flatten)]
         socket_lb: cli::SocketLbArgs,
+        /// Log every packet's outcome from the eBPF programs (aya-log, at debug level, target
+        /// `weir::ebpf`; see `RUST_LOG`). For debugging: it costs far more than the packet.
+        #[arg(long)]
+        ebpf_debug_log: bool,
     },
     /// Print the flows the agent saw: drops and new connections (as `hubble observe`).
     Flows(cli::FlowsArgs),
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
             pin_path,
             flow_events,
             socket_lb,
+            ebpf_debug_log,
         } => run(source, node_name, |source, node_name| agent::Config {
             source,
             health_addr,
@@ -137,6 +142,7 @@ fn main() -> ExitCode {
             flow_events: flow_events.events(),
             node_name,
             socket_cgroup: socket_lb.cgroup(),
+            ebpf_debug_log,
         }),
         Command::Flows(args) => cli::run(|| cli::flows(&args)),
         Command::Explain(args) => cli::run(|| cli::explain(&args)),

@@ -1009,3 +1009,49 @@ fn the_rate_limiter_caps_a_flood() {
             .all(|e| e.reason == DropReason::PolicyDenied as u32)
     );
 }
+
+/// Collects the programs' debug log records.
+#[derive(Clone, Default)]
+struct Collect(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Collect {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0
+            .lock()
+            .expect("log lock")
+            .push(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn debug_logs_are_off_until_enabled_then_name_each_outcome() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut dp = loaded(true);
+    let records = Collect::default();
+    let syn = tcp("10.0.0.2", 40100, "10.0.0.1", 81, SYN).frame();
+    dp.test_run(programs::TO_POD, &syn, 1).expect("test run");
+    let mut log = dp
+        .enable_debug_log(records.clone())
+        .expect("opening the debug log");
+    log.flush();
+    assert!(
+        records.0.lock().expect("log lock").is_empty(),
+        "no records before enabling"
+    );
+    dp.test_run(programs::TO_POD, &syn, 1).expect("test run");
+    log.flush();
+    let got = records.0.lock().expect("log lock").clone();
+    let denied = DropReason::PolicyDenied as u32;
+    assert_eq!(got.len(), 1, "one record per packet: {got:?}");
+    assert!(
+        got[0].contains("passed 0") && got[0].contains(&format!("reason {denied}")),
+        "the record names the drop and its reason: {got:?}"
+    );
+}

@@ -8,14 +8,18 @@ use dataplane_abi::config_flags;
 
 use super::{Dataplane, DataplaneError};
 
-/// Reads the programs' log records; poll it when its descriptor is readable (see
+/// Reads the programs' log records into `L`; poll it when its descriptor is readable (see
 /// [`EbpfLogger::flush`]). Dropping it closes the log ring.
-pub type DebugLog = EbpfLogger<TracingLog>;
+pub type DebugLog<L = TracingLog> = EbpfLogger<L>;
 
 impl Dataplane {
-    /// Turns the programs' per-packet debug logs on and returns their reader.
-    pub fn enable_debug_log(&mut self) -> Result<DebugLog, DataplaneError> {
-        let logger = EbpfLogger::init_with_logger(&mut self.ebpf, TracingLog)
+    /// Turns the programs' per-packet debug logs on and returns their reader, which hands
+    /// each record to `logger` (the agent's is [`TracingLog`]).
+    pub fn enable_debug_log<L: log::Log>(
+        &mut self,
+        logger: L,
+    ) -> Result<DebugLog<L>, DataplaneError> {
+        let logger = EbpfLogger::init_with_logger(&mut self.ebpf, logger)
             .map_err(|source| DataplaneError::DebugLog { source })?;
         self.config_flags |= config_flags::DEBUG_LOG;
         self.write_config()?;
