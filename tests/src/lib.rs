@@ -4,7 +4,8 @@
 //! - [`Topology`]: a node namespace and pods joined to it by veth pairs, as a CNI wires them,
 //!   with TCP and UDP echo servers in every pod and parallel probes between them;
 //! - [`Reachability`]: expected connectivity, compared with probes in upstream's format;
-//! - [`Agent`]: the `weir` binary running in the node namespace.
+//! - [`Agent`]: the `weir` binary running in the node namespace;
+//! - [`Traffic`]: lanes of timed probes that run on while a test changes the desired state.
 //!
 //! Nothing here touches the root network namespace (shared GUIDE, section 3). Guards delete
 //! what they made on every path a test can take, panics included; a process killed outright
@@ -26,9 +27,11 @@ mod netns;
 pub mod packet;
 mod probe;
 mod reachability;
+mod rng;
 mod servers;
 mod tempdir;
 mod topology;
+mod traffic;
 
 #[cfg(test)]
 mod selftest;
@@ -37,12 +40,14 @@ pub use agent::{Agent, Launch, Status, http_get, weir_binary};
 pub use netns::{Netns, RunTag, netns_path, reap_orphans};
 pub use probe::{CONNECT_TIMEOUT, Case, Family, Proto, REPLY_TIMEOUT};
 pub use reachability::{NODE, Peer, Reachability, TruthTable};
+pub use rng::Rng;
 pub use servers::PROBE_PORTS;
 pub use tempdir::TempDir;
 pub use topology::{
     Labels, NODE_IPV4, NODE_IPV6, Pod, PodSpec, Probe, Source, Topology, TopologyBuilder,
     upstream_model,
 };
+pub use traffic::{Lane, Outcome, Traffic};
 
 /// Whether the process runs as root, which every namespace test needs.
 pub fn is_root() -> bool {
