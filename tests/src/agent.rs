@@ -179,6 +179,13 @@ impl<'t> Agent<'t> {
     /// An error the agent keeps reporting for [`ERROR_GRACE`] ends the wait at once: the
     /// change was rejected, and waiting for the timeout would only hide why.
     pub fn wait_generation_after(&mut self, generation: u64) -> Status {
+        self.wait_generation_after_polling(generation, POLL_INTERVAL)
+    }
+
+    /// [`Agent::wait_generation_after`], asking `/status` every `interval`: a test that
+    /// times when a change took effect polls tightly, since the answer comes up to one
+    /// interval late.
+    pub fn wait_generation_after_polling(&mut self, generation: u64, interval: Duration) -> Status {
         let deadline = Instant::now() + GENERATION_TIMEOUT;
         let mut error_since: Option<Instant> = None;
         loop {
@@ -203,7 +210,7 @@ impl<'t> Agent<'t> {
                 status.raw,
                 self.log_tail()
             );
-            thread::sleep(POLL_INTERVAL);
+            thread::sleep(interval);
         }
     }
 
@@ -336,6 +343,17 @@ pub fn weir_binary() -> &'static Path {
     })
 }
 
+/// Variables cargo sets for the package whose test runs, not for the build it asks for.
+const PACKAGE_ENV_PREFIXES: [&str; 7] = [
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "OUT_DIR",
+];
+
 /// `cargo build -p dataplane-user --bin weir`, reading the binary's path from cargo's JSON
 /// messages (it follows `CARGO_TARGET_DIR` and build profiles without guessing).
 fn build_weir() -> PathBuf {
@@ -343,11 +361,19 @@ fn build_weir() -> PathBuf {
         .parent()
         .expect("the tests crate sits in the workspace");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // Cargo sets these for the test binary's own package. Inherited, they would make cargo
+    // rebuild the dependencies whose build scripts track them (ring reads `CARGO_PKG_NAME`
+    // and `CARGO_MANIFEST_LINKS` with `rerun-if-env-changed`), and `cargo test` rebuild
+    // them back next time.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if PACKAGE_ENV_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            command.env_remove(&*name);
+        }
+    }
+    let output = command
         .current_dir(workspace)
-        // Inherited from the test, it would make cargo rebuild dependencies a plain
-        // `cargo build` had built (their fingerprints include the environment).
-        .env_remove("CARGO_MANIFEST_DIR")
         .args(["build", "-p", "dataplane-user", "--bin", "weir"])
         .arg("--message-format=json-render-diagnostics")
         .stderr(Stdio::inherit())

@@ -7,6 +7,7 @@
 //! - [`Agent`]: the `weir` binary running in the node namespace;
 //! - [`Cgroup`]: a cgroup v2 of the test's own, for the socket programs and the processes
 //!   they should see.
+//! - [`Traffic`]: lanes of timed probes that run on while a test changes the desired state.
 //!
 //! Nothing here touches the root network namespace (shared GUIDE, section 3) nor attaches
 //! anything to a cgroup it did not create. Guards delete what they made on every path a test
@@ -30,9 +31,11 @@ mod netns;
 pub mod packet;
 mod probe;
 mod reachability;
+mod rng;
 mod servers;
 mod tempdir;
 mod topology;
+mod traffic;
 
 #[cfg(test)]
 mod selftest;
@@ -42,12 +45,14 @@ pub use cgroup::{Cgroup, SOCKET_HOOKS, cgroup2_root, reap_orphan_cgroups};
 pub use netns::{Netns, RunTag, netns_path, reap_orphans};
 pub use probe::{CONNECT_TIMEOUT, Case, Family, Proto, REPLY_TIMEOUT};
 pub use reachability::{NODE, Peer, Reachability, TruthTable};
+pub use rng::Rng;
 pub use servers::PROBE_PORTS;
 pub use tempdir::TempDir;
 pub use topology::{
     Labels, NODE_IPV4, NODE_IPV6, Pod, PodSpec, Probe, Source, Topology, TopologyBuilder,
     upstream_model,
 };
+pub use traffic::{Lane, Outcome, Traffic};
 
 /// Whether the process runs as root, which every namespace test needs.
 pub fn is_root() -> bool {

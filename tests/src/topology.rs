@@ -372,7 +372,7 @@ impl Topology {
         }
     }
 
-    fn source_netns(&self, source: &Source) -> &Netns {
+    pub(crate) fn source_netns(&self, source: &Source) -> &Netns {
         match source {
             Source::Node => &self.node,
             Source::Pod(id) => &self.pod(id).netns,
