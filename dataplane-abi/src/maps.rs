@@ -47,6 +47,8 @@ pub mod names {
     pub const SOURCE_RANGES: &str = "WEIR_LBSRC_V1";
     /// LRU hash of [`crate::SockNatKey`] to [`crate::SockNatValue`]; the socket programs own it.
     pub const SOCK_NAT: &str = "WEIR_SKNAT_V1";
+    /// The single [`crate::SockConfig`] entry.
+    pub const SOCK_CONFIG: &str = "WEIR_SOCK_V1";
 }
 
 /// Names of the programs in the eBPF object.

@@ -246,6 +246,17 @@ pub struct SockNatValue {
 }
 const _: () = assert!(size_of::<SockNatValue>() == 20);
 
+/// Value of the single entry of `WEIR_SOCK_V1`: which sockets the socket programs translate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockConfig {
+    /// Network namespace cookie (`SO_NETNS_COOKIE`) of the node's own processes. Sockets of
+    /// other namespaces (pods) are left to the pod's interface, where their Service traffic is
+    /// translated, judged and reported per packet; 0 (never set): none are translated.
+    pub node_netns_cookie: u64,
+}
+const _: () = assert!(size_of::<SockConfig>() == 8);
+
 /// Picks the Maglev slot of a flow: a hash of what stays the same for all packets of one
 /// connection seen from its client (address, port, protocol). Shared by the programs and the
 /// agent (`explain`, tests), so both name the same backend.
@@ -296,4 +307,5 @@ mod pod_impls {
     unsafe impl<const N: usize> aya::Pod for super::MaglevTable<N> {}
     unsafe impl aya::Pod for super::SockNatKey {}
     unsafe impl aya::Pod for super::SockNatValue {}
+    unsafe impl aya::Pod for super::SockConfig {}
 }

@@ -27,7 +27,7 @@ use aya_ebpf::{
 use dataplane_abi::{
     Addr, AffinityKey, AffinityValue, Backend, CidrInfo, Config, CtEntry, CtKey, Direction,
     DropReason, EndpointInfo, FragKey, FragPorts, MaglevTable, ObserveConfig, ObserveCounter,
-    PassReason, PolicyKey, PolicyValue, ServiceKey, ServiceValue, Slotted, SockNatKey,
+    PassReason, PolicyKey, PolicyValue, ServiceKey, ServiceValue, Slotted, SockConfig, SockNatKey,
     SockNatValue, SourceRangeKey, TokenBucket, capacity, maglev, slot_of,
 };
 
@@ -123,6 +123,9 @@ static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map(name = "WEIR_LBSRC_V1")]
 static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
     LpmTrie::with_max_entries(capacity::SOURCE_RANGES, NO_PREALLOC);
+
+#[map(name = "WEIR_SOCK_V1")]
+static SOCK_CONFIG: Array<SockConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "WEIR_SKNAT_V1")]
 static SOCK_NAT: LruHashMap<SockNatKey, SockNatValue> =

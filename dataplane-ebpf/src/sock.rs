@@ -3,16 +3,19 @@
 //! before any packet exists, so the node's packets need no translation at all; `recvmsg()` and
 //! `getpeername()` give the frontend back, so the application never sees the backend.
 //!
-//! The backend is chosen as for a pod's packet (affinity, then Maglev), with the socket's
-//! cookie as the hash; the node is one client for `ClientIP` affinity. A connection to a
+//! Only sockets of the node's own network namespace are translated: a pod's connection is
+//! translated at its interface, where policy judges it and flow events name its Service (and
+//! where `ClientIP` affinity sees the pod's address). The backend is chosen as for a pod's
+//! packet (affinity, then Maglev), with the socket's cookie as the hash; the node is one
+//! client for `ClientIP` affinity. A connection to a
 //! Service with no endpoint fails at once (`EPERM`), as kube-proxy's REJECT makes it fail.
 
-use aya_ebpf::helpers::bpf_get_socket_cookie;
+use aya_ebpf::helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie};
 use aya_ebpf::programs::SockAddrContext;
 use dataplane_abi::{Addr, SockNatKey, SockNatValue, proto, v4_mapped};
 
-use crate::SOCK_NAT;
 use crate::service;
+use crate::{SOCK_CONFIG, SOCK_NAT};
 
 /// Let the call go on (translated or not).
 pub const PROCEED: i32 = 1;
@@ -29,6 +32,9 @@ pub enum Family {
 /// `connect()` or `sendmsg()`: a frontend as destination becomes a backend.
 #[inline(always)]
 pub fn to_backend(ctx: &SockAddrContext, family: Family) -> i32 {
+    if !of_the_node(ctx) {
+        return PROCEED;
+    }
     // SAFETY: the context the kernel passed this program.
     let sa = unsafe { &mut *ctx.sock_addr };
     let l4_proto = match sa.protocol {
@@ -73,6 +79,9 @@ pub fn to_backend(ctx: &SockAddrContext, family: Family) -> i32 {
 /// `recvmsg()` or `getpeername()`: a backend as peer shows as the frontend the socket asked for.
 #[inline(always)]
 pub fn to_frontend(ctx: &SockAddrContext, family: Family) -> i32 {
+    if !of_the_node(ctx) {
+        return PROCEED;
+    }
     // SAFETY: the context the kernel passed this program.
     let sa = unsafe { &mut *ctx.sock_addr };
     // SAFETY: a helper taking this program's context.
@@ -89,6 +98,17 @@ pub fn to_frontend(ctx: &SockAddrContext, family: Family) -> i32 {
         sa.user_port = u32::from(frontend.port_h.to_be());
     }
     PROCEED
+}
+
+/// Whether the socket belongs to the node's own network namespace.
+#[inline(always)]
+fn of_the_node(ctx: &SockAddrContext) -> bool {
+    let Some(config) = SOCK_CONFIG.get(0) else {
+        return false;
+    };
+    // SAFETY: a helper taking this program's context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    config.node_netns_cookie != 0 && netns == config.node_netns_cookie
 }
 
 #[inline(always)]

@@ -154,12 +154,16 @@ fn attach_sockets(dataplane: &mut Dataplane, given: Option<&Path>) -> anyhow::Re
     let hint = "pass --cgroup with a cgroup v2 folder, or --no-socket-lb";
     let cgroup = Dataplane::socket_cgroup(given)
         .with_context(|| format!("finding the cgroup for the socket programs ({hint})"))?;
-    dataplane.attach_sockets(&cgroup).with_context(|| {
-        format!(
-            "attaching the socket programs to {} ({hint})",
-            cgroup.display()
-        )
-    })?;
+    // The agent runs in the node's network namespace: its own is the one to translate for.
+    let node_netns = crate::dataplane::netns_cookie().context("reading the node's netns cookie")?;
+    dataplane
+        .attach_sockets(&cgroup, node_netns)
+        .with_context(|| {
+            format!(
+                "attaching the socket programs to {} ({hint})",
+                cgroup.display()
+            )
+        })?;
     tracing::info!(cgroup = %cgroup.display(), "socket programs attached: its processes reach Services");
     Ok(())
 }

@@ -27,6 +27,7 @@ mod sockets;
 pub use debug_log::{DebugLog, TracingLog};
 pub use observe::{FlowEvents, FlowRing, MapReader};
 use services::ServiceDiff;
+pub use sockets::netns_cookie;
 
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));

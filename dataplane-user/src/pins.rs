@@ -29,7 +29,7 @@ const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 
 /// The maps pinned so that state, connections, Service balancing (tables, backends, client
 /// affinity) and counters survive the agent.
-pub const PINNED_MAPS: [&str; 16] = [
+pub const PINNED_MAPS: [&str; 17] = [
     names::ENDPOINTS,
     names::CIDRS,
     names::POLICY,
@@ -46,6 +46,7 @@ pub const PINNED_MAPS: [&str; 16] = [
     names::AFFINITY,
     names::SOURCE_RANGES,
     names::SOCK_NAT,
+    names::SOCK_CONFIG,
 ];
 
 /// Which program a pinned link holds.

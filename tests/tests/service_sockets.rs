@@ -104,8 +104,10 @@ fn node_processes_in_the_cgroup_reach_services_and_no_other_process_does() {
     let mut dataplane = Dataplane::load().expect("loading the eBPF object (verifier)");
     let maps = compile::compile(&state(), &NodeView::default()).expect("compiling");
     dataplane.sync_maps(&maps).expect("writing maps");
+    // The test's namespace plays the node: its processes are the ones translated.
+    let node_netns = netns.run(|| weir::dataplane::netns_cookie().expect("netns cookie"));
     dataplane
-        .attach_sockets(cgroup.path())
+        .attach_sockets(cgroup.path(), node_netns)
         .expect("attaching the socket programs to the test's cgroup");
     assert_eq!(cgroup.attached_programs(&SOCKET_HOOKS), 8, "one per hook");
 

@@ -11,12 +11,14 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd as _, FromRawFd as _};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
+use aya::maps::{Array, MapData};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
-use dataplane_abi::programs;
+use dataplane_abi::{SockConfig, names, programs};
 
 use super::{Dataplane, DataplaneError, Held};
 
@@ -50,11 +52,25 @@ impl Dataplane {
     /// Loads the socket programs and attaches them to the cgroup v2 folder `cgroup` (the
     /// root of the hierarchy for every process of the node; see [`Self::socket_cgroup`]).
     /// With pins, the attachments outlive the agent; without, they last as long as this value.
-    pub fn attach_sockets(&mut self, cgroup: &Path) -> Result<(), DataplaneError> {
+    ///
+    /// Only sockets of the network namespace with cookie `node_netns` are translated (see
+    /// [`netns_cookie`]): the node's own processes, not its pods'.
+    pub fn attach_sockets(&mut self, cgroup: &Path, node_netns: u64) -> Result<(), DataplaneError> {
         let cgroup_err = |source| DataplaneError::Cgroup {
             path: cgroup.to_path_buf(),
             source,
         };
+        let mut config: Array<&mut MapData, SockConfig> =
+            super::typed_map(&mut self.ebpf, names::SOCK_CONFIG, Array::try_from)?;
+        config
+            .set(
+                0,
+                SockConfig {
+                    node_netns_cookie: node_netns,
+                },
+                0,
+            )
+            .map_err(super::map_err(names::SOCK_CONFIG))?;
         // Checked here: the kernel's answer to a folder of another file system, or of a v1
         // hierarchy, is a bare EBADF.
         if !is_cgroup2(cgroup).map_err(cgroup_err)? {
@@ -110,6 +126,37 @@ impl Dataplane {
         }
         Ok(removed)
     }
+}
+
+/// The cookie (`SO_NETNS_COOKIE`, Linux 5.14) of the calling thread's network namespace.
+///
+/// # Errors
+///
+/// No socket could be made, or the kernel has no such option.
+pub fn netns_cookie() -> io::Result<u64> {
+    // SAFETY: plain socket(2); the descriptor is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<u64>()).unwrap_or(8);
+    // SAFETY: `cookie` is 8 writable bytes and `len` says so.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// Pins `link` at `path`, atomically replacing (and so detaching) an earlier agent's link.
