@@ -16,6 +16,7 @@
 //! | `svc/own`     | `pod: b1`       | 80                      | hairpin (b1 reaching itself)  |
 //! | `svc/named`   | `app: named`    | `web` / `web-udp`       | named targetPort              |
 //! | `svc/manual`  | (no selector)   | 80, hand-written slices | removal by `EndpointSlice` edit |
+//! | `svc/closed`  | `app: echo`     | 82, where nothing listens | a backend's refusal         |
 //!
 //! Only pods' traffic is translated here (at their interfaces); the node's own sockets are not
 //! part of these tests. Every probe has a timeout, every loop a bound; the namespaces are the
@@ -95,6 +96,11 @@ const MANUAL: Svc = Svc {
     name: "manual",
     v4: "10.99.100.15",
     v6: "fd99::100:15",
+};
+const CLOSED: Svc = Svc {
+    name: "closed",
+    v4: "10.99.100.16",
+    v6: "fd99::100:16",
 };
 
 impl Svc {
@@ -186,6 +192,7 @@ fn services_yaml() -> String {
             "",
         ),
         service_yaml(MANUAL, "", by_number, ""),
+        service_yaml(CLOSED, "  selector:\n    app: echo\n", ("82", "82"), ""),
     ]
     .join("---\n")
 }
@@ -747,6 +754,34 @@ fn a_service_without_endpoints_refuses_connections_at_once() {
         ));
     }
     wait_for_flows(&topology, &mut agent, &wanted);
+}
+
+/// A backend that refuses (no socket on the target port) is heard by the client as the
+/// Service refusing: its TCP reset, and its ICMP port unreachable for UDP, come back translated
+/// (the ICMP error's own source and the packet it quotes), so that the client's socket, which
+/// knows only the cluster IP, fails with `ECONNREFUSED` instead of waiting out a timeout.
+#[test]
+fn a_backends_refusal_reaches_the_client_as_the_services() {
+    testbed::require_root!();
+    let _slot = ONE_AGENT_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let topology = topology();
+    let dir = TempDir::new("manifests");
+    let _agent = start(&topology, &dir);
+    for (family, proto) in cases() {
+        for a in attempts(&topology, "cl/c1", CLOSED.addr(family), proto, 6) {
+            match &a.answer {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                other => panic!(
+                    "{family} {proto} from port {} to {} (backends closed on 82): expected \
+                     ECONNREFUSED, got {other:?}",
+                    a.port,
+                    CLOSED.id()
+                ),
+            }
+        }
+    }
 }
 
 /// Hairpin: `b1` reaches a Service that selects only itself, and a Service whose backends
