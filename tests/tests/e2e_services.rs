@@ -311,6 +311,28 @@ fn session(topology: &Topology, from: &str, dst: SocketAddr, proto: Proto) -> Se
         .unwrap_or_else(|(local, e)| panic!("{from} ({local}) → {dst} {proto}: {e}"))
 }
 
+/// A session from pod `from` to `svc` whose first answer came from a pod `wanted` accepts, and
+/// that pod; new sessions are opened until one does, at most `tries`.
+fn session_reaching(
+    topology: &Topology,
+    from: &str,
+    svc: Svc,
+    (family, proto): (Family, Proto),
+    tries: usize,
+    wanted: impl Fn(&str) -> bool,
+) -> Option<(Session, String)> {
+    for _ in 0..tries {
+        let mut s = session(topology, from, svc.addr(family), proto);
+        let answer = s
+            .ask()
+            .unwrap_or_else(|e| panic!("{family} {proto} from {from} to {}: {e}", svc.id()));
+        if wanted(&answer) {
+            return Some((s, answer));
+        }
+    }
+    None
+}
+
 /// How many answers each pod gave; panics on any failed attempt.
 fn answered_by(attempts: &[Attempt], what: &str) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -508,9 +530,16 @@ fn every_request_of_a_connection_reaches_one_backend() {
     }
 }
 
-/// `sessionAffinity: ClientIP`: every new connection of a client goes to the backend its first
-/// went to (per Service port and family), where the same client's connections to a Service
-/// without affinity go to several.
+/// `sessionAffinity: ClientIP`: once a client's connection has been answered, every new
+/// connection of that client goes to the same backend (per Service port and family), many at
+/// once included, where the same client's connections to a Service without affinity go to
+/// several. When that backend leaves the Service, the client's next connection picks another,
+/// and the rest follow it.
+///
+/// Connections that race the very first one (none answered yet) may each pick a backend, the
+/// last to record its pick winning: the dataplane checks and records a client's backend in two
+/// map operations, not one, as kube-proxy's `recent` match does in two rules. The client's
+/// first connection therefore goes alone here.
 #[test]
 fn client_ip_affinity_sends_every_connection_of_a_client_to_one_backend() {
     // Without affinity, 30 connections all land on one of 3 backends with probability
@@ -522,14 +551,19 @@ fn client_ip_affinity_sends_every_connection_of_a_client_to_one_backend() {
         .unwrap_or_else(PoisonError::into_inner);
     let topology = topology();
     let dir = TempDir::new("manifests");
-    let _agent = start(&topology, &dir);
+    let mut agent = start(&topology, &dir);
     for (family, proto) in cases() {
         for client in ["cl/c1", "cl/c2"] {
             let what = format!("{family} {proto} from {client} to {}", STICKY.id());
+            let affine = first_answer(&topology, client, STICKY, family, proto);
             let sticky = attempts(&topology, client, STICKY.addr(family), proto, CONNECTIONS);
             let counts = answered_by(&sticky, &what);
-            eprintln!("{what}: {counts:?}");
-            assert_eq!(counts.len(), 1, "{what}: reached {counts:?}");
+            eprintln!("{what}: first {affine}, then {counts:?}");
+            assert_eq!(
+                counts.keys().collect::<Vec<_>>(),
+                [&affine],
+                "{what}: the first connection reached {affine}, the next ones {counts:?}"
+            );
 
             let what = format!("{family} {proto} from {client} to {}", ECHO.id());
             let spread = attempts(&topology, client, ECHO.addr(family), proto, CONNECTIONS);
@@ -540,6 +574,52 @@ fn client_ip_affinity_sends_every_connection_of_a_client_to_one_backend() {
             );
         }
     }
+    affinity_moves_off_a_removed_backend(&topology, &mut agent, dir.path());
+}
+
+/// The pod that answered one new connection from `client` to `svc`.
+fn first_answer(
+    topology: &Topology,
+    client: &str,
+    svc: Svc,
+    family: Family,
+    proto: Proto,
+) -> String {
+    let what = format!("{family} {proto} from {client} to {}", svc.id());
+    let first = attempts(topology, client, svc.addr(family), proto, 1);
+    answered_by(&first, &what)
+        .into_keys()
+        .next()
+        .expect("one answer")
+}
+
+/// A client whose affine backend leaves the Service gets a new one, and sticks to it.
+fn affinity_moves_off_a_removed_backend(topology: &Topology, agent: &mut Agent<'_>, dir: &Path) {
+    const CONNECTIONS: usize = 30;
+    let (client, family, proto) = ("cl/c1", Family::V4, Proto::Tcp);
+    let what = format!("{family} {proto} from {client} to {}", STICKY.id());
+    let affine = first_answer(topology, client, STICKY, family, proto);
+    let generation = agent.status().generation;
+    let victim = affine
+        .strip_prefix(&format!("{NS}/"))
+        .expect("a backend of svc");
+    let labels = Labels::from([("pod".to_owned(), victim.to_owned())]);
+    topology.relabel(dir, &affine, &labels);
+    agent.wait_generation_after(generation);
+    let moved = first_answer(topology, client, STICKY, family, proto);
+    assert_ne!(
+        moved, affine,
+        "{what}: still sent to {affine}, which left the Service"
+    );
+    let after = attempts(topology, client, STICKY.addr(family), proto, CONNECTIONS);
+    let counts = answered_by(&after, &what);
+    eprintln!("{what}, after {affine} left: first {moved}, then {counts:?}");
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        [&moved],
+        "{what}, after {affine} left: the first connection reached {moved}, the next ones \
+         {counts:?}"
+    );
 }
 
 /// Backend removal by a label change: the pod no longer matches the selector.
@@ -631,16 +711,10 @@ fn backend_removal(topology: &Topology, svc: Svc, remove: impl FnOnce(&str)) {
         if (family, proto) == (Family::V4, Proto::Tcp) {
             continue;
         }
-        let mut found = None;
-        for _ in 0..TRIES {
-            let mut s = session(topology, CLIENT, svc.addr(family), proto);
-            let answer = s.ask().unwrap_or_else(|e| panic!("{family} {proto}: {e}"));
-            if answer == victim_id {
-                found = Some(s);
-                break;
-            }
-        }
-        let s = found.unwrap_or_else(|| {
+        let found = session_reaching(topology, CLIENT, svc, (family, proto), TRIES, |pod| {
+            pod == victim_id
+        });
+        let (s, _) = found.unwrap_or_else(|| {
             panic!(
                 "no {family} {proto} connection to {} reached {victim_id} in {TRIES} tries",
                 svc.id()
@@ -824,6 +898,18 @@ fn a_pod_reaches_a_service_that_selects_itself() {
             counts.contains_key(&b1),
             "{what}: never reached itself: {counts:?}"
         );
+
+        // Through a port translation (80 to its own 8080): n1 reaches itself with probability
+        // about 1/2 per connection.
+        let n1 = backend("n1");
+        let what = format!("{family} {proto} from {n1} to {}", NAMED.id());
+        let named = attempts(&topology, &n1, NAMED.addr(family), proto, 60);
+        let counts = answered_by(&named, &what);
+        eprintln!("{what}: {counts:?}");
+        assert!(
+            counts.contains_key(&n1),
+            "{what}: never reached itself: {counts:?}"
+        );
     }
 }
 
@@ -855,7 +941,8 @@ fn a_named_target_port_reaches_each_pod_on_its_own_number() {
 /// `b3` (an egress policy), and `b3` accepts only `c1` (an ingress policy): through
 /// `svc/echo`, `c1`'s connections that land on `b2` fail and `c2`'s that land on `b3` fail,
 /// every other one succeeds, and each failure is a `policy_denied` drop at the backend it was
-/// translated to, in the flows.
+/// translated to, in the flows. Connections open before the policies keep going or are cut
+/// as new ones would be.
 #[test]
 fn policy_judges_the_backend_a_connection_was_translated_to() {
     // Enough that the binomial range of the failures (see `binomial_range`) excludes zero: a
@@ -881,7 +968,9 @@ fn policy_judges_the_backend_a_connection_was_translated_to() {
          kubernetes.io/metadata.name: {CLIENTS}\n          podSelector:\n            matchLabels:\n              \
          pod: c1\n"
     );
+    let open = open_connections_across_a_policy_change(&topology);
     apply(&mut agent, dir.path(), "policies.yaml", &policies);
+    check_connections_across_a_policy_change(open);
     // (client, the backend its policy keeps it from, where the drop happens)
     let denied = [("cl/c1", "b2", "egress"), ("cl/c2", "b3", "ingress")];
     for (family, proto) in cases() {
@@ -940,6 +1029,77 @@ fn policy_judges_the_backend_a_connection_was_translated_to() {
                 })
                 .collect();
             wait_for_flows(&topology, &mut agent, &wanted);
+        }
+    }
+}
+
+/// Connections from `c1` through `svc/echo` open before the policies: per family and protocol,
+/// one that reached `b2` (which `c1`'s policy will deny) and one that reached another backend,
+/// each asking on a thread of its own, and the backend it reached.
+struct OpenAcrossPolicy {
+    case: (Family, Proto),
+    denied: (KeptOpen, String),
+    allowed: (KeptOpen, String),
+}
+
+fn open_connections_across_a_policy_change(topology: &Topology) -> Vec<OpenAcrossPolicy> {
+    // Each new connection reaches b2 with probability about 1/3: 60 tries all miss with
+    // probability (2/3)^60, about 10⁻¹¹ (and the others about 10⁻²⁸).
+    const TRIES: usize = 60;
+    let b2 = backend("b2");
+    cases()
+        .into_iter()
+        .map(|case| {
+            let reaching = |wanted: &dyn Fn(&str) -> bool, what: &str| {
+                let (s, pod) = session_reaching(topology, "cl/c1", ECHO, case, TRIES, wanted)
+                    .unwrap_or_else(|| panic!("{case:?}: no connection reached {what}"));
+                (KeptOpen::start(s), pod)
+            };
+            OpenAcrossPolicy {
+                case,
+                denied: reaching(&|pod| pod == b2, "b2"),
+                allowed: reaching(&|pod| pod != b2, "b1 or b3"),
+            }
+        })
+        .collect()
+}
+
+/// A policy change cuts the open connections it now denies, within a packet, and leaves the
+/// others alone (README: "Established connections when policy changes").
+fn check_connections_across_a_policy_change(open: Vec<OpenAcrossPolicy>) {
+    for OpenAcrossPolicy {
+        case: (family, proto),
+        denied: (denied, denied_pod),
+        allowed: (allowed, allowed_pod),
+    } in open
+    {
+        let what = format!(
+            "{family} {proto} connection from cl/c1 through {}",
+            ECHO.id()
+        );
+        let (mut s, answers) = allowed.stop();
+        let last = s.ask();
+        let wrong: Vec<&io::Result<String>> = answers
+            .iter()
+            .chain([&last])
+            .filter(|a| !matches!(a, Ok(pod) if *pod == allowed_pod))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{what} to {allowed_pod}, which the policies allow: answers other than \
+             {allowed_pod} across the change: {wrong:?}"
+        );
+        let (mut s, answers) = denied.stop();
+        match s.ask() {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!(
+                "{what} to {denied_pod}, which the policies now deny: expected no answer, got \
+                 {other:?} (answers before: {answers:?})"
+            ),
         }
     }
 }
