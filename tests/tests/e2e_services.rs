@@ -8,15 +8,15 @@
 //! The Services (`ports`: `tcp` TCP 80, `udp` UDP 80; cluster IPs in 10.99.100.0/24 and
 //! `fd99::100:0/112`, inside the test range that only these namespaces use):
 //!
-//! | Service       | selects         | targetPort              | what it is for                |
-//! |---------------|-----------------|-------------------------|-------------------------------|
-//! | `svc/echo`    | `app: echo`     | 80                      | spread, stickiness, removal, policy |
-//! | `svc/sticky`  | `app: echo`     | 80                      | `sessionAffinity: ClientIP`   |
-//! | `svc/empty`   | nothing         | 80                      | no endpoints: rejected        |
-//! | `svc/own`     | `pod: b1`       | 80                      | hairpin (b1 reaching itself)  |
-//! | `svc/named`   | `app: named`    | `web` / `web-udp`       | named targetPort              |
-//! | `svc/manual`  | (no selector)   | 80, hand-written slices | removal by `EndpointSlice` edit |
-//! | `svc/closed`  | `app: echo`     | 82, where nothing listens | a backend's refusal         |
+//! | Service      | selects       | targetPort                 | what it is for                      |
+//! |--------------|---------------|----------------------------|-------------------------------------|
+//! | `svc/echo`   | `app: echo`   | 80                         | spread, stickiness, removal, policy |
+//! | `svc/sticky` | `app: echo`   | 80                         | `sessionAffinity: ClientIP`         |
+//! | `svc/empty`  | nothing       | 80                         | no endpoints: rejected              |
+//! | `svc/own`    | `pod: b1`     | 80                         | hairpin (b1 reaching itself)        |
+//! | `svc/named`  | `app: named`  | `web` / `web-udp`          | named targetPort, hairpin with it   |
+//! | `svc/manual` | (no selector) | 80, hand-written slices    | removal by `EndpointSlice` edit     |
+//! | `svc/closed` | `app: echo`   | 82, where nothing listens  | a backend's refusal                 |
 //!
 //! Only pods' traffic is translated here (at their interfaces); the node's own sockets are not
 //! part of these tests. Every probe has a timeout, every loop a bound; the namespaces are the
@@ -661,7 +661,7 @@ fn a_backend_removed_from_an_endpoint_slice_keeps_its_tcp_connections() {
 /// A connection kept open, asking every [`KEEPALIVE_INTERVAL`] on a thread of its own.
 struct KeptOpen {
     stop: Arc<AtomicBool>,
-    thread: thread::JoinHandle<(Session, Vec<io::Result<String>>)>,
+    thread: Option<thread::JoinHandle<(Session, Vec<io::Result<String>>)>>,
 }
 
 impl KeptOpen {
@@ -678,12 +678,28 @@ impl KeptOpen {
             }
             (session, answers)
         });
-        Self { stop, thread }
+        Self {
+            stop,
+            thread: Some(thread),
+        }
     }
 
-    fn stop(self) -> (Session, Vec<io::Result<String>>) {
+    /// Stops asking; the session and every answer it got.
+    fn stop(mut self) -> (Session, Vec<io::Result<String>>) {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("the keep-alive thread panicked")
+        self.thread
+            .take()
+            .expect("stopped once")
+            .join()
+            .expect("the keep-alive thread panicked")
+    }
+}
+
+impl Drop for KeptOpen {
+    /// A test that fails with connections open stops their threads too (within one interval,
+    /// without waiting for them).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
