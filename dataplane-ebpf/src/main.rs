@@ -275,8 +275,12 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
         return wire_peer.trusted.ok_or(unknown);
     }
 
-    // An error about a tracked connection passes; any other is judged as ICMP itself.
-    if pkt.is_icmp_error && conntrack::lookup(&Flow::of_icmp_error(pkt, dir).key).is_some() {
+    // An error about a tracked connection passes (translated, when it is about a Service
+    // connection); any other is judged as ICMP itself.
+    if pkt.is_icmp_error
+        && let Some(tracked) = conntrack::lookup(&Flow::of_icmp_error(pkt, dir).key)
+    {
+        translate_icmp_error(ctx, pkt, dir, &tracked)?;
         return Ok(PassReason::Established);
     }
 
@@ -362,6 +366,33 @@ fn hairpin(
         conntrack::create_hairpin(&client, client_port_h, pkt.proto, pkt.tcp_flags, epoch, nat);
     }
     Ok(PassReason::SelfTraffic)
+}
+
+/// An ICMP error about a Service connection, made to read as about the connection each end
+/// knows: sent to the client about its packet to the backend, it becomes about its packet to the
+/// frontend (and comes from the frontend when the backend sent it); sent by the client about the
+/// reply it received from the frontend, it becomes about the backend's reply, and goes to the
+/// backend. So a backend's port unreachable fails the client's socket, and a client's reaches
+/// the backend. A hairpin connection's errors pass as they are.
+#[inline(always)]
+fn translate_icmp_error(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    dir: Direction,
+    tracked: &conntrack::Tracked,
+) -> Result<(), DropReason> {
+    if tracked.is_hairpin() {
+        return Ok(());
+    }
+    let entry = tracked.entry();
+    let (addr, port_h) = (entry.nat_addr, entry.nat_port_h);
+    if tracked.is_rev_nat() && dir != tracked.origin {
+        nat::rewrite_icmp_error(ctx, pkt, End::Destination, &addr, port_h)
+    } else if tracked.is_service() && dir == Direction::Egress {
+        nat::rewrite_icmp_error(ctx, pkt, End::Source, &addr, port_h)
+    } else {
+        Ok(())
+    }
 }
 
 /// Judges a packet as it now is on the wire (translated, for a client's packet to a

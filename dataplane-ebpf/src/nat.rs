@@ -7,6 +7,10 @@
 //! senders right). SCTP's `CRC32c` covers no addresses; its ports are rewritten without a checksum
 //! update, which is right for packets whose CRC is left to offload (every local sender on a
 //! veth) and is the limit of translating SCTP ports at packet level.
+//!
+//! An ICMP error about a translated connection is rewritten too ([`rewrite_icmp_error`]): the
+//! packet it quotes, and its own address where that is the translated one, so that the error
+//! reaches the socket that knows the other address (the client's, connected to the frontend).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -63,6 +67,75 @@ pub fn rewrite(
         }
     }
     Ok(())
+}
+
+/// Rewrites an ICMP error (`pkt.is_icmp_error`) about a translated connection: `quoted` end
+/// of the packet it quotes becomes `addr`:`port_h`, and the error's own opposite end (its
+/// source when the quoted destination changes, and the other way round) too when it was that
+/// same address: the backend that sends the error, or the frontend the client's error is
+/// addressed to. An error from a router on the way keeps the router's address.
+///
+/// Checksums: a quoted IPv4 header's own checksum absorbs its address change, and so leaves the
+/// ICMP checksum (which covers it) unchanged; the `ICMPv6` checksum covers the quoted addresses
+/// and, through its pseudo-header, the outer ones; both cover the quoted port. The quoted
+/// datagram's L4 checksum is left as it is: receivers never verify it (the quote is often cut
+/// short of the datagram it covers; Linux matches the error to a socket by addresses and ports
+/// alone).
+#[inline(always)]
+pub fn rewrite_icmp_error(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    quoted: End,
+    addr: &Addr,
+    port_h: u16,
+) -> Result<(), DropReason> {
+    let inner = &pkt.embedded;
+    let (old_addr, old_port_h, addr_field, port_field) = match quoted {
+        End::Source => (inner.src, inner.src_port_h, 0, 0),
+        End::Destination => (inner.dst, inner.dst_port_h, 1, 2),
+    };
+    let icmp_checksum = Checksum {
+        offset: pkt.l4_off as usize + 2,
+        flags: 0,
+    };
+    let ip_off = inner.ip_off as usize;
+    let l4_off = inner.l4_off as usize;
+    if pkt.ipv6 {
+        fold_v6_addr(ctx, &old_addr, addr, icmp_checksum)?;
+        ctx.store(ip_off + 8 + 16 * addr_field, addr, 0)
+            .map_err(|_| DropReason::NatFailed)?;
+    } else {
+        let (from, to) = (v4_word(&old_addr), v4_word(addr));
+        ctx.l3_csum_replace(ip_off + 10, u64::from(from), u64::from(to), 4)
+            .map_err(|_| DropReason::NatFailed)?;
+        ctx.store(ip_off + 12 + 4 * addr_field, &to, 0)
+            .map_err(|_| DropReason::NatFailed)?;
+    }
+    if old_port_h != port_h {
+        let (from, to) = (old_port_h.to_be(), port_h.to_be());
+        ctx.l4_csum_replace(icmp_checksum.offset, u64::from(from), u64::from(to), 2)
+            .map_err(|_| DropReason::NatFailed)?;
+        ctx.store(l4_off + port_field, &to, 0)
+            .map_err(|_| DropReason::NatFailed)?;
+    }
+    let inner = &mut pkt.embedded;
+    match quoted {
+        End::Source => (inner.src, inner.src_port_h) = (*addr, port_h),
+        End::Destination => (inner.dst, inner.dst_port_h) = (*addr, port_h),
+    }
+    let (outer, outer_addr) = match quoted {
+        End::Source => (End::Destination, &mut pkt.dst),
+        End::Destination => (End::Source, &mut pkt.src),
+    };
+    if *outer_addr != old_addr {
+        return Ok(());
+    }
+    *outer_addr = *addr;
+    if pkt.ipv6 {
+        rewrite_v6_addr(ctx, outer, &old_addr, addr, Some(icmp_checksum))
+    } else {
+        rewrite_v4_addr(ctx, outer, &old_addr, addr, None)
+    }
 }
 
 /// Where the L4 checksum is and the flags its updates need; `None` when there is none to
@@ -126,24 +199,39 @@ fn rewrite_v6_addr(
     checksum: Option<Checksum>,
 ) -> Result<(), DropReason> {
     if let Some(c) = checksum {
-        let mut from = *old;
-        let mut to = *new;
-        // SAFETY: both buffers are 16 bytes on this program's stack, as the sizes say.
-        let diff =
-            unsafe { bpf_csum_diff(from.as_mut_ptr().cast(), 16, to.as_mut_ptr().cast(), 16, 0) };
-        if diff < 0 {
-            return Err(DropReason::NatFailed);
-        }
-        #[expect(clippy::cast_sign_loss, reason = "checked non-negative just above")]
-        let diff = diff as u64;
-        ctx.l4_csum_replace(c.offset, 0, diff, c.flags | u64::from(BPF_F_PSEUDO_HDR))
-            .map_err(|_| DropReason::NatFailed)?;
+        let pseudo = Checksum {
+            offset: c.offset,
+            flags: c.flags | u64::from(BPF_F_PSEUDO_HDR),
+        };
+        fold_v6_addr(ctx, old, new, pseudo)?;
     }
     let offset = match end {
         End::Source => IPV6_SRC,
         End::Destination => IPV6_DST,
     };
     ctx.store(offset, new, 0).map_err(|_| DropReason::NatFailed)
+}
+
+/// Folds the change of an IPv6 address from `old` to `new` into `checksum`.
+#[inline(always)]
+fn fold_v6_addr(
+    ctx: &TcContext,
+    old: &Addr,
+    new: &Addr,
+    checksum: Checksum,
+) -> Result<(), DropReason> {
+    let mut from = *old;
+    let mut to = *new;
+    // SAFETY: both buffers are 16 bytes on this program's stack, as the sizes say.
+    let diff =
+        unsafe { bpf_csum_diff(from.as_mut_ptr().cast(), 16, to.as_mut_ptr().cast(), 16, 0) };
+    if diff < 0 {
+        return Err(DropReason::NatFailed);
+    }
+    #[expect(clippy::cast_sign_loss, reason = "checked non-negative just above")]
+    let diff = diff as u64;
+    ctx.l4_csum_replace(checksum.offset, 0, diff, checksum.flags)
+        .map_err(|_| DropReason::NatFailed)
 }
 
 #[inline(always)]

@@ -62,7 +62,7 @@ impl Fragment {
     }
 }
 
-/// The addresses and ports of an ICMP error's embedded packet.
+/// The addresses and ports of an ICMP error's embedded packet, and where its headers are.
 #[derive(Clone, Copy, Default)]
 pub struct Embedded {
     pub src: Addr,
@@ -70,6 +70,10 @@ pub struct Embedded {
     pub proto: u8,
     pub src_port_h: u16,
     pub dst_port_h: u16,
+    /// Offset of its IP header.
+    pub ip_off: u32,
+    /// Offset of its L4 header.
+    pub l4_off: u32,
 }
 
 /// What the rest of the path needs to know about an IP packet. Lives in a per-CPU scratch
@@ -312,6 +316,15 @@ fn parse_icmp(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), DropR
             ipv4_header(ctx, inner, &mut pkt.embedded)?
         };
         embedded_ports(ctx, inner_l4, &mut pkt.embedded)?;
+        // Both within the first 64 KiB, as the outer headers are: the casts cannot truncate.
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "bounded by the header walk"
+        )]
+        {
+            pkt.embedded.ip_off = inner as u32;
+            pkt.embedded.l4_off = inner_l4 as u32;
+        }
         pkt.is_icmp_error = true;
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! Names for what the dataplane reports as numbers: interfaces, addresses, policy and rule
-//! indexes. Built from one generation's desired state and compiled maps, so that a flow event
+//! indexes, Service ids. Built from one generation's desired state and compiled maps, so that a flow event
 //! or an `explain` answer reads `x/a-policy spec.ingress[1]` rather than `policy 0 rule 1`.
 //!
 //! Policy indexes are those of the generation the catalog was built from: an event sent just
@@ -42,6 +42,8 @@ pub struct Catalog {
     host_addrs: Vec<IpAddr>,
     local: BTreeMap<u32, LocalEntry>,
     policies: Vec<PolicyName>,
+    /// `namespace/name` of each Service, by its id in the Service maps.
+    services: HashMap<u32, Arc<str>>,
 }
 
 /// Why a packet got its verdict, in words and names.
@@ -114,12 +116,18 @@ impl Catalog {
                 origin: p.origin.to_string(),
             })
             .collect();
+        let services = maps
+            .service_ids
+            .services()
+            .map(|(id, name)| (id, name.into()))
+            .collect();
         Self {
             pods_by_addr,
             addrs_by_pod,
             host_addrs,
             local,
             policies,
+            services,
         }
     }
 
@@ -139,6 +147,11 @@ impl Catalog {
     /// Addresses of pod `namespace/name`.
     pub fn addresses(&self, pod: &str) -> Option<&[IpAddr]> {
         self.addrs_by_pod.get(pod).map(Vec::as_slice)
+    }
+
+    /// `namespace/name` of the Service with id `id` (`ServiceValue::service`).
+    pub fn service(&self, id: u32) -> Option<&str> {
+        self.services.get(&id).map(|name| &**name)
     }
 
     /// Policy number `index`.

@@ -43,10 +43,10 @@ mod selftest;
 pub use agent::{Agent, Launch, Status, http_get, weir_binary};
 pub use cgroup::{Cgroup, SOCKET_HOOKS, cgroup2_root, reap_orphan_cgroups};
 pub use netns::{Netns, RunTag, netns_path, reap_orphans};
-pub use probe::{CONNECT_TIMEOUT, Case, Family, Proto, REPLY_TIMEOUT};
+pub use probe::{CONNECT_TIMEOUT, Case, Family, Proto, REPLY_TIMEOUT, Session, request};
 pub use reachability::{NODE, Peer, Reachability, TruthTable};
 pub use rng::Rng;
-pub use servers::PROBE_PORTS;
+pub use servers::{NAME_MARK, PROBE_PORTS};
 pub use tempdir::TempDir;
 pub use topology::{
     Labels, NODE_IPV4, NODE_IPV6, Pod, PodSpec, Probe, Source, Topology, TopologyBuilder,

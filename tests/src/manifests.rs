@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crate::probe::Proto;
-use crate::servers::PROBE_PORTS;
 use crate::topology::{Labels, Pod, PodSpec};
 
 /// Image of the upstream e2e probe pods; never pulled here, a pod spec needs one.
@@ -66,8 +65,9 @@ pub fn namespace_yaml(name: &str, labels: &Labels) -> String {
     )
 }
 
-/// A running `v1` Pod with its addresses in `status.podIPs` and a named container port
-/// `serve-<port>-<proto>` for every port the probe servers answer.
+/// A running `v1` Pod with its addresses in `status.podIPs` and a named container port for
+/// every port and protocol its probe servers answer (`serve-<port>-<proto>` unless the spec
+/// names it otherwise).
 pub fn pod_yaml(spec: &PodSpec, ips: &[IpAddr]) -> String {
     let mut yaml = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:{}\n\
@@ -77,11 +77,12 @@ pub fn pod_yaml(spec: &PodSpec, ips: &[IpAddr]) -> String {
         labels_yaml(&spec.labels, "    ")
     );
     for proto in Proto::ALL {
-        for port in PROBE_PORTS {
-            let lower = proto.lowercase();
+        for &port in &spec.ports {
+            let name = spec.container_port_name(port, proto);
             writeln!(
                 yaml,
-                "        - name: serve-{port}-{lower}\n          containerPort: {port}\n          protocol: {proto}"
+                "        - name: {}\n          containerPort: {port}\n          protocol: {proto}",
+                quote(&name)
             )
             .expect("writing to a String");
         }
@@ -130,8 +131,8 @@ mod tests {
         );
         for expected in [
             "  name: \"a\"\n  namespace: \"x\"\n  labels:\n    \"pod\": \"a\"\n",
-            "        - name: serve-81-tcp\n          containerPort: 81\n          protocol: TCP\n",
-            "        - name: serve-80-udp\n          containerPort: 80\n          protocol: UDP\n",
+            "        - name: \"serve-81-tcp\"\n          containerPort: 81\n          protocol: TCP\n",
+            "        - name: \"serve-80-udp\"\n          containerPort: 80\n          protocol: UDP\n",
             "  podIP: \"10.99.0.1\"\n  podIPs:\n    - ip: \"10.99.0.1\"\n    - ip: \"fd99::1\"\n",
         ] {
             assert!(yaml.contains(expected), "missing {expected:?} in\n{yaml}");

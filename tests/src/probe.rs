@@ -1,13 +1,19 @@
 //! Probes: one TCP request/reply or one UDP echo, with bounded timeouts.
 //!
 //! A probe runs on a thread that is already inside the source namespace (see
-//! `Topology::probe_all`), so the sockets here are created where the traffic starts.
+//! `Topology::probe_all`), so the sockets here are created where the traffic starts. Every
+//! answer names the pod that gave it (see `servers`): [`request`] and [`Session::ask`]
+//! return that name, [`send`] only whether the echo came back.
 
 use std::fmt;
-use std::io::{Read as _, Write as _};
-use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::io::{self, Read as _, Write as _};
+use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::servers::NAME_MARK;
 
 /// Time allowed for the TCP handshake. A dropped SYN is retransmitted only after 1 s, so a
 /// connection that has not completed by then is not going to.
@@ -99,10 +105,19 @@ impl fmt::Display for Case {
 /// Sends one request to `dst` from the calling thread's namespace; true when the echo came
 /// back intact within the timeouts.
 pub fn send(dst: SocketAddr, proto: Proto) -> bool {
+    request(dst, proto).is_ok()
+}
+
+/// Sends one request to `dst` from the calling thread's namespace, on a socket of its own
+/// (a new connection, a new flow), and returns the id (`namespace/name`) of the pod that
+/// answered. A refused connection or port (TCP reset, ICMP unreachable) is
+/// `ConnectionRefused`; silence is `TimedOut` or `WouldBlock`; an answer that is not this
+/// request's echo is `InvalidData`.
+pub fn request(dst: SocketAddr, proto: Proto) -> io::Result<String> {
     let token = unique_token(dst, proto);
     match proto {
-        Proto::Tcp => tcp_exchange(dst, token.as_bytes()),
-        Proto::Udp => udp_exchange(dst, token.as_bytes()),
+        Proto::Tcp => tcp_exchange(dst, &token),
+        Proto::Udp => udp_exchange(dst, &token),
     }
 }
 
@@ -114,38 +129,151 @@ fn unique_token(dst: SocketAddr, proto: Proto) -> String {
     format!("weir-probe {n} {proto} {dst}")
 }
 
-fn tcp_exchange(dst: SocketAddr, token: &[u8]) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&dst, CONNECT_TIMEOUT) else {
-        return false;
-    };
-    let sent = stream.set_read_timeout(Some(REPLY_TIMEOUT)).is_ok()
-        && stream.set_write_timeout(Some(REPLY_TIMEOUT)).is_ok()
-        && stream.write_all(token).is_ok()
-        // Half-close so that the server sees the end of the request and closes after the echo.
-        && stream.shutdown(Shutdown::Write).is_ok();
-    if !sent {
-        return false;
-    }
-    let mut reply = Vec::with_capacity(token.len());
-    let limit = u64::try_from(token.len() + 1).expect("small token");
-    stream.take(limit).read_to_end(&mut reply).is_ok() && reply == token
+/// The longest answer a server gives to `token`: the echo, the mark, a pod id (a namespace
+/// and a name of at most 253 bytes each, and the slash) and the newline.
+fn answer_limit(token: &str) -> usize {
+    token.len() + NAME_MARK.len_utf8() + 253 + 1 + 253 + 1
 }
 
-fn udp_exchange(dst: SocketAddr, token: &[u8]) -> bool {
-    let any: SocketAddr = match dst {
-        SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
-        SocketAddr::V6(_) => "[::]:0".parse().expect("literal"),
+/// The pod that signed `answer`, when `answer` is the echo of `token` (see `servers`).
+fn signer(answer: &[u8], token: &str) -> io::Result<String> {
+    let invalid = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "answer {:?} to {token:?} is not its echo and a pod's name",
+                String::from_utf8_lossy(answer)
+            ),
+        )
     };
-    let Ok(socket) = UdpSocket::bind(any) else {
-        return false;
-    };
+    let text = std::str::from_utf8(answer).map_err(|_| invalid())?;
+    text.strip_prefix(token)
+        .and_then(|rest| rest.strip_prefix(NAME_MARK))
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .filter(|name| !name.is_empty() && !name.contains('\n'))
+        .map(str::to_owned)
+        .ok_or_else(invalid)
+}
+
+fn tcp_exchange(dst: SocketAddr, token: &str) -> io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&dst, CONNECT_TIMEOUT)?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+    stream.write_all(token.as_bytes())?;
+    // Half-close so that the server sees the end of the request and closes after the echo.
+    stream.shutdown(Shutdown::Write)?;
+    let mut reply = Vec::new();
+    let limit = u64::try_from(answer_limit(token) + 1).expect("small token");
+    stream.take(limit).read_to_end(&mut reply)?;
+    signer(&reply, token)
+}
+
+fn udp_exchange(dst: SocketAddr, token: &str) -> io::Result<String> {
+    let socket = UdpSocket::bind(unspecified(dst))?;
     // Connected, so that an ICMP port unreachable ends the wait at once instead of timing out.
-    if socket.connect(dst).is_err()
-        || socket.set_read_timeout(Some(REPLY_TIMEOUT)).is_err()
-        || socket.send(token).is_err()
-    {
-        return false;
+    socket.connect(dst)?;
+    socket.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    socket.send(token.as_bytes())?;
+    let mut buf = vec![0u8; answer_limit(token) + 1];
+    let len = socket.recv(&mut buf)?;
+    signer(&buf[..len], token)
+}
+
+/// The wildcard address of `dst`'s family, port 0: bind there for an ephemeral port.
+fn unspecified(dst: SocketAddr) -> SocketAddr {
+    match dst {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     }
-    let mut buf = vec![0u8; token.len() + 1];
-    matches!(socket.recv(&mut buf), Ok(len) if buf[..len] == *token)
+}
+
+/// One client socket used for many requests: a TCP connection, or a connected UDP socket
+/// (one flow, since its ports never change). Requests go one at a time, each waiting for its
+/// answer, so that every answer says where that very request went.
+#[derive(Debug)]
+pub struct Session {
+    socket: Socket,
+    proto: Proto,
+    local: SocketAddr,
+    dst: SocketAddr,
+}
+
+impl Session {
+    /// Opens a session to `dst` from the calling thread's namespace: binds an ephemeral port,
+    /// then connects (TCP within [`CONNECT_TIMEOUT`]). A failed connect still names the port
+    /// it was made from, so that what the dataplane reported about it can be found.
+    pub fn open(dst: SocketAddr, proto: Proto) -> Result<Self, (SocketAddr, io::Error)> {
+        let (ty, protocol) = match proto {
+            Proto::Tcp => (Type::STREAM, Protocol::TCP),
+            Proto::Udp => (Type::DGRAM, Protocol::UDP),
+        };
+        let socket = Socket::new(Domain::for_address(dst), ty, Some(protocol))
+            .and_then(|s| s.bind(&unspecified(dst).into()).map(|()| s))
+            .map_err(|e| (unspecified(dst), e))?;
+        let local = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or_else(|| unspecified(dst));
+        let connected = match proto {
+            Proto::Tcp => socket.connect_timeout(&dst.into(), CONNECT_TIMEOUT),
+            Proto::Udp => socket.connect(&dst.into()),
+        };
+        connected
+            .and_then(|()| socket.set_read_timeout(Some(REPLY_TIMEOUT)))
+            .and_then(|()| socket.set_write_timeout(Some(REPLY_TIMEOUT)))
+            .map_err(|e| (local, e))?;
+        Ok(Self {
+            socket,
+            proto,
+            local,
+            dst,
+        })
+    }
+
+    /// The client's own address and port.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Sends one request and returns the id of the pod that answered it; errors as
+    /// [`request`]'s.
+    pub fn ask(&mut self) -> io::Result<String> {
+        let token = unique_token(self.dst, self.proto);
+        let sent = self.socket.send(token.as_bytes())?;
+        if sent != token.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "request cut short",
+            ));
+        }
+        let limit = answer_limit(&token);
+        let answer = match self.proto {
+            Proto::Udp => {
+                let mut buf = vec![0u8; limit + 1];
+                let len = (&self.socket).read(&mut buf)?;
+                buf.truncate(len);
+                buf
+            }
+            Proto::Tcp => self.read_line(limit)?,
+        };
+        signer(&answer, &token)
+    }
+
+    /// Reads a stream up to and including a newline, at most `limit` bytes.
+    fn read_line(&self, limit: usize) -> io::Result<Vec<u8>> {
+        let mut line = Vec::new();
+        let mut buf = [0u8; 512];
+        while !line.ends_with(b"\n") && line.len() <= limit {
+            let len = (&self.socket).read(&mut buf)?;
+            if len == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before the answer ended",
+                ));
+            }
+            line.extend_from_slice(&buf[..len]);
+        }
+        Ok(line)
+    }
 }

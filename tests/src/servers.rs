@@ -1,5 +1,10 @@
 //! Probe servers: in each pod, TCP and UDP echo servers on the probe ports, both families.
 //!
+//! Every answer names the pod that gives it: the request (one TCP read, or one datagram),
+//! then [`NAME_MARK`], the pod's id (`namespace/name`) and a newline. A client of a Service
+//! learns from it which backend its connection reached; a client of a pod, that the pod it
+//! addressed answered.
+//!
 //! One thread per pod multiplexes all its sockets with `poll(2)`, so a client that stalls
 //! (its packets dropped half-way through a connection) cannot hold up the others.
 
@@ -17,10 +22,14 @@ use crate::netns::Netns;
 /// Ports every pod serves, on TCP and UDP; the manifests name them `serve-<port>-<proto>`.
 pub const PROBE_PORTS: [u16; 2] = [80, 81];
 
+/// Separates the echoed request from the name of the pod that answers it.
+pub const NAME_MARK: char = '@';
+
 /// How often the serving thread looks at its stop flag when idle.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// A connection that has not finished by then is dropped (the client has long given up).
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(2);
+/// A connection idle for that long is dropped: the client has long given up (a probe waits
+/// half a second), or its packets are being dropped. A client that keeps asking keeps it.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Probes send a few dozen bytes; anything longer is not ours.
 const MAX_MESSAGE: usize = 512;
 
@@ -33,15 +42,17 @@ pub struct EchoServers {
 }
 
 impl EchoServers {
-    /// Binds every port of `ports` on each of `addrs` inside `netns` and starts serving. Returns
-    /// once all sockets are bound, so that a probe sent right after cannot race the bind.
-    pub fn start(netns: &Netns, addrs: Vec<IpAddr>, ports: Vec<u16>) -> Self {
+    /// Binds every port of `ports` on each of `addrs` inside `netns` and starts serving,
+    /// answering as pod `name`. Returns once all sockets are bound, so that a probe sent right
+    /// after cannot race the bind.
+    pub fn start(netns: &Netns, name: &str, addrs: Vec<IpAddr>, ports: Vec<u16>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread_stop = Arc::clone(&stop);
+        let signature = format!("{NAME_MARK}{name}\n").into_bytes();
         let thread = netns.spawn(
             format!("echo-{}", netns.name()),
-            move || match Sockets::bind(&addrs, &ports) {
+            move || match Sockets::bind(&addrs, &ports, signature) {
                 Ok(sockets) => {
                     ready_tx.send(Ok(())).ok();
                     sockets.serve(&thread_stop);
@@ -74,19 +85,23 @@ impl Drop for EchoServers {
     }
 }
 
-/// The sockets of one pod and its open TCP connections.
+/// The sockets of one pod and its open TCP connections, each with the time it last
+/// carried a request.
 struct Sockets {
     listeners: Vec<TcpListener>,
     udp: Vec<UdpSocket>,
     connections: Vec<(TcpStream, Instant)>,
+    /// What follows every echo: [`NAME_MARK`], the pod's id, a newline.
+    signature: Vec<u8>,
 }
 
 impl Sockets {
-    fn bind(addrs: &[IpAddr], ports: &[u16]) -> io::Result<Self> {
+    fn bind(addrs: &[IpAddr], ports: &[u16], signature: Vec<u8>) -> io::Result<Self> {
         let mut sockets = Self {
             listeners: Vec::new(),
             udp: Vec::new(),
             connections: Vec::new(),
+            signature,
         };
         // Bound to the pod's own addresses rather than the wildcard: a v6 wildcard socket
         // is dual-stack by default and would collide with the v4 one.
@@ -113,16 +128,20 @@ impl Sockets {
             // accepting appends new ones.
             let now = Instant::now();
             let mut flags = connections.iter();
-            self.connections.retain_mut(|(stream, since)| {
+            let signature = &self.signature;
+            self.connections.retain_mut(|(stream, last_active)| {
                 let readable = *flags.next().expect("one flag per polled connection");
-                let open = !readable || echo_stream(stream);
-                open && now.duration_since(*since) < CONNECTION_LIFETIME
+                if readable {
+                    *last_active = now;
+                    return echo_stream(stream, signature);
+                }
+                now.duration_since(*last_active) < IDLE_TIMEOUT
             });
             for (listener, _) in self.listeners.iter().zip(listeners).filter(|(_, r)| **r) {
                 accept_all(listener, &mut self.connections);
             }
             for (socket, _) in self.udp.iter().zip(udp).filter(|(_, r)| **r) {
-                echo_datagrams(socket);
+                echo_datagrams(socket, signature);
             }
         }
     }
@@ -165,22 +184,28 @@ fn accept_all(listener: &TcpListener, connections: &mut Vec<(TcpStream, Instant)
     }
 }
 
-fn echo_datagrams(socket: &UdpSocket) {
+fn echo_datagrams(socket: &UdpSocket, signature: &[u8]) {
     let mut buf = [0u8; MAX_MESSAGE];
     while let Ok((len, from)) = socket.recv_from(&mut buf) {
         // A lost echo is the client's timeout to notice, as with a real server.
-        socket.send_to(&buf[..len], from).ok();
+        socket.send_to(&signed(&buf[..len], signature), from).ok();
     }
 }
 
-/// Echoes what the client sent; returns whether the connection stays open (the client
-/// closes its side after its request, and we close ours after the echo).
-fn echo_stream(stream: &mut TcpStream) -> bool {
+/// Echoes what the client sent; returns whether the connection stays open (a probe closes
+/// its side after its request, and we close ours after the echo; a longer-lived client sends
+/// one request at a time and waits for each answer).
+fn echo_stream(stream: &mut TcpStream, signature: &[u8]) -> bool {
     let mut buf = [0u8; MAX_MESSAGE];
     match stream.read(&mut buf) {
         Ok(0) => false,
-        // The reply is as small as the request and the send buffer is empty: it fits.
-        Ok(len) => stream.write_all(&buf[..len]).is_ok(),
+        // The reply is about as small as the request and the send buffer is empty: it fits.
+        Ok(len) => stream.write_all(&signed(&buf[..len], signature)).is_ok(),
         Err(e) => e.kind() == io::ErrorKind::WouldBlock,
     }
+}
+
+/// The answer to `request`: the request, then the pod's signature.
+fn signed(request: &[u8], signature: &[u8]) -> Vec<u8> {
+    [request, signature].concat()
 }

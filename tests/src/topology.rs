@@ -50,6 +50,9 @@ pub struct PodSpec {
     pub addresses: Option<(Ipv4Addr, Ipv6Addr)>,
     /// Ports served on TCP and UDP.
     pub ports: Vec<u16>,
+    /// Container port names other than the default `serve-<port>-<proto>`, by port and
+    /// protocol: what a Service's named `targetPort` looks up.
+    pub port_names: BTreeMap<(u16, Proto), String>,
 }
 
 impl PodSpec {
@@ -61,6 +64,7 @@ impl PodSpec {
             namespace_labels: Labels::new(),
             addresses: None,
             ports: PROBE_PORTS.to_vec(),
+            port_names: BTreeMap::new(),
         }
     }
 
@@ -76,6 +80,26 @@ impl PodSpec {
     pub fn serving(mut self, ports: Vec<u16>) -> Self {
         self.ports = ports;
         self
+    }
+
+    /// Names container port `port` of `proto` `name` in the manifest (it must be served).
+    #[must_use]
+    pub fn port_name(mut self, port: u16, proto: Proto, name: &str) -> Self {
+        assert!(
+            self.ports.contains(&port),
+            "pod {} names port {port}, which it does not serve",
+            self.id()
+        );
+        self.port_names.insert((port, proto), name.to_owned());
+        self
+    }
+
+    /// The name of container port `port` of `proto`: as given, else `serve-<port>-<proto>`.
+    pub fn container_port_name(&self, port: u16, proto: Proto) -> String {
+        self.port_names
+            .get(&(port, proto))
+            .cloned()
+            .unwrap_or_else(|| format!("serve-{port}-{}", proto.lowercase()))
     }
 
     #[must_use]
@@ -221,7 +245,14 @@ impl TopologyBuilder {
         topology.servers = topology
             .pods
             .iter()
-            .map(|pod| EchoServers::start(&pod.netns, pod.ips().to_vec(), pod.spec.ports.clone()))
+            .map(|pod| {
+                EchoServers::start(
+                    &pod.netns,
+                    &pod.id(),
+                    pod.ips().to_vec(),
+                    pod.spec.ports.clone(),
+                )
+            })
             .collect();
         topology
     }

@@ -216,9 +216,13 @@ impl Ran {
 fn run(dp: &mut Dataplane, program: &'static str, pkt: &Packet) -> Ran {
     let frame = pkt.frame();
     packet::checksums(&frame).expect("the crafted frame itself is right");
+    run_frame(dp, program, &frame)
+}
+
+fn run_frame(dp: &mut Dataplane, program: &'static str, frame: &[u8]) -> Ran {
     let before = dp.counters().expect("counters");
     let (action, out) = dp
-        .test_run_output(program, &frame)
+        .test_run_output(program, frame)
         .expect("BPF_PROG_TEST_RUN");
     let after = dp.counters().expect("counters");
     let mut moved: Vec<&str> = after
@@ -515,6 +519,166 @@ fn check_port_unreachable(frame: &[u8], f: Family) {
         ip(f.empty),
         "the quoted datagram is the client's"
     );
+}
+
+/// The addresses and ports of an ICMP error, and of the packet it quotes.
+#[derive(Debug, PartialEq, Eq)]
+struct IcmpError {
+    src: IpAddr,
+    dst: IpAddr,
+    quoted_src: (IpAddr, u16),
+    quoted_dst: (IpAddr, u16),
+}
+
+/// `error` (an ICMP(v6) destination unreachable built by `packet`, which leaves its checksum
+/// zero) as a frame with its ICMP checksum right.
+fn icmp_frame(error: &Packet) -> Vec<u8> {
+    let mut frame = error.frame();
+    let v6 = error.src.is_ipv6();
+    let ip_len = if v6 { 40 } else { 20 };
+    let seed = icmp_seed(&frame[14..], v6);
+    let icmp = &mut frame[14 + ip_len..];
+    let sum = !ones_sum(icmp, u32::from(seed));
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    frame
+}
+
+/// The sum an ICMP checksum starts from: nothing for ICMP, the IPv6 pseudo-header for
+/// `ICMPv6`. `l3` is the IP packet.
+fn icmp_seed(l3: &[u8], v6: bool) -> u16 {
+    if !v6 {
+        return 0;
+    }
+    let mut pseudo = l3[8..40].to_vec();
+    let len = u32::try_from(l3.len() - 40).expect("short");
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    ones_sum(&pseudo, 0)
+}
+
+/// Reads an ICMP error frame back, checking every checksum it carries: the IPv4 header, the
+/// ICMP(v6) message, and the quoted IPv4 header.
+fn read_icmp_error(frame: &[u8]) -> IcmpError {
+    let l3 = &frame[14..];
+    let v6 = frame[12..14] == [0x86, 0xdd];
+    let addr = |bytes: &[u8]| -> IpAddr {
+        if v6 {
+            <[u8; 16]>::try_from(bytes).expect("16 bytes").into()
+        } else {
+            <[u8; 4]>::try_from(bytes).expect("4 bytes").into()
+        }
+    };
+    let (ip_len, src_at, dst_at) = if v6 { (40, 8, 24) } else { (20, 12, 16) };
+    let alen = if v6 { 16 } else { 4 };
+    if !v6 {
+        assert_eq!(ones_sum(&l3[..20], 0), 0xffff, "IPv4 header checksum");
+    }
+    let icmp = &l3[ip_len..];
+    assert_eq!(
+        ones_sum(icmp, u32::from(icmp_seed(l3, v6))),
+        0xffff,
+        "ICMP checksum"
+    );
+    let quoted = &icmp[8..];
+    if !v6 {
+        assert_eq!(
+            ones_sum(&quoted[..20], 0),
+            0xffff,
+            "quoted IPv4 header checksum"
+        );
+    }
+    let port = |at: usize| u16::from_be_bytes([quoted[ip_len + at], quoted[ip_len + at + 1]]);
+    IcmpError {
+        src: addr(&l3[src_at..src_at + alen]),
+        dst: addr(&l3[dst_at..dst_at + alen]),
+        quoted_src: (addr(&quoted[src_at..src_at + alen]), port(0)),
+        quoted_dst: (addr(&quoted[dst_at..dst_at + alen]), port(2)),
+    }
+}
+
+#[test]
+fn icmp_errors_about_a_service_connection_are_translated() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    for f in [V4, V6] {
+        let mut dp = loaded(&state(&BOTH));
+        let out = run(&mut dp, programs::FROM_POD, &udp(f.client, 7100, f.web, 53));
+        out.expect(TC_ACT_OK, NOT_ISOLATED, "UDP to the ClusterIP");
+        let backend = out.tuple().dst;
+
+        // The backend has no socket on 5353: its port unreachable quotes the datagram as it
+        // arrived there. The client, connected to the ClusterIP, must read it as about its own
+        // datagram, from the ClusterIP.
+        let error = Packet::new(
+            backend,
+            ip(f.client),
+            L4::Unreachable {
+                quoted: Box::new(udp(f.client, 7100, &backend.to_string(), 5353)),
+            },
+        );
+        let ran = run_frame(&mut dp, programs::TO_POD, &icmp_frame(&error));
+        ran.expect(TC_ACT_OK, ESTABLISHED, "the backend's port unreachable");
+        assert_eq!(
+            read_icmp_error(&ran.out),
+            IcmpError {
+                src: ip(f.web),
+                dst: ip(f.client),
+                quoted_src: (ip(f.client), 7100),
+                quoted_dst: (ip(f.web), 53),
+            },
+            "{}: the error reads as from the ClusterIP, about the client's datagram to it",
+            f.client
+        );
+
+        // A router on the way keeps its own address; the quoted datagram is translated all
+        // the same.
+        let router = if f.client.contains(':') {
+            "fd00:ff::1"
+        } else {
+            "10.0.255.1"
+        };
+        let error = Packet::new(
+            ip(router),
+            ip(f.client),
+            L4::Unreachable {
+                quoted: Box::new(udp(f.client, 7100, &backend.to_string(), 5353)),
+            },
+        );
+        let ran = run_frame(&mut dp, programs::TO_POD, &icmp_frame(&error));
+        ran.expect(TC_ACT_OK, ESTABLISHED, "a router's unreachable");
+        let read = read_icmp_error(&ran.out);
+        assert_eq!(
+            (read.src, read.quoted_dst),
+            (ip(router), (ip(f.web), 53)),
+            "{}: the router's address stays, the quoted datagram is translated",
+            f.client
+        );
+
+        // The other way: the client's port unreachable about the answer it got from the
+        // ClusterIP goes to the backend, about the backend's own datagram.
+        let error = Packet::new(
+            ip(f.client),
+            ip(f.web),
+            L4::Unreachable {
+                quoted: Box::new(udp(f.web, 53, f.client, 7100)),
+            },
+        );
+        let ran = run_frame(&mut dp, programs::FROM_POD, &icmp_frame(&error));
+        ran.expect(TC_ACT_OK, ESTABLISHED, "the client's port unreachable");
+        assert_eq!(
+            read_icmp_error(&ran.out),
+            IcmpError {
+                src: ip(f.client),
+                dst: backend,
+                quoted_src: (backend, 5353),
+                quoted_dst: (ip(f.client), 7100),
+            },
+            "{}: the client's error goes to the backend, about its datagram",
+            f.client
+        );
+    }
 }
 
 fn ones_sum(data: &[u8], seed: u32) -> u16 {

@@ -160,6 +160,15 @@ pub struct ServiceIds {
 }
 
 impl ServiceIds {
+    /// Each Service's id and its `namespace/name`: the Services this compilation gave ids to
+    /// (after a restart, before any compilation: none).
+    pub fn services(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.services
+            .ids
+            .iter()
+            .map(|(name, id)| (*id, name.as_str()))
+    }
+
     /// Ids for an agent that adopts maps it did not compile (a restart): identities whose
     /// frontends and backends are still in `maps` get their ids back, so an unchanged state
     /// rewrites nothing and tracked connections keep their backends; new ids start above

@@ -96,6 +96,11 @@ pub struct FlowRecord {
     pub isolated_by: Vec<String>,
     /// The peer's class, when the program learnt it.
     pub peer_class: Option<u32>,
+    /// The Service (`namespace/name`) the packet was sent to: its destination as sent was the
+    /// Service's address, and `dst` is the backend it was translated to (for a connection
+    /// refused for want of endpoints, the Service's address itself).
+    #[serde(default)]
+    pub service: Option<String>,
     /// One sentence: why.
     pub summary: String,
 }
@@ -151,9 +156,20 @@ impl FlowRecord {
             rule: because.rule,
             isolated_by: because.isolated_by,
             peer_class: (ev.peer_class != FLOW_UNKNOWN).then_some(ev.peer_class),
+            service: service_name(ev.service, names),
             summary: because.summary,
         })
     }
+}
+
+/// The name of Service `id`; its number when this generation does not know it (an event sent
+/// just before the Service was removed).
+fn service_name(id: u32, names: &Catalog) -> Option<String> {
+    (id != FLOW_UNKNOWN).then(|| {
+        names
+            .service(id)
+            .map_or_else(|| format!("#{id}"), str::to_owned)
+    })
 }
 
 fn pass_reason(n: u32) -> Option<PassReason> {
@@ -278,7 +294,8 @@ impl fmt::Display for FlowPeer {
     }
 }
 
-/// One line, `hubble observe` style: time, source → destination, protocol, verdict, why.
+/// One line, `hubble observe` style: time, source → destination (and the Service it was sent
+/// to), protocol, verdict, why.
 impl fmt::Display for FlowRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Milliseconds are enough to read; the JSON keeps nanoseconds.
@@ -289,9 +306,14 @@ impl fmt::Display for FlowRecord {
             .map(|t| format!(" {t}"))
             .unwrap_or_default();
         let verdict = self.verdict.name().to_ascii_uppercase();
+        let via = self
+            .service
+            .as_deref()
+            .map(|s| format!(" via service {s}"))
+            .unwrap_or_default();
         write!(
             f,
-            "{time}Z  {} -> {}  {}{flags}  {}  {verdict} {}: {}",
+            "{time}Z  {} -> {}{via}  {}{flags}  {}  {verdict} {}: {}",
             self.src, self.dst, self.proto, self.direction, self.reason, self.summary
         )
     }

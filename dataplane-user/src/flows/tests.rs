@@ -4,9 +4,13 @@ use dataplane_abi::{FlowEvent, v4_mapped};
 
 use super::*;
 use crate::compile::{self, NodeView};
-use crate::model::{DesiredState, LabelSelector, Pod, Policy};
+use crate::model::{
+    DesiredState, Endpoint, EndpointPort, EndpointSlice, LabelSelector, Pod, Policy, Protocol,
+    Service, ServicePort, TargetPort,
+};
 
-/// x/a (local, ifindex 4) isolated for ingress by x/deny and x/also; x/b remote.
+/// x/a (local, ifindex 4) isolated for ingress by x/deny and x/also; x/b remote, the one
+/// endpoint of Service x/web (10.96.0.10, TCP 80 → 8080).
 fn names() -> Catalog {
     let labels = |v: &str| [("app".to_owned(), v.to_owned())].into();
     let pod = |name: &str, ip: &str| Pod {
@@ -26,9 +30,41 @@ fn names() -> Catalog {
         ingress: Some(vec![]),
         ..Policy::default()
     };
+    let web = Service {
+        namespace: "x".into(),
+        name: "web".into(),
+        cluster_ips: vec!["10.96.0.10".parse().unwrap()],
+        ports: vec![ServicePort {
+            name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: TargetPort::Number(8080),
+            node_port: None,
+        }],
+        ..Service::default()
+    };
+    let web_endpoints = EndpointSlice {
+        namespace: "x".into(),
+        name: "web-1".into(),
+        service: "web".into(),
+        ports: vec![EndpointPort {
+            name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+        }],
+        endpoints: vec![Endpoint {
+            addresses: vec!["10.0.0.2".parse().unwrap()],
+            ready: true,
+            serving: true,
+            ..Endpoint::default()
+        }],
+        ..EndpointSlice::default()
+    };
     let state = DesiredState {
         pods: vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")],
         policies: vec![deny("deny"), deny("also")],
+        services: vec![web],
+        endpoint_slices: vec![web_endpoints],
         ..DesiredState::default()
     };
     let node = NodeView {
@@ -81,6 +117,47 @@ fn a_denied_event_is_named_and_explained() {
         line.contains("x/b:40000 (10.0.0.2) -> x/a:81 (10.0.0.1)  TCP SYN  ingress  DROPPED"),
         "{line}"
     );
+}
+
+#[test]
+fn a_translated_event_names_its_service() {
+    let names = names();
+    let web = (1..100)
+        .find(|id| names.service(*id) == Some("x/web"))
+        .expect("x/web has an id");
+    // x/a's connection to 10.96.0.10:80, translated to x/b:8080 and allowed.
+    let ev = FlowEvent {
+        src: v4_mapped([10, 0, 0, 1]),
+        dst: v4_mapped([10, 0, 0, 2]),
+        src_port_h: 40000,
+        dst_port_h: 8080,
+        direction: Direction::Egress as u8,
+        verdict: FlowVerdict::Passed as u8,
+        reason: PassReason::NotIsolated as u32,
+        service: web,
+        ..denied_syn()
+    };
+    let r = FlowRecord::from_event(&ev, &names, &Clock::now()).unwrap();
+    assert_eq!(r.service.as_deref(), Some("x/web"));
+    assert_eq!(r.dst.name.as_deref(), Some("x/b"));
+    let line = r.to_string();
+    assert!(
+        line.contains("x/a:40000 (10.0.0.1) -> x/b:8080 (10.0.0.2) via service x/web  TCP SYN"),
+        "{line}"
+    );
+    assert_eq!(
+        FlowRecord::from_event(&denied_syn(), &names, &Clock::now())
+            .unwrap()
+            .service,
+        None,
+        "a packet sent to a pod went through no Service"
+    );
+    let gone = FlowEvent {
+        service: web + 1000,
+        ..ev
+    };
+    let r = FlowRecord::from_event(&gone, &names, &Clock::now()).unwrap();
+    assert_eq!(r.service.as_deref(), Some(&*format!("#{}", web + 1000)));
 }
 
 #[test]
