@@ -219,6 +219,12 @@ fn ensure_bpffs(root: &Path) -> io::Result<()> {
 }
 
 fn is_bpffs(path: &Path) -> io::Result<bool> {
+    is_file_system(path, BPF_FS_MAGIC)
+}
+
+/// Whether `path` lies on a file system of type `magic` (`statfs(2)`'s `f_type`); a path that
+/// does not exist lies on none.
+pub(crate) fn is_file_system(path: &Path, magic: libc::c_long) -> io::Result<bool> {
     let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
         return Ok(false);
     };
@@ -233,7 +239,7 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
             Err(err)
         };
     }
-    Ok(stat.f_type == BPF_FS_MAGIC)
+    Ok(stat.f_type == magic)
 }
 
 #[cfg(test)]

@@ -8,11 +8,9 @@
 //! (both running for a moment is harmless: the second sees a backend, not a frontend) and
 //! then moves its own pins over the old ones, which detaches them.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _};
-use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, MapData};
@@ -193,21 +191,7 @@ fn not_cgroup2(why: &'static str) -> io::Error {
 
 /// Whether `path` is a folder of a cgroup v2 hierarchy; a path that does not exist is not.
 fn is_cgroup2(path: &Path) -> io::Result<bool> {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-        return Ok(false);
-    };
-    // SAFETY: an all-zero statfs is a valid out-parameter.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: NUL-terminated path, valid out-parameter.
-    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } != 0 {
-        let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::NotFound {
-            Ok(false)
-        } else {
-            Err(err)
-        };
-    }
-    Ok(stat.f_type == CGROUP2_MAGIC)
+    crate::pins::is_file_system(path, CGROUP2_MAGIC)
 }
 
 #[cfg(test)]
