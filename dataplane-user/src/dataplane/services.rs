@@ -10,12 +10,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::os::fd::AsFd as _;
+
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, IterableMap as _, MapData, MapError};
+use aya::sys::SyscallError;
 use dataplane_abi::maglev::{LARGE, MEDIUM, SMALL, Tier};
 use dataplane_abi::{Backend, ServiceKey, ServiceValue, SourceRangeKey, names};
 
-use super::{Dataplane, DataplaneError, Diff, diff, map_err, remove_existing, typed_map};
+use super::{Dataplane, DataplaneError, Diff, batch, diff, map_err, remove_existing, typed_map};
 use crate::compile::maglev::Table;
 use crate::compile::{MapSet, ServiceIds, SourceRange};
 
@@ -105,13 +108,9 @@ impl Dataplane {
         &mut self,
         diff: &ServiceDiff<'_>,
     ) -> Result<(), DataplaneError> {
-        {
-            let mut map = self.backend_map()?;
-            for (id, backend) in &diff.backends.upserts {
-                map.insert(id, backend, 0)
-                    .map_err(map_err(names::BACKENDS))?;
-            }
-        }
+        let (ids, backends): (Vec<u32>, Vec<Backend>) =
+            diff.backends.upserts.iter().copied().unzip();
+        self.update_batch(names::BACKENDS, &ids, &backends)?;
         self.write_tables::<SMALL>(Tier::Small, &diff.tables[Tier::Small as usize].upserts)?;
         self.write_tables::<MEDIUM>(Tier::Medium, &diff.tables[Tier::Medium as usize].upserts)?;
         self.write_tables::<LARGE>(Tier::Large, &diff.tables[Tier::Large as usize].upserts)?;
@@ -122,12 +121,9 @@ impl Dataplane {
                     .map_err(map_err(names::SOURCE_RANGES))?;
             }
         }
-        let mut map = self.frontend_map()?;
-        for (key, value) in &diff.frontends.upserts {
-            map.insert(key, value, 0)
-                .map_err(map_err(names::SERVICES))?;
-        }
-        Ok(())
+        let (keys, values): (Vec<ServiceKey>, Vec<ServiceValue>) =
+            diff.frontends.upserts.iter().copied().unzip();
+        self.update_batch(names::SERVICES, &keys, &values)
     }
 
     /// Frontends, source ranges, tables, then backends.
@@ -135,12 +131,7 @@ impl Dataplane {
         &mut self,
         diff: &ServiceDiff<'_>,
     ) -> Result<(), DataplaneError> {
-        {
-            let mut map = self.frontend_map()?;
-            for key in &diff.frontends.removals {
-                remove_existing(map.remove(key)).map_err(map_err(names::SERVICES))?;
-            }
-        }
+        self.delete_batch::<ServiceKey, ServiceValue>(names::SERVICES, &diff.frontends.removals)?;
         {
             let mut map = self.source_range_map()?;
             for range in &diff.ranges.removals {
@@ -151,44 +142,76 @@ impl Dataplane {
         self.remove_tables::<SMALL>(Tier::Small, &diff.tables[Tier::Small as usize].removals)?;
         self.remove_tables::<MEDIUM>(Tier::Medium, &diff.tables[Tier::Medium as usize].removals)?;
         self.remove_tables::<LARGE>(Tier::Large, &diff.tables[Tier::Large as usize].removals)?;
-        let mut map = self.backend_map()?;
-        for id in &diff.backends.removals {
-            remove_existing(map.remove(id)).map_err(map_err(names::BACKENDS))?;
-        }
-        Ok(())
+        self.delete_batch::<u32, Backend>(names::BACKENDS, &diff.backends.removals)
     }
 
     fn write_tables<const N: usize>(
-        &mut self,
+        &self,
         tier: Tier,
         tables: &[(u32, &[u32])],
     ) -> Result<(), DataplaneError> {
-        let name = TABLE_MAPS[tier as usize];
-        let mut map: HashMap<&mut MapData, u32, [u32; N]> =
-            typed_map(&mut self.ebpf, name, HashMap::try_from)?;
+        let mut sets = Vec::with_capacity(tables.len());
+        let mut values: Vec<[u32; N]> = Vec::with_capacity(tables.len());
         for (set, slots) in tables {
-            let table: &[u32; N] = (*slots).try_into().map_err(|_| DataplaneError::TableSize {
+            let table: [u32; N] = (*slots).try_into().map_err(|_| DataplaneError::TableSize {
                 set: *set,
                 slots: slots.len(),
                 expected: N,
             })?;
-            map.insert(set, table, 0).map_err(map_err(name))?;
+            sets.push(*set);
+            values.push(table);
         }
-        Ok(())
+        self.update_batch(TABLE_MAPS[tier as usize], &sets, &values)
     }
 
     fn remove_tables<const N: usize>(
-        &mut self,
+        &self,
         tier: Tier,
         sets: &[u32],
     ) -> Result<(), DataplaneError> {
-        let name = TABLE_MAPS[tier as usize];
-        let mut map: HashMap<&mut MapData, u32, [u32; N]> =
-            typed_map(&mut self.ebpf, name, HashMap::try_from)?;
-        for set in sets {
-            remove_existing(map.remove(set)).map_err(map_err(name))?;
+        self.delete_batch::<u32, [u32; N]>(TABLE_MAPS[tier as usize], sets)
+    }
+
+    /// Writes `keys[i]` → `values[i]` into hash map `name`, in one system call.
+    fn update_batch<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+        keys: &[K],
+        values: &[V],
+    ) -> Result<(), DataplaneError> {
+        if keys.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let map = self.hash_map::<K, V>(name)?;
+        batch::update(map.map().fd().as_fd(), keys, values)
+            .map_err(|e| syscall_err(name, "bpf_map_update_batch", e))
+    }
+
+    /// Deletes `keys` from hash map `name` (of `K` to `V`), in one system call; keys already
+    /// gone are skipped.
+    fn delete_batch<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+        keys: &[K],
+    ) -> Result<(), DataplaneError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let map = self.hash_map::<K, V>(name)?;
+        batch::delete(map.map().fd().as_fd(), keys)
+            .map_err(|e| syscall_err(name, "bpf_map_delete_batch", e))
+    }
+
+    /// Map `name` as a hash map of `K` to `V` (aya checks the key and value sizes).
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<HashMap<&MapData, K, V>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap { name })?;
+        HashMap::try_from(map).map_err(map_err(name))
     }
 
     /// Reads the Service maps into `out`, and the ids they use into `out.service_ids`.
@@ -256,5 +279,12 @@ impl Dataplane {
         &mut self,
     ) -> Result<LpmTrie<&mut MapData, SourceRangeKey, u32>, DataplaneError> {
         typed_map(&mut self.ebpf, names::SOURCE_RANGES, LpmTrie::try_from)
+    }
+}
+
+fn syscall_err(name: &'static str, call: &'static str, io_error: std::io::Error) -> DataplaneError {
+    DataplaneError::Map {
+        name,
+        source: MapError::SyscallError(SyscallError { call, io_error }),
     }
 }
