@@ -20,7 +20,7 @@ use dataplane_abi::{Backend, ServiceKey, ServiceValue, SourceRangeKey, names};
 
 use super::{Dataplane, DataplaneError, Diff, batch, diff, map_err, remove_existing, typed_map};
 use crate::compile::maglev::Table;
-use crate::compile::{MapSet, ServiceIds, SourceRange};
+use crate::compile::{FlatServices, MapSet, ServiceMaps, SourceRange};
 
 /// Maglev map names by [`Tier`] number.
 const TABLE_MAPS: [&str; 3] = [
@@ -30,18 +30,18 @@ const TABLE_MAPS: [&str; 3] = [
 ];
 
 /// What to write to the Service maps to go from one [`MapSet`] to another.
-pub(super) struct ServiceDiff<'a> {
+pub(super) struct ServiceDiff {
     frontends: Diff<ServiceKey, ServiceValue>,
     backends: Diff<u32, Backend>,
     /// By [`Tier`] number.
-    tables: [TableDiff<'a>; 3],
+    tables: [TableDiff; 3],
     ranges: RangeDiff,
 }
 
 /// The Maglev tables of one tier to write (backend set id, slots) and to remove.
 #[derive(Default)]
-struct TableDiff<'a> {
-    upserts: Vec<(u32, &'a [u32])>,
+struct TableDiff {
+    upserts: Vec<(u32, Vec<u32>)>,
     removals: Vec<u32>,
 }
 
@@ -51,37 +51,40 @@ struct RangeDiff {
     removals: Vec<SourceRange>,
 }
 
-impl<'a> ServiceDiff<'a> {
-    pub(super) fn new(from: &MapSet, to: &'a MapSet) -> Self {
-        let mut tables: [TableDiff<'a>; 3] = Default::default();
-        for (set, table) in &to.maglev {
-            if from.maglev.get(set) != Some(table) {
-                tables[table.tier as usize]
-                    .upserts
-                    .push((*set, &table.slots));
-            }
-        }
-        for (set, table) in &from.maglev {
-            if to.maglev.get(set).is_none_or(|t| t.tier != table.tier) {
+impl ServiceDiff {
+    /// The difference, over the Services that changed only (see [`ServiceMaps::changes`]).
+    pub(super) fn new(from: &MapSet, to: &MapSet) -> Self {
+        let (before, after) = from.services.changes(&to.services);
+        let mut tables: [TableDiff; 3] = Default::default();
+        for (set, table) in &before.tables {
+            if after.tables.get(set).is_none_or(|t| t.tier != table.tier) {
                 tables[table.tier as usize].removals.push(*set);
             }
         }
+        let frontends = diff(&before.frontends, &after.frontends);
+        let backends = diff(&before.backends, &after.backends);
+        let ranges = RangeDiff {
+            additions: after
+                .source_ranges
+                .difference(&before.source_ranges)
+                .copied()
+                .collect(),
+            removals: before
+                .source_ranges
+                .difference(&after.source_ranges)
+                .copied()
+                .collect(),
+        };
+        for (set, table) in after.tables {
+            if before.tables.get(&set) != Some(&table) {
+                tables[table.tier as usize].upserts.push((set, table.slots));
+            }
+        }
         Self {
-            frontends: diff(&from.services, &to.services),
-            backends: diff(&from.backends, &to.backends),
+            frontends,
+            backends,
             tables,
-            ranges: RangeDiff {
-                additions: to
-                    .source_ranges
-                    .difference(&from.source_ranges)
-                    .copied()
-                    .collect(),
-                removals: from
-                    .source_ranges
-                    .difference(&to.source_ranges)
-                    .copied()
-                    .collect(),
-            },
+            ranges,
         }
     }
 
@@ -106,7 +109,7 @@ impl Dataplane {
     /// Backends, tables, source ranges, then frontends.
     pub(super) fn write_service_upserts(
         &mut self,
-        diff: &ServiceDiff<'_>,
+        diff: &ServiceDiff,
     ) -> Result<(), DataplaneError> {
         let (ids, backends): (Vec<u32>, Vec<Backend>) =
             diff.backends.upserts.iter().copied().unzip();
@@ -129,7 +132,7 @@ impl Dataplane {
     /// Frontends, source ranges, tables, then backends.
     pub(super) fn write_service_removals(
         &mut self,
-        diff: &ServiceDiff<'_>,
+        diff: &ServiceDiff,
     ) -> Result<(), DataplaneError> {
         self.delete_batch::<ServiceKey, ServiceValue>(names::SERVICES, &diff.frontends.removals)?;
         {
@@ -148,16 +151,20 @@ impl Dataplane {
     fn write_tables<const N: usize>(
         &self,
         tier: Tier,
-        tables: &[(u32, &[u32])],
+        tables: &[(u32, Vec<u32>)],
     ) -> Result<(), DataplaneError> {
         let mut sets = Vec::with_capacity(tables.len());
         let mut values: Vec<[u32; N]> = Vec::with_capacity(tables.len());
         for (set, slots) in tables {
-            let table: [u32; N] = (*slots).try_into().map_err(|_| DataplaneError::TableSize {
-                set: *set,
-                slots: slots.len(),
-                expected: N,
-            })?;
+            let table: [u32; N] =
+                slots
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| DataplaneError::TableSize {
+                        set: *set,
+                        slots: slots.len(),
+                        expected: N,
+                    })?;
             sets.push(*set);
             values.push(table);
         }
@@ -214,21 +221,24 @@ impl Dataplane {
         HashMap::try_from(map).map_err(map_err(name))
     }
 
-    /// Reads the Service maps into `out`, and the ids they use into `out.service_ids`.
+    /// Reads the Service maps into `out.services`, as one recovered unit whose ids the next
+    /// compilation gives back (see [`ServiceMaps::recovered`]).
     pub(super) fn read_back_services(&mut self, out: &mut MapSet) -> Result<(), DataplaneError> {
+        let mut flat = FlatServices::default();
         for entry in &self.frontend_map()? {
             let (k, v) = entry.map_err(map_err(names::SERVICES))?;
-            out.services.insert(k, v);
+            flat.frontends.insert(k, v);
         }
         for entry in &self.backend_map()? {
             let (k, v) = entry.map_err(map_err(names::BACKENDS))?;
-            out.backends.insert(k, v);
+            flat.backends.insert(k, v);
         }
-        out.maglev.extend(self.read_tables::<SMALL>(Tier::Small)?);
-        out.maglev.extend(self.read_tables::<MEDIUM>(Tier::Medium)?);
-        out.maglev.extend(self.read_tables::<LARGE>(Tier::Large)?);
-        out.source_ranges = self.read_source_ranges()?;
-        out.service_ids = ServiceIds::recover(out);
+        flat.tables.extend(self.read_tables::<SMALL>(Tier::Small)?);
+        flat.tables
+            .extend(self.read_tables::<MEDIUM>(Tier::Medium)?);
+        flat.tables.extend(self.read_tables::<LARGE>(Tier::Large)?);
+        flat.source_ranges = self.read_source_ranges()?;
+        out.services = ServiceMaps::recovered(flat);
         Ok(())
     }
 

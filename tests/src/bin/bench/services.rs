@@ -173,9 +173,10 @@ pub fn run(rounds: usize) -> Result<ServicesReport> {
             report.change_entries = (stats.upserts, stats.removals);
         }
         if round == 0 {
-            report.frontends = maps.services.len();
-            report.backends = maps.backends.len();
-            report.tables = maps.maglev.len();
+            let counts = maps.services.counts();
+            report.frontends = counts.frontends;
+            report.backends = counts.backends;
+            report.tables = counts.tables.iter().sum();
             ensure!(
                 report.backends == (SERVICES * ENDPOINTS) as usize,
                 "expected {} backends, compiled {}",
