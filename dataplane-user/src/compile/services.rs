@@ -34,6 +34,7 @@
 mod build;
 mod ids;
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -98,7 +99,8 @@ pub struct FlatServices {
 }
 
 impl FlatServices {
-    fn add(&mut self, unit: &CompiledService) {
+    /// Adds the entries of `unit`.
+    pub fn add(&mut self, unit: &CompiledService) {
         self.frontends.extend(unit.frontends.iter().copied());
         for set in &unit.sets {
             self.backends.extend(set.backends.iter().copied());
@@ -193,7 +195,8 @@ impl NodeFacts {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceMaps {
     /// By `namespace/name`; the empty name holds what a restarted agent read from the kernel.
-    units: BTreeMap<Arc<str>, Arc<CompiledService>>,
+    /// Shared, so that keeping a copy (the agent keeps what it applied) costs nothing.
+    units: Arc<BTreeMap<Arc<str>, Arc<CompiledService>>>,
     next: NextIds,
     node: NodeFacts,
 }
@@ -246,7 +249,7 @@ impl ServiceMaps {
             inputs: None,
         };
         Self {
-            units: BTreeMap::from([(Arc::from(RECOVERED), Arc::new(unit))]),
+            units: Arc::new(BTreeMap::from([(Arc::from(RECOVERED), Arc::new(unit))])),
             next: NextIds {
                 service: next.service.max(1),
                 set: next.set.max(1),
@@ -266,21 +269,49 @@ impl ServiceMaps {
         out
     }
 
-    /// The entries of the Services that differ between `self` and `next`, as they are in
-    /// each: writing `next`'s and removing what only `self` has turns one into the other. An
-    /// unchanged Service is the same `Arc` in both, and costs one comparison.
+    /// The Services that differ between `self` and `next`, as they are in each: writing the
+    /// entries of `next`'s and removing those only `self`'s have turns one into the other. An
+    /// unchanged Service is the same `Arc` in both, under the same name `Arc`: one step of a
+    /// walk over both maps in order, and two pointer comparisons.
     #[must_use]
-    pub fn changes(&self, next: &Self) -> (FlatServices, FlatServices) {
-        let (mut before, mut after) = (FlatServices::default(), FlatServices::default());
-        for (name, unit) in &self.units {
-            if next.units.get(name).is_none_or(|u| !Arc::ptr_eq(u, unit)) {
-                before.add(unit);
+    pub fn changed_units<'s, 'n>(
+        &'s self,
+        next: &'n Self,
+    ) -> (Vec<&'s CompiledService>, Vec<&'n CompiledService>) {
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        let mut old = self.units.iter().peekable();
+        let mut new = next.units.iter().peekable();
+        loop {
+            let order = match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((a, _)), Some((b, _))) if Arc::ptr_eq(a, b) => Ordering::Equal,
+                (Some((a, _)), Some((b, _))) => a.cmp(b),
+            };
+            let a = (order != Ordering::Greater).then(|| old.next()).flatten();
+            let b = (order != Ordering::Less).then(|| new.next()).flatten();
+            match (a, b) {
+                (Some((_, a)), Some((_, b))) if Arc::ptr_eq(a, b) => {}
+                (a, b) => {
+                    before.extend(a.map(|(_, u)| &**u));
+                    after.extend(b.map(|(_, u)| &**u));
+                }
             }
         }
-        for (name, unit) in &next.units {
-            if self.units.get(name).is_none_or(|u| !Arc::ptr_eq(u, unit)) {
-                after.add(unit);
-            }
+        (before, after)
+    }
+
+    /// [`Self::changed_units`] as plain maps.
+    #[must_use]
+    pub fn changes(&self, next: &Self) -> (FlatServices, FlatServices) {
+        let (old, new) = self.changed_units(next);
+        let (mut before, mut after) = (FlatServices::default(), FlatServices::default());
+        for unit in old {
+            before.add(unit);
+        }
+        for unit in new {
+            after.add(unit);
         }
         (before, after)
     }
@@ -355,9 +386,13 @@ pub(super) fn compile(
     let mut units = BTreeMap::new();
     let mut warnings = Vec::new();
     for service in services {
-        let name: Arc<str> = Arc::from(format!("{}/{}", service.namespace, service.name));
+        let name = format!("{}/{}", service.namespace, service.name);
         let slices = slices.of(service);
-        let before = previous.units.get(&name);
+        let (name, before) = match previous.units.get_key_value(name.as_str()) {
+            // The same name `Arc`: `changes` then compares pointers, not names.
+            Some((name, unit)) => (name.clone(), Some(unit)),
+            None => (Arc::from(name), None),
+        };
         let unit = match before {
             Some(unit) if reuse.allows(unit, service, &slices, &claimed) => unit.clone(),
             _ => {
@@ -387,7 +422,7 @@ pub(super) fn compile(
         }
     }
     let out = ServiceMaps {
-        units,
+        units: Arc::new(units),
         next: ids.finish(),
         node: facts,
     };

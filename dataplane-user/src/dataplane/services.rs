@@ -8,7 +8,7 @@
 //! new tier's map first, its frontends then name the new tier, and the old tier's table goes
 //! last.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
 
 use std::os::fd::AsFd as _;
 
@@ -18,9 +18,9 @@ use aya::sys::SyscallError;
 use dataplane_abi::maglev::{LARGE, MEDIUM, SMALL, Tier};
 use dataplane_abi::{Backend, ServiceKey, ServiceValue, SourceRangeKey, names};
 
-use super::{Dataplane, DataplaneError, Diff, batch, diff, map_err, remove_existing, typed_map};
+use super::{Dataplane, DataplaneError, Diff, batch, map_err, remove_existing, typed_map};
 use crate::compile::maglev::Table;
-use crate::compile::{FlatServices, MapSet, ServiceMaps, SourceRange};
+use crate::compile::{CompiledService, FlatServices, MapSet, ServiceMaps, SourceRange};
 
 /// Maglev map names by [`Tier`] number.
 const TABLE_MAPS: [&str; 3] = [
@@ -30,62 +30,141 @@ const TABLE_MAPS: [&str; 3] = [
 ];
 
 /// What to write to the Service maps to go from one [`MapSet`] to another.
-pub(super) struct ServiceDiff {
+pub(super) struct ServiceDiff<'a> {
     frontends: Diff<ServiceKey, ServiceValue>,
     backends: Diff<u32, Backend>,
     /// By [`Tier`] number.
-    tables: [TableDiff; 3],
+    tables: [TableDiff<'a>; 3],
     ranges: RangeDiff,
 }
 
 /// The Maglev tables of one tier to write (backend set id, slots) and to remove.
 #[derive(Default)]
-struct TableDiff {
-    upserts: Vec<(u32, Vec<u32>)>,
+struct TableDiff<'a> {
+    upserts: Vec<(u32, &'a [u32])>,
     removals: Vec<u32>,
 }
 
 /// Source ranges to add and to remove (their value never changes).
+#[derive(Default)]
 struct RangeDiff {
     additions: Vec<SourceRange>,
     removals: Vec<SourceRange>,
 }
 
-impl ServiceDiff {
-    /// The difference, over the Services that changed only (see [`ServiceMaps::changes`]).
-    pub(super) fn new(from: &MapSet, to: &MapSet) -> Self {
-        let (before, after) = from.services.changes(&to.services);
-        let mut tables: [TableDiff; 3] = Default::default();
-        for (set, table) in &before.tables {
-            if after.tables.get(set).is_none_or(|t| t.tier != table.tier) {
-                tables[table.tier as usize].removals.push(*set);
-            }
+/// Keys the new state holds, to find those only the old one had.
+#[derive(Default)]
+struct Present {
+    frontends: HashSet<ServiceKey>,
+    backends: HashSet<u32>,
+    tables: StdHashMap<u32, Tier>,
+    ranges: HashSet<SourceRange>,
+}
+
+impl<'a> ServiceDiff<'a> {
+    /// The difference, over the Services that changed only (see
+    /// [`ServiceMaps::changed_units`]). An entry may move from one Service to another (a
+    /// contested frontend; ids a restarted agent gives back), so entries are compared by key
+    /// across all changed Services, not Service by Service.
+    pub(super) fn new(from: &MapSet, to: &'a MapSet) -> Self {
+        let (old, new) = from.services.changed_units(&to.services);
+        let mut before = FlatServices::default();
+        for unit in old {
+            before.add(unit);
         }
-        let frontends = diff(&before.frontends, &after.frontends);
-        let backends = diff(&before.backends, &after.backends);
-        let ranges = RangeDiff {
-            additions: after
-                .source_ranges
-                .difference(&before.source_ranges)
-                .copied()
-                .collect(),
-            removals: before
-                .source_ranges
-                .difference(&after.source_ranges)
-                .copied()
-                .collect(),
+        let mut out = Self {
+            frontends: Diff {
+                upserts: Vec::new(),
+                removals: Vec::new(),
+            },
+            backends: Diff {
+                upserts: Vec::new(),
+                removals: Vec::new(),
+            },
+            tables: Default::default(),
+            ranges: RangeDiff::default(),
         };
-        for (set, table) in after.tables {
-            if before.tables.get(&set) != Some(&table) {
-                tables[table.tier as usize].upserts.push((set, table.slots));
+        // From scratch there is nothing to remove, and no need to remember what is new.
+        let track = before != FlatServices::default();
+        let mut present = Present::default();
+        for unit in new {
+            out.add_unit(unit, &before, track.then_some(&mut present));
+        }
+        if track {
+            out.add_removals(&before, &present);
+        }
+        out
+    }
+
+    fn add_unit(
+        &mut self,
+        unit: &'a CompiledService,
+        before: &FlatServices,
+        mut present: Option<&mut Present>,
+    ) {
+        for (key, value) in &unit.frontends {
+            if before.frontends.get(key) != Some(value) {
+                self.frontends.upserts.push((*key, *value));
+            }
+            if let Some(p) = present.as_mut() {
+                p.frontends.insert(*key);
             }
         }
-        Self {
-            frontends,
-            backends,
-            tables,
-            ranges,
+        for set in &unit.sets {
+            for (id, backend) in &set.backends {
+                if before.backends.get(id) != Some(backend) {
+                    self.backends.upserts.push((*id, *backend));
+                }
+                if let Some(p) = present.as_mut() {
+                    p.backends.insert(*id);
+                }
+            }
+            if let Some(table) = &set.table {
+                if before.tables.get(&set.id) != Some(table) {
+                    self.tables[table.tier as usize]
+                        .upserts
+                        .push((set.id, &table.slots));
+                }
+                if let Some(p) = present.as_mut() {
+                    p.tables.insert(set.id, table.tier);
+                }
+            }
         }
+        for range in &unit.source_ranges {
+            if !before.source_ranges.contains(range) {
+                self.ranges.additions.push(*range);
+            }
+            if let Some(p) = present.as_mut() {
+                p.ranges.insert(*range);
+            }
+        }
+    }
+
+    fn add_removals(&mut self, before: &FlatServices, present: &Present) {
+        self.frontends.removals = before
+            .frontends
+            .keys()
+            .filter(|k| !present.frontends.contains(k))
+            .copied()
+            .collect();
+        self.backends.removals = before
+            .backends
+            .keys()
+            .filter(|k| !present.backends.contains(k))
+            .copied()
+            .collect();
+        for (set, table) in &before.tables {
+            // A set that changed tier leaves its old tier's map.
+            if present.tables.get(set) != Some(&table.tier) {
+                self.tables[table.tier as usize].removals.push(*set);
+            }
+        }
+        self.ranges.removals = before
+            .source_ranges
+            .iter()
+            .filter(|r| !present.ranges.contains(r))
+            .copied()
+            .collect();
     }
 
     /// Entries added or changed.
@@ -109,7 +188,7 @@ impl Dataplane {
     /// Backends, tables, source ranges, then frontends.
     pub(super) fn write_service_upserts(
         &mut self,
-        diff: &ServiceDiff,
+        diff: &ServiceDiff<'_>,
     ) -> Result<(), DataplaneError> {
         let (ids, backends): (Vec<u32>, Vec<Backend>) =
             diff.backends.upserts.iter().copied().unzip();
@@ -132,7 +211,7 @@ impl Dataplane {
     /// Frontends, source ranges, tables, then backends.
     pub(super) fn write_service_removals(
         &mut self,
-        diff: &ServiceDiff,
+        diff: &ServiceDiff<'_>,
     ) -> Result<(), DataplaneError> {
         self.delete_batch::<ServiceKey, ServiceValue>(names::SERVICES, &diff.frontends.removals)?;
         {
@@ -151,20 +230,16 @@ impl Dataplane {
     fn write_tables<const N: usize>(
         &self,
         tier: Tier,
-        tables: &[(u32, Vec<u32>)],
+        tables: &[(u32, &[u32])],
     ) -> Result<(), DataplaneError> {
         let mut sets = Vec::with_capacity(tables.len());
         let mut values: Vec<[u32; N]> = Vec::with_capacity(tables.len());
         for (set, slots) in tables {
-            let table: [u32; N] =
-                slots
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| DataplaneError::TableSize {
-                        set: *set,
-                        slots: slots.len(),
-                        expected: N,
-                    })?;
+            let table: [u32; N] = (*slots).try_into().map_err(|_| DataplaneError::TableSize {
+                set: *set,
+                slots: slots.len(),
+                expected: N,
+            })?;
             sets.push(*set);
             values.push(table);
         }
