@@ -117,9 +117,9 @@ impl Catalog {
             })
             .collect();
         let services = maps
-            .service_ids
+            .services
             .services()
-            .map(|(id, name)| (id, name.into()))
+            .map(|(name, unit)| (unit.id, name.into()))
             .collect();
         Self {
             pods_by_addr,

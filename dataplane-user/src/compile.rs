@@ -21,7 +21,7 @@ use std::net::IpAddr;
 
 use dataplane_abi::{
     Addr, CidrInfo, Direction, EndpointInfo, PEER_CLASS_ANY, PEER_CLASS_WORLD, PORT_ANY, PolicyKey,
-    PolicyValue, ServiceKey, ServiceValue, capacity, endpoint_flags, proto, v4_mapped,
+    PolicyValue, capacity, endpoint_flags, proto, v4_mapped,
 };
 use ipnetwork::IpNetwork;
 
@@ -29,7 +29,9 @@ use crate::model::{
     DesiredState, Labels, NamespaceScope, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule,
 };
 
-pub use self::services::{ServiceIds, SourceRange};
+pub use self::services::{
+    CompiledService, CompiledSet, Counts, FlatServices, ServiceMaps, SourceRange,
+};
 
 /// What this node hosts, read from the kernel by `node`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -75,18 +77,10 @@ pub struct MapSet {
     pub peer_classes: usize,
     /// The class ids this compilation gave out; the next compilation keeps them.
     pub class_ids: ClassIds,
-    /// Contents of `WEIR_SVC_V1`: Service frontends.
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
-    /// Contents of `WEIR_BE_V1`: backends by id.
-    pub backends: BTreeMap<u32, dataplane_abi::Backend>,
-    /// Contents of `WEIR_MAG_S_V1`, `WEIR_MAG_M_V1` and `WEIR_MAG_L_V1`: the Maglev table of
-    /// each backend set that has backends, by backend set id (the table says its tier).
-    pub maglev: BTreeMap<u32, maglev::Table>,
-    /// Contents of `WEIR_LBSRC_V1`.
-    pub source_ranges: BTreeSet<SourceRange>,
-    /// The Service, backend set and backend ids this compilation gave out; the next
-    /// compilation keeps them.
-    pub service_ids: ServiceIds,
+    /// Contents of the Service maps (`WEIR_SVC_V1`, `WEIR_BE_V1`, `WEIR_MAG_*_V1`,
+    /// `WEIR_LBSRC_V1`), one compiled unit per Service, with the ids the next compilation
+    /// keeps.
+    pub services: ServiceMaps,
     /// Things worth a warning that do not stop compilation (duplicate pod addresses).
     pub warnings: Vec<String>,
 }
@@ -145,9 +139,9 @@ pub fn compile(state: &DesiredState, node: &NodeView) -> Result<MapSet, CompileE
 
 /// Compiles `state`, keeping the ids `previous` (the last compilation, or what the maps held
 /// at start) gave out: peer classes ([`MapSet::class_ids`]), Services, backend sets and
-/// backends ([`MapSet::service_ids`]), for every one whose identity still exists. A change
-/// then rewrites only the entries it affects, and an id never changes meaning while entries
-/// may still use it.
+/// backends ([`MapSet::services`]), for every one whose identity still exists. A change then
+/// rewrites only the entries it affects, and an id never changes meaning while entries may
+/// still use it. A Service whose inputs did not change is not compiled again.
 pub fn compile_with(
     state: &DesiredState,
     node: &NodeView,
@@ -218,7 +212,9 @@ pub fn compile_with(
     out.peer_classes = classes.len();
     out.class_ids = classes.into_ids();
     check_capacity(&out)?;
-    services::compile(state, node, &previous.service_ids, &mut out)?;
+    let (services, warnings) = services::compile(state, node, &previous.services)?;
+    out.services = services;
+    out.warnings.extend(warnings);
     Ok(out)
 }
 
@@ -787,13 +783,14 @@ impl fmt::Display for MapSet {
             self.policy.len()
         )?;
         if !self.services.is_empty() {
+            let counts = self.services.counts();
             writeln!(
                 f,
                 "{} Service frontends, {} backends, {} Maglev tables, {} source ranges",
-                self.services.len(),
-                self.backends.len(),
-                self.maglev.len(),
-                self.source_ranges.len()
+                counts.frontends,
+                counts.backends,
+                counts.tables.iter().sum::<usize>(),
+                counts.source_ranges
             )?;
         }
         for lp in self.local_pods.values() {

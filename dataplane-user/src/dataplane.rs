@@ -20,6 +20,7 @@ use dataplane_abi::{
 use crate::compile::MapSet;
 use crate::pins::{Hook, Pins};
 
+mod batch;
 mod debug_log;
 mod observe;
 mod services;

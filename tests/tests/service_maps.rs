@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use dataplane_abi::maglev::Tier;
 use dataplane_abi::proto;
 use testbed::RunTag;
-use weir::compile::{self, MapSet, NodeView};
+use weir::compile::{self, FlatServices, MapSet, NodeView};
 use weir::dataplane::Dataplane;
 use weir::model::{
     DesiredState, Endpoint, EndpointPort, EndpointSlice, Protocol, Service, ServiceKind,
@@ -102,25 +102,19 @@ fn state(web_endpoints: u8) -> DesiredState {
     }
 }
 
-/// The Service part of a map set.
-fn services_of(maps: &MapSet) -> MapSet {
-    MapSet {
-        services: maps.services.clone(),
-        backends: maps.backends.clone(),
-        maglev: maps.maglev.clone(),
-        source_ranges: maps.source_ranges.clone(),
-        ..MapSet::default()
-    }
+/// The Service part of a map set, as plain maps.
+fn services_of(maps: &MapSet) -> FlatServices {
+    maps.services.flatten()
 }
 
 /// Every frontend with backends finds its table, in its tier; every slot its backend.
-fn assert_chains_whole(maps: &MapSet, step: &str) {
-    for (key, value) in &maps.services {
+fn assert_chains_whole(maps: &FlatServices, step: &str) {
+    for (key, value) in &maps.frontends {
         if value.backend_count == 0 {
             continue;
         }
         let table = maps
-            .maglev
+            .tables
             .get(&value.backend_set)
             .unwrap_or_else(|| panic!("{step}: frontend {key:?} has no table"));
         assert_eq!(table.tier as u8, value.maglev, "{step}: {key:?}");
@@ -177,42 +171,42 @@ fn the_kernel_holds_what_was_compiled_and_a_restart_rewrites_nothing() {
     let mut dp = Dataplane::load_pinned(&pins).expect("loading on fresh pins");
 
     dp = apply_and_restart(dp, &pins, &state(3), "three endpoints");
-    let before = dp.applied().clone();
+    let before = services_of(dp.applied());
     let web = before
-        .services
+        .frontends
         .values()
         .find(|v| v.backend_count == 3)
         .copied()
         .unwrap();
-    assert_eq!(before.maglev[&web.backend_set].tier, Tier::Small);
+    assert_eq!(before.tables[&web.backend_set].tier, Tier::Small);
     assert_eq!(before.source_ranges.len(), 1);
-    assert!(before.services.keys().all(|k| k.proto == proto::TCP));
+    assert!(before.frontends.keys().all(|k| k.proto == proto::TCP));
 
     dp = apply_and_restart(dp, &pins, &state(4), "one endpoint more");
-    let after = dp.applied().clone();
+    let after = services_of(dp.applied());
     let changed: Vec<_> = after
-        .services
+        .frontends
         .iter()
-        .filter(|(k, v)| before.services.get(*k) != Some(*v))
+        .filter(|(k, v)| before.frontends.get(*k) != Some(*v))
         .collect();
     assert_eq!(changed.len(), 1, "only web's frontend changes (its count)");
     assert_eq!(after.backends.len(), before.backends.len() + 1);
 
     dp = apply_and_restart(dp, &pins, &state(13), "thirteen endpoints: a medium table");
-    let grown = dp.applied().clone();
-    let web_grown = grown.services[changed[0].0];
+    let grown = services_of(dp.applied());
+    let web_grown = grown.frontends[changed[0].0];
     assert_eq!(
         web_grown.backend_set, web.backend_set,
         "the set keeps its id"
     );
-    assert_eq!(grown.maglev[&web.backend_set].tier, Tier::Medium);
+    assert_eq!(grown.tables[&web.backend_set].tier, Tier::Medium);
 
     let mut fewer = state(2);
     fewer.services.retain(|s| s.name != "lb");
     dp = apply_and_restart(dp, &pins, &fewer, "back to small, lb removed");
-    assert!(dp.applied().source_ranges.is_empty());
+    assert!(services_of(dp.applied()).source_ranges.is_empty());
 
     dp = apply_and_restart(dp, &pins, &DesiredState::default(), "no Service");
-    assert!(dp.applied().services.is_empty() && dp.applied().backends.is_empty());
+    assert_eq!(services_of(dp.applied()), FlatServices::default());
     drop(dp);
 }

@@ -66,52 +66,56 @@ fn populate(members: &[Member], slots: usize) -> Vec<u32> {
     let mut sorted = members.to_vec();
     sorted.sort_unstable();
     sorted.dedup_by_key(|m| m.name);
-    let m = slots as u64;
     let mut cursors: Vec<Cursor> = sorted
         .iter()
-        .map(|member| Cursor::new(&member.name, m))
+        .map(|member| Cursor::new(&member.name, slots))
         .collect();
-    let mut table = vec![None::<u32>; slots];
+    let mut table = vec![0u32; slots];
+    let mut taken = vec![false; slots];
     let mut filled = 0;
     // Every turn fills exactly one slot per backend (the permutation covers every slot, so a
     // free one is always found) until the table is full.
     while filled < slots {
         for (member, cursor) in sorted.iter().zip(&mut cursors) {
-            let slot = loop {
-                let candidate = cursor.next(m);
-                if table[candidate].is_none() {
-                    break candidate;
-                }
-            };
-            table[slot] = Some(member.id);
+            let mut slot = cursor.next(slots);
+            while taken[slot] {
+                slot = cursor.next(slots);
+            }
+            taken[slot] = true;
+            table[slot] = member.id;
             filled += 1;
             if filled == slots {
                 break;
             }
         }
     }
-    table.into_iter().map(Option::unwrap_or_default).collect()
+    table
 }
 
 /// Where a backend is in its permutation: slot `(offset + j × skip) mod M` for turn `j`.
 struct Cursor {
-    slot: u64,
-    skip: u64,
+    slot: usize,
+    skip: usize,
 }
 
 impl Cursor {
-    fn new(name: &Name, m: u64) -> Self {
-        Self {
-            slot: hash(name, OFFSET_SEED) % m,
-            skip: hash(name, SKIP_SEED) % (m - 1) + 1,
-        }
+    fn new(name: &Name, m: usize) -> Self {
+        let m64 = m as u64;
+        // Both are below `m`, which is a `usize`.
+        let offset = usize::try_from(hash(name, OFFSET_SEED) % m64).unwrap_or_default();
+        let skip = usize::try_from(hash(name, SKIP_SEED) % (m64 - 1)).unwrap_or_default() + 1;
+        Self { slot: offset, skip }
     }
 
-    /// The current slot, moving the cursor to the next one.
-    fn next(&mut self, m: u64) -> usize {
+    /// The current slot, moving the cursor to the next one. `skip < m`, so one subtraction
+    /// replaces the modulo (a division, the most expensive step of the fill).
+    fn next(&mut self, m: usize) -> usize {
         let slot = self.slot;
-        self.slot = (self.slot + self.skip) % m;
-        usize::try_from(slot).unwrap_or_default()
+        self.slot += self.skip;
+        if self.slot >= m {
+            self.slot -= m;
+        }
+        slot
     }
 }
 

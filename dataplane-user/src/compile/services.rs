@@ -22,25 +22,30 @@
 //! 5. Flags: External entries with policy `Cluster` masquerade; entries with policy `Local`
 //!    drop when the set is empty (another node may have endpoints); load-balancer IPs of a
 //!    Service with `loadBalancerSourceRanges` check the client against them.
-//! 6. Two Services claiming one frontend: the first by `namespace/name` keeps it, and the
-//!    other is warned about.
+//! 6. Two Services claiming one frontend: the first by namespace, then name, keeps it, and
+//!    the other is warned about.
 //!
-//! Ids are kept across compilations by identity ([`ServiceIds`]), so a change rewrites only
-//! the entries it affects and a tracked connection's backend id keeps its meaning.
+//! Each Service compiles to one [`CompiledService`], shared (`Arc`) from one compilation to
+//! the next while its inputs stay the same: the Service, its slices, and what it uses of the
+//! node. A change to one Service among 10 000 then compiles that one, and the agent finds
+//! what to write by comparing pointers, not entries ([`ServiceMaps::changes`]). Ids are kept
+//! by identity (see `ids`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod build;
+mod ids;
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use dataplane_abi::maglev::{self, Tier};
-use dataplane_abi::{
-    Addr, BACKEND_NONE, Backend, ServiceKey, ServiceScope, ServiceValue, SourceRangeKey,
-    backend_flags, capacity, names, service_flags,
-};
-use ipnetwork::IpNetwork;
+use dataplane_abi::{Addr, Backend, ServiceKey, ServiceValue, SourceRangeKey, capacity, names};
 
-use super::maglev::{Member, Table};
-use super::{CompileError, MapSet, NodeView, to_addr};
-use crate::model::{DesiredState, EndpointSlice, Protocol, Service, ServiceKind, ServicePort};
+use self::build::{NodePortAddrs, ServiceCompiler, SetIdentity};
+use self::ids::{Hints, Ids};
+use super::maglev::Table;
+use super::{CompileError, NodeView};
+use crate::model::{DesiredState, EndpointSlice, Service};
 
 /// One prefix of `WEIR_LBSRC_V1`: a `loadBalancerSourceRanges` entry of one Service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -80,273 +85,399 @@ impl SourceRange {
     }
 }
 
-/// Which endpoints a backend set holds: a Kubernetes traffic policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum TrafficPolicy {
-    /// Every endpoint of the cluster.
-    Cluster,
-    /// Only the endpoints on this node.
-    Local,
+/// The Service maps' contents as plain ordered maps: for diffs, tests and read-back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlatServices {
+    /// Contents of `WEIR_SVC_V1`.
+    pub frontends: BTreeMap<ServiceKey, ServiceValue>,
+    /// Contents of `WEIR_BE_V1`.
+    pub backends: BTreeMap<u32, Backend>,
+    /// Contents of the three `WEIR_MAG_*_V1` maps, by backend set id (the table says its tier).
+    pub tables: BTreeMap<u32, Table>,
+    /// Contents of `WEIR_LBSRC_V1`.
+    pub source_ranges: BTreeSet<SourceRange>,
 }
 
-impl TrafficPolicy {
-    fn of(local: bool) -> Self {
-        if local { Self::Local } else { Self::Cluster }
+impl FlatServices {
+    /// Adds the entries of `unit`.
+    pub fn add(&mut self, unit: &CompiledService) {
+        self.frontends.extend(unit.frontends.iter().copied());
+        for set in &unit.sets {
+            self.backends.extend(set.backends.iter().copied());
+            if let Some(table) = &set.table {
+                self.tables.insert(set.id, table.clone());
+            }
+        }
+        self.source_ranges
+            .extend(unit.source_ranges.iter().copied());
     }
 }
 
-/// What a backend set is, whatever its id: one port of one Service, one address family, one
-/// traffic policy.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct SetIdentity {
-    /// `namespace/name`.
-    service: String,
-    port: String,
-    protocol: Protocol,
-    ipv6: bool,
-    policy: TrafficPolicy,
+/// What one Service compiles to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CompiledService {
+    /// [`ServiceValue::service`].
+    pub id: u32,
+    /// Its frontends, sorted.
+    pub frontends: Vec<(ServiceKey, ServiceValue)>,
+    /// Its backend sets.
+    pub sets: Vec<CompiledSet>,
+    /// Its `loadBalancerSourceRanges`, when a load-balancer IP uses them.
+    pub source_ranges: Vec<SourceRange>,
+    /// What it was compiled from; `None` for what a restarted agent read from the kernel.
+    inputs: Option<Inputs>,
 }
 
-/// What a backend is, whatever its id: an endpoint address and port in one backend set.
-type BackendIdentity = (u32, Addr, u16);
-
-/// Ids of one kind, by identity, and the next one to give out.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct IdMap<K: Eq + std::hash::Hash> {
-    ids: HashMap<K, u32>,
-    next: u32,
+/// A backend set of one Service.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CompiledSet {
+    /// Which port, protocol, family and policy; `None` when read from the kernel.
+    identity: Option<SetIdentity>,
+    /// [`ServiceValue::backend_set`].
+    pub id: u32,
+    /// Its backends by id, sorted by address and port.
+    pub backends: Vec<(u32, Backend)>,
+    /// Its Maglev table; `None` for a set without backends.
+    pub table: Option<Table>,
 }
 
-impl<K: Eq + std::hash::Hash> Default for IdMap<K> {
+/// What a [`CompiledService`] depends on: when these are the same, so is the output.
+#[derive(Debug, PartialEq, Eq)]
+struct Inputs {
+    service: Service,
+    /// Its slices, by name.
+    slices: Vec<EndpointSlice>,
+    /// Endpoint addresses local because a route leads to one of this node's interfaces.
+    routed: Vec<IpAddr>,
+    /// Some frontend went to another Service (or twice to this one): recompiled every time,
+    /// so that it takes the frontend back when the other lets go.
+    contested: bool,
+}
+
+/// Where the next new id of each kind starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NextIds {
+    service: u32,
+    set: u32,
+    backend: u32,
+}
+
+impl Default for NextIds {
     fn default() -> Self {
         Self {
-            ids: HashMap::new(),
-            next: 1,
+            service: 1,
+            set: 1,
+            backend: 1,
         }
     }
 }
 
-impl<K: Eq + std::hash::Hash> IdMap<K> {
-    fn above(max_in_use: u32) -> Self {
+/// What Services use of the node view, to know whether a change of it touches them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct NodeFacts {
+    name: Option<String>,
+    node_port_addrs: Vec<IpAddr>,
+    routed: BTreeSet<IpAddr>,
+}
+
+impl NodeFacts {
+    fn of(node: &NodeView) -> Self {
         Self {
-            ids: HashMap::new(),
-            next: max_in_use.saturating_add(1).max(1),
+            name: node.node_name.clone(),
+            node_port_addrs: NodePortAddrs::of(node).0,
+            routed: node.local_routes.keys().copied().collect(),
         }
     }
 }
 
-/// What the maps held when the agent started, to give each identity back its id.
+/// The Service part of a compilation: one [`CompiledService`] per Service, the ids to
+/// continue from, and the node facts they were compiled with.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Recovered {
-    /// Service id and backend set id of each frontend.
-    frontends: HashMap<ServiceKey, (u32, u32)>,
-    /// Backend id of each backend of each set.
-    backends: HashMap<BackendIdentity, u32>,
+pub struct ServiceMaps {
+    /// By `namespace/name`; the empty name holds what a restarted agent read from the kernel.
+    /// Shared, so that keeping a copy (the agent keeps what it applied) costs nothing.
+    units: Arc<BTreeMap<Arc<str>, Arc<CompiledService>>>,
+    next: NextIds,
+    node: NodeFacts,
 }
 
-/// Service, backend set and backend ids by identity, carried from one compilation to the
-/// next (as [`super::ClassIds`] carries peer class ids).
-///
-/// A new identity gets an id above every id given before, so an id that falls out of use
-/// (a backend that left, whose id tracked connections still hold) is not given to another
-/// identity until the 32-bit space wraps around, which at a thousand new backends a second
-/// takes seven weeks, long after connections that old are gone. Id 0 is never given.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceIds {
-    services: IdMap<String>,
-    sets: IdMap<SetIdentity>,
-    backends: IdMap<BackendIdentity>,
-    recovered: Option<Recovered>,
-}
+/// Key of the unit that holds what the kernel held at start: no Service name is empty.
+const RECOVERED: &str = "";
 
-impl ServiceIds {
-    /// Each Service's id and its `namespace/name`: the Services this compilation gave ids to
-    /// (after a restart, before any compilation: none).
-    pub fn services(&self) -> impl Iterator<Item = (u32, &str)> {
-        self.services
-            .ids
-            .iter()
-            .map(|(name, id)| (*id, name.as_str()))
-    }
-
-    /// Ids for an agent that adopts maps it did not compile (a restart): identities whose
-    /// frontends and backends are still in `maps` get their ids back, so an unchanged state
-    /// rewrites nothing and tracked connections keep their backends; new ids start above
-    /// every id the maps hold.
+impl ServiceMaps {
+    /// The maps as a restarted agent finds them: everything in one unit whose ids the next
+    /// compilation gives back to the identities that had them; new ids start above them.
     #[must_use]
-    pub fn recover(maps: &MapSet) -> Self {
-        let mut recovered = Recovered::default();
-        for (key, value) in &maps.services {
-            recovered
+    pub fn recovered(flat: FlatServices) -> Self {
+        let max = |ids: &mut dyn Iterator<Item = u32>| ids.max().unwrap_or(0).saturating_add(1);
+        let next = NextIds {
+            service: max(&mut flat.frontends.values().map(|v| v.service)),
+            set: max(&mut flat
                 .frontends
-                .insert(*key, (value.service, value.backend_set));
+                .values()
+                .map(|v| v.backend_set)
+                .chain(flat.tables.keys().copied())),
+            backend: max(&mut flat.backends.keys().copied()),
+        };
+        let mut orphans = flat.backends;
+        let mut sets = Vec::new();
+        for (id, table) in flat.tables {
+            let members: BTreeSet<u32> = table.slots.iter().copied().collect();
+            let backends = members
+                .iter()
+                .filter_map(|b| orphans.remove(b).map(|be| (*b, be)))
+                .collect();
+            sets.push(CompiledSet {
+                identity: None,
+                id,
+                backends,
+                table: Some(table),
+            });
         }
-        for (set, table) in &maps.maglev {
-            for id in &table.slots {
-                if let Some(be) = maps.backends.get(id) {
-                    recovered.backends.insert((*set, be.addr, be.port_h), *id);
+        // Backends no table names: kept so that the next write removes them.
+        sets.push(CompiledSet {
+            identity: None,
+            id: 0,
+            backends: orphans.into_iter().collect(),
+            table: None,
+        });
+        let unit = CompiledService {
+            id: 0,
+            frontends: flat.frontends.into_iter().collect(),
+            sets,
+            source_ranges: flat.source_ranges.into_iter().collect(),
+            inputs: None,
+        };
+        Self {
+            units: Arc::new(BTreeMap::from([(Arc::from(RECOVERED), Arc::new(unit))])),
+            next: NextIds {
+                service: next.service.max(1),
+                set: next.set.max(1),
+                backend: next.backend.max(1),
+            },
+            node: NodeFacts::default(),
+        }
+    }
+
+    /// Everything, as plain maps.
+    #[must_use]
+    pub fn flatten(&self) -> FlatServices {
+        let mut out = FlatServices::default();
+        for unit in self.units.values() {
+            out.add(unit);
+        }
+        out
+    }
+
+    /// The Services that differ between `self` and `next`, as they are in each: writing the
+    /// entries of `next`'s and removing those only `self`'s have turns one into the other. An
+    /// unchanged Service is the same `Arc` in both, under the same name `Arc`: one step of a
+    /// walk over both maps in order, and two pointer comparisons.
+    #[must_use]
+    pub fn changed_units<'s, 'n>(
+        &'s self,
+        next: &'n Self,
+    ) -> (Vec<&'s CompiledService>, Vec<&'n CompiledService>) {
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        let mut old = self.units.iter().peekable();
+        let mut new = next.units.iter().peekable();
+        loop {
+            let order = match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((a, _)), Some((b, _))) if Arc::ptr_eq(a, b) => Ordering::Equal,
+                (Some((a, _)), Some((b, _))) => a.cmp(b),
+            };
+            let a = (order != Ordering::Greater).then(|| old.next()).flatten();
+            let b = (order != Ordering::Less).then(|| new.next()).flatten();
+            match (a, b) {
+                (Some((_, a)), Some((_, b))) if Arc::ptr_eq(a, b) => {}
+                (a, b) => {
+                    before.extend(a.map(|(_, u)| &**u));
+                    after.extend(b.map(|(_, u)| &**u));
                 }
             }
         }
-        let max_of = |ids: &mut dyn Iterator<Item = u32>| ids.max().unwrap_or(0);
-        Self {
-            services: IdMap::above(max_of(&mut maps.services.values().map(|v| v.service))),
-            sets: IdMap::above(max_of(
-                &mut maps
-                    .services
-                    .values()
-                    .map(|v| v.backend_set)
-                    .chain(maps.maglev.keys().copied()),
-            )),
-            backends: IdMap::above(max_of(&mut maps.backends.keys().copied())),
-            recovered: Some(recovered),
-        }
-    }
-}
-
-/// Hands out the ids of one kind during one compilation.
-struct Allocator<'a, K: Eq + std::hash::Hash> {
-    previous: &'a IdMap<K>,
-    given: HashMap<K, u32>,
-    /// Ids given this compilation, so that a recovered id goes to one identity only.
-    taken: HashSet<u32>,
-    next: u32,
-    /// After the id space wrapped: every id the previous compilation gave, to skip them.
-    wrapped: Option<HashSet<u32>>,
-}
-
-impl<'a, K: Clone + Eq + std::hash::Hash> Allocator<'a, K> {
-    fn new(previous: &'a IdMap<K>) -> Self {
-        Self {
-            previous,
-            given: HashMap::with_capacity(previous.ids.len()),
-            taken: HashSet::with_capacity(previous.ids.len()),
-            next: previous.next.max(1),
-            wrapped: None,
-        }
+        (before, after)
     }
 
-    /// The id of `key`: the one it had, else `hint` (what the maps held at a restart) if no
-    /// other identity has it, else a new one.
-    fn id(&mut self, key: &K, hint: Option<u32>) -> u32 {
-        if let Some(id) = self.given.get(key) {
-            return *id;
+    /// [`Self::changed_units`] as plain maps.
+    #[must_use]
+    pub fn changes(&self, next: &Self) -> (FlatServices, FlatServices) {
+        let (old, new) = self.changed_units(next);
+        let (mut before, mut after) = (FlatServices::default(), FlatServices::default());
+        for unit in old {
+            before.add(unit);
         }
-        let id = match self.previous.ids.get(key) {
-            Some(id) => *id,
-            None => match hint.filter(|h| *h != BACKEND_NONE && !self.taken.contains(h)) {
-                Some(id) => id,
-                None => self.fresh(),
-            },
-        };
-        self.taken.insert(id);
-        self.given.insert(key.clone(), id);
-        id
+        for unit in new {
+            after.add(unit);
+        }
+        (before, after)
     }
 
-    fn fresh(&mut self) -> u32 {
-        loop {
-            let id = self.next;
-            if id == u32::MAX {
-                self.next = 1;
-                self.wrapped = Some(self.previous.ids.values().copied().collect());
-                continue;
-            }
-            self.next += 1;
-            let in_use = self.taken.contains(&id)
-                || self.wrapped.as_ref().is_some_and(|ids| ids.contains(&id));
-            if !in_use {
-                return id;
-            }
-        }
-    }
-
-    fn finish(self) -> IdMap<K> {
-        IdMap {
-            ids: self.given,
-            next: self.next,
-        }
-    }
-}
-
-/// The id allocators of one compilation.
-struct IdBook<'a> {
-    services: Allocator<'a, String>,
-    sets: Allocator<'a, SetIdentity>,
-    backends: Allocator<'a, BackendIdentity>,
-    recovered: Option<&'a Recovered>,
-}
-
-impl<'a> IdBook<'a> {
-    fn new(previous: &'a ServiceIds) -> Self {
-        Self {
-            services: Allocator::new(&previous.services),
-            sets: Allocator::new(&previous.sets),
-            backends: Allocator::new(&previous.backends),
-            recovered: previous.recovered.as_ref(),
-        }
-    }
-
-    /// What the maps held for the first of `frontends` they knew, at a restart.
-    fn recovered_frontend(&self, frontends: &[&Frontend]) -> Option<(u32, u32)> {
-        let recovered = self.recovered?;
-        frontends
+    /// The compiled Services, by `namespace/name`.
+    pub fn services(&self) -> impl Iterator<Item = (&str, &CompiledService)> {
+        self.units
             .iter()
-            .find_map(|f| recovered.frontends.get(&f.key).copied())
+            .filter(|(name, _)| &***name != RECOVERED)
+            .map(|(name, unit)| (&**name, &**unit))
     }
 
-    fn backend(&mut self, set: u32, addr: Addr, port_h: u16) -> u32 {
-        let identity = (set, addr, port_h);
-        let hint = self
-            .recovered
-            .and_then(|r| r.backends.get(&identity).copied());
-        self.backends.id(&identity, hint)
-    }
-
-    fn finish(self) -> ServiceIds {
-        ServiceIds {
-            services: self.services.finish(),
-            sets: self.sets.finish(),
-            backends: self.backends.finish(),
-            recovered: None,
+    /// Number of frontends, backends, Maglev tables (by tier) and source ranges.
+    #[must_use]
+    pub fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
+        for unit in self.units.values() {
+            counts.frontends += unit.frontends.len();
+            counts.source_ranges += unit.source_ranges.len();
+            for set in &unit.sets {
+                counts.backends += set.backends.len();
+                if let Some(table) = &set.table {
+                    counts.tables[table.tier as usize] += 1;
+                }
+            }
         }
+        counts
+    }
+
+    /// Whether there is nothing to write.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.units
+            .values()
+            .all(|u| u.frontends.is_empty() && u.sets.iter().all(|s| s.backends.is_empty()))
     }
 }
 
-/// One frontend of a Service, before ids are known.
-#[derive(Clone, Debug)]
-struct Frontend {
-    key: ServiceKey,
-    /// Index of the Service port in `spec.ports`.
-    port: usize,
-    policy: TrafficPolicy,
-    flags: u16,
+/// Sizes of the Service maps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Entries of `WEIR_SVC_V1`.
+    pub frontends: usize,
+    /// Entries of `WEIR_BE_V1`.
+    pub backends: usize,
+    /// Entries of `WEIR_MAG_S_V1`, `WEIR_MAG_M_V1`, `WEIR_MAG_L_V1`.
+    pub tables: [usize; 3],
+    /// Entries of `WEIR_LBSRC_V1`.
+    pub source_ranges: usize,
 }
 
-/// Compiles every Service of `state` into `out`'s Service maps, with ids kept from
-/// `previous`.
+/// Compiles every Service of `state`, reusing what `previous` compiled from the same inputs
+/// and keeping its ids. Returns the Service maps and the warnings.
 pub(super) fn compile(
     state: &DesiredState,
     node: &NodeView,
-    previous: &ServiceIds,
-    out: &mut MapSet,
-) -> Result<(), CompileError> {
+    previous: &ServiceMaps,
+) -> Result<(ServiceMaps, Vec<String>), CompileError> {
+    let facts = NodeFacts::of(node);
     let slices = SliceIndex::new(&state.endpoint_slices);
-    let node_addrs = NodePortAddrs::of(node);
-    let mut ids = IdBook::new(previous);
+    let previous_units: Vec<&CompiledService> = previous.units.values().map(|u| &**u).collect();
+    let hints = previous.units.get(RECOVERED).map(|u| Hints::of(u));
+    let mut ids = Ids::new(previous.next, &previous_units, hints);
+    let reuse = Reuse {
+        facts: &facts,
+        previous: &previous.node,
+        node,
+    };
     let mut services: Vec<&Service> = state.services.iter().collect();
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut claimed: HashSet<ServiceKey> = HashSet::new();
+    let mut units = BTreeMap::new();
+    let mut warnings = Vec::new();
     for service in services {
-        let compiler = ServiceCompiler {
-            service,
-            slices: slices.of(service),
-            node,
-            node_addrs: &node_addrs,
+        let name = format!("{}/{}", service.namespace, service.name);
+        let slices = slices.of(service);
+        let (name, before) = match previous.units.get_key_value(name.as_str()) {
+            // The same name `Arc`: `changes` then compares pointers, not names.
+            Some((name, unit)) => (name.clone(), Some(unit)),
+            None => (Arc::from(name), None),
         };
-        compiler.compile(&mut ids, out)?;
+        let unit = match before {
+            Some(unit) if reuse.allows(unit, service, &slices, &claimed) => unit.clone(),
+            _ => {
+                let compiler = ServiceCompiler {
+                    service,
+                    slices: &slices,
+                    node,
+                    node_port_addrs: &facts.node_port_addrs,
+                };
+                let routed = routed(&slices, node);
+                let (unit, contested) =
+                    compiler.compile(before.map(|u| &**u), &mut ids, &claimed, &mut warnings)?;
+                Arc::new(CompiledService {
+                    inputs: Some(Inputs {
+                        service: service.clone(),
+                        slices: slices.iter().map(|s| (*s).clone()).collect(),
+                        routed,
+                        contested,
+                    }),
+                    ..unit
+                })
+            }
+        };
+        claimed.extend(unit.frontends.iter().map(|(k, _)| *k));
+        if !unit.frontends.is_empty() || !unit.sets.is_empty() {
+            units.insert(name, unit);
+        }
     }
-    out.service_ids = ids.finish();
-    check_capacity(out)
+    let out = ServiceMaps {
+        units: Arc::new(units),
+        next: ids.finish(),
+        node: facts,
+    };
+    check_capacity(&out)?;
+    Ok((out, warnings))
+}
+
+/// Decides whether a Service's previous output still holds.
+struct Reuse<'a> {
+    facts: &'a NodeFacts,
+    previous: &'a NodeFacts,
+    node: &'a NodeView,
+}
+
+impl Reuse<'_> {
+    fn allows(
+        &self,
+        unit: &CompiledService,
+        service: &Service,
+        slices: &[&EndpointSlice],
+        claimed: &HashSet<ServiceKey>,
+    ) -> bool {
+        let Some(inputs) = &unit.inputs else {
+            return false;
+        };
+        let same_inputs = !inputs.contested
+            && inputs.service == *service
+            && inputs.slices.len() == slices.len()
+            && inputs.slices.iter().zip(slices).all(|(a, b)| a == *b);
+        if !same_inputs || self.facts.name != self.previous.name {
+            return false;
+        }
+        let uses_node_ports = service.ports.iter().any(|p| p.node_port.is_some());
+        if uses_node_ports && self.facts.node_port_addrs != self.previous.node_port_addrs {
+            return false;
+        }
+        if self.facts.routed != self.previous.routed && routed(slices, self.node) != inputs.routed {
+            return false;
+        }
+        unit.frontends.iter().all(|(k, _)| !claimed.contains(k))
+    }
+}
+
+/// Endpoint addresses of `slices` that a route leads to a local interface for, sorted.
+fn routed(slices: &[&EndpointSlice], node: &NodeView) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = slices
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .flat_map(|e| &e.addresses)
+        .filter(|ip| node.local_routes.contains_key(ip))
+        .copied()
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// `EndpointSlices` by the Service they belong to.
@@ -366,7 +497,7 @@ impl<'a> SliceIndex<'a> {
         Self { by_service }
     }
 
-    /// The slices of `service`: legacy ones only when it has no other.
+    /// The slices of `service`, by name: legacy ones only when it has no other.
     fn of(&self, service: &Service) -> Vec<&'a EndpointSlice> {
         let Some(all) = self
             .by_service
@@ -374,423 +505,38 @@ impl<'a> SliceIndex<'a> {
         else {
             return Vec::new();
         };
-        let current: Vec<&EndpointSlice> = all.iter().copied().filter(|s| !s.legacy).collect();
-        if current.is_empty() {
-            all.clone()
-        } else {
-            current
+        let mut chosen: Vec<&EndpointSlice> = all.iter().copied().filter(|s| !s.legacy).collect();
+        if chosen.is_empty() {
+            chosen.clone_from(all);
         }
+        chosen.sort_by(|a, b| a.name.cmp(&b.name));
+        chosen
     }
 }
 
-/// Addresses of this node where node ports answer: all but loopback, link-local, multicast
-/// and unspecified ones.
-struct NodePortAddrs(Vec<IpAddr>);
-
-impl NodePortAddrs {
-    fn of(node: &NodeView) -> Self {
-        let usable = |ip: &&IpAddr| match ip {
-            IpAddr::V4(v4) => {
-                !(v4.is_loopback()
-                    || v4.is_link_local()
-                    || v4.is_multicast()
-                    || v4.is_unspecified())
-            }
-            IpAddr::V6(v6) => {
-                !(v6.is_loopback()
-                    || v6.is_unicast_link_local()
-                    || v6.is_multicast()
-                    || v6.is_unspecified())
-            }
-        };
-        Self(node.host_addrs.iter().filter(usable).copied().collect())
-    }
-}
-
-/// An endpoint of one Service port, merged over the slices that list it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Candidate {
-    addr: Addr,
-    port_h: u16,
-    ready: bool,
-    /// Serving and terminating: used only when no endpoint of the set is ready.
-    fallback: bool,
-    local: bool,
-}
-
-/// Compiles one Service.
-struct ServiceCompiler<'a> {
-    service: &'a Service,
-    slices: Vec<&'a EndpointSlice>,
-    node: &'a NodeView,
-    node_addrs: &'a NodePortAddrs,
-}
-
-impl ServiceCompiler<'_> {
-    fn name(&self) -> String {
-        format!("{}/{}", self.service.namespace, self.service.name)
-    }
-
-    fn compile(&self, ids: &mut IdBook<'_>, out: &mut MapSet) -> Result<(), CompileError> {
-        let frontends = self.unclaimed(self.frontends(), out);
-        if frontends.is_empty() {
-            return Ok(());
-        }
-        let all: Vec<&Frontend> = frontends.iter().collect();
-        let hint = ids.recovered_frontend(&all).map(|(service, _)| service);
-        let service_id = ids.services.id(&self.name(), hint);
-        let mut groups: BTreeMap<(usize, bool, TrafficPolicy), Vec<&Frontend>> = BTreeMap::new();
-        for f in &frontends {
-            let ipv6 = !is_v4_mapped(&f.key.addr);
-            groups.entry((f.port, ipv6, f.policy)).or_default().push(f);
-        }
-        let mut endpoints: BTreeMap<(usize, bool), Vec<Candidate>> = BTreeMap::new();
-        for ((port, ipv6, policy), members) in groups {
-            let candidates = endpoints
-                .entry((port, ipv6))
-                .or_insert_with(|| self.endpoints(&self.service.ports[port], ipv6));
-            let set = self.backend_set(ids, port, ipv6, policy, candidates, &members, out)?;
-            for f in members {
-                out.services.insert(
-                    f.key,
-                    ServiceValue {
-                        service: service_id,
-                        backend_set: set.id,
-                        backend_count: set.backends,
-                        affinity_timeout_s: self.service.affinity_timeout_s.unwrap_or(0),
-                        flags: f.flags,
-                        maglev: set.tier as u8,
-                        _pad: 0,
-                    },
-                );
-            }
-        }
-        if frontends
-            .iter()
-            .any(|f| f.flags & service_flags::SOURCE_RANGES != 0)
-        {
-            for range in &self.service.load_balancer_source_ranges {
-                out.source_ranges.insert(source_range(service_id, *range));
-            }
-        }
-        Ok(())
-    }
-
-    /// Every frontend of the Service, in a fixed order: ports in `spec.ports` order, then
-    /// cluster IPs, external IPs, load-balancer IPs, node addresses.
-    fn frontends(&self) -> Vec<Frontend> {
-        let svc = self.service;
-        let mut out = Vec::new();
-        let families: Vec<bool> = svc.cluster_ips.iter().map(IpAddr::is_ipv6).collect();
-        let served = |ip: &&IpAddr| families.contains(&ip.is_ipv6());
-        let node_ports = matches!(svc.kind, ServiceKind::NodePort | ServiceKind::LoadBalancer);
-        let external = Scoped::external(svc);
-        let ranges = Scoped {
-            flags: external.flags
-                | if svc.load_balancer_source_ranges.is_empty() {
-                    0
-                } else {
-                    service_flags::SOURCE_RANGES
-                },
-            ..external
-        };
-        for (idx, port) in svc.ports.iter().enumerate() {
-            let frontend = |addr: IpAddr, port_h: u16, scope: ServiceScope, how: Scoped| Frontend {
-                key: ServiceKey {
-                    addr: to_addr(addr),
-                    port_h,
-                    proto: port.protocol.number(),
-                    scope: scope as u8,
-                },
-                port: idx,
-                policy: how.policy,
-                flags: how.flags,
-            };
-            for ip in &svc.cluster_ips {
-                out.push(frontend(
-                    *ip,
-                    port.port,
-                    ServiceScope::Internal,
-                    Scoped::internal(svc),
-                ));
-            }
-            let both_scopes = |ip: IpAddr, port_h: u16, how: Scoped| {
-                [
-                    frontend(ip, port_h, ServiceScope::External, how),
-                    frontend(
-                        ip,
-                        port_h,
-                        ServiceScope::Internal,
-                        Scoped::short_circuit(how),
-                    ),
-                ]
-            };
-            for ip in svc.external_ips.iter().filter(served) {
-                out.extend(both_scopes(*ip, port.port, external));
-            }
-            for ip in svc.load_balancer_ips.iter().filter(served) {
-                out.extend(both_scopes(*ip, port.port, ranges));
-            }
-            if let (true, Some(node_port)) = (node_ports, port.node_port) {
-                for ip in self.node_addrs.0.iter().filter(served) {
-                    out.extend(both_scopes(*ip, node_port, external));
-                }
-            }
-        }
-        out
-    }
-
-    /// `frontends` without those an earlier Service (or an earlier port of this one) has
-    /// claimed, each left out with a warning.
-    fn unclaimed(&self, frontends: Vec<Frontend>, out: &mut MapSet) -> Vec<Frontend> {
-        let mut seen = HashSet::new();
-        let mut kept = Vec::with_capacity(frontends.len());
-        for f in frontends {
-            if out.services.contains_key(&f.key) || !seen.insert(f.key) {
-                out.warnings.push(format!(
-                    "Service {} ({}): {} is already a frontend of another Service or port; ignored",
-                    self.name(),
-                    self.service.origin,
-                    describe(&f.key)
-                ));
-                continue;
-            }
-            kept.push(f);
-        }
-        kept
-    }
-
-    /// The endpoints of Service port `port` in one family, merged over slices, sorted.
-    fn endpoints(&self, port: &ServicePort, ipv6: bool) -> Vec<Candidate> {
-        let mut merged: BTreeMap<(Addr, u16), Candidate> = BTreeMap::new();
-        for slice in &self.slices {
-            let Some(ep_port) = slice
-                .ports
-                .iter()
-                .find(|p| p.name == port.name && p.protocol == port.protocol)
-            else {
-                continue;
-            };
-            for ep in &slice.endpoints {
-                let on_node = ep.node_name.is_some() && ep.node_name == self.node.node_name;
-                for ip in ep.addresses.iter().filter(|ip| ip.is_ipv6() == ipv6) {
-                    let candidate = Candidate {
-                        addr: to_addr(*ip),
-                        port_h: ep_port.port,
-                        ready: ep.ready,
-                        fallback: ep.serving && ep.terminating,
-                        local: on_node || self.node.local_routes.contains_key(ip),
-                    };
-                    merged
-                        .entry((candidate.addr, candidate.port_h))
-                        .and_modify(|c| {
-                            c.ready |= candidate.ready;
-                            c.fallback |= candidate.fallback;
-                            c.local |= candidate.local;
-                        })
-                        .or_insert(candidate);
-                }
-            }
-        }
-        merged.into_values().collect()
-    }
-
-    /// Writes the backend set of one port, family and policy (its backends and table) and
-    /// returns what its frontends point at.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one set's identity, inputs and output; a struct would only rename them"
-    )]
-    fn backend_set(
-        &self,
-        ids: &mut IdBook<'_>,
-        port: usize,
-        ipv6: bool,
-        policy: TrafficPolicy,
-        candidates: &[Candidate],
-        frontends: &[&Frontend],
-        out: &mut MapSet,
-    ) -> Result<SetRef, CompileError> {
-        let service_port = &self.service.ports[port];
-        let chosen = select(candidates, policy);
-        let Some(tier) = Tier::for_backends(chosen.len()) else {
-            return Err(CompileError::TooManyBackends {
-                service: self.name(),
-                origin: self.service.origin.to_string(),
-                port: port_name(service_port),
-                backends: chosen.len(),
-                max: maglev::LARGE,
-            });
-        };
-        let identity = SetIdentity {
-            service: self.name(),
-            port: service_port.name.clone(),
-            protocol: service_port.protocol,
-            ipv6,
-            policy,
-        };
-        let hint = ids.recovered_frontend(frontends).map(|(_, set)| set);
-        let set_id = ids.sets.id(&identity, hint);
-        let mut members = Vec::with_capacity(chosen.len());
-        for c in &chosen {
-            let id = ids.backend(set_id, c.addr, c.port_h);
-            members.push(Member::new(c.addr, c.port_h, id));
-            out.backends.insert(
-                id,
-                Backend {
-                    addr: c.addr,
-                    port_h: c.port_h,
-                    flags: if c.local { backend_flags::LOCAL } else { 0 },
-                    _pad: 0,
-                },
-            );
-        }
-        if let Some(table) = Table::build(&members, tier) {
-            out.maglev.insert(set_id, table);
-        }
-        Ok(SetRef {
-            id: set_id,
-            backends: u32::try_from(chosen.len()).unwrap_or(u32::MAX),
-            tier,
-        })
-    }
-}
-
-/// What a frontend needs to know of its backend set.
-struct SetRef {
-    id: u32,
-    backends: u32,
-    tier: Tier,
-}
-
-/// The traffic policy and flags of one frontend entry.
-#[derive(Clone, Copy)]
-struct Scoped {
-    policy: TrafficPolicy,
-    flags: u16,
-}
-
-impl Scoped {
-    /// A cluster IP, for clients inside the cluster.
-    fn internal(svc: &Service) -> Self {
-        let policy = TrafficPolicy::of(svc.internal_traffic_local);
-        Self {
-            policy,
-            flags: drop_if_empty(policy),
-        }
-    }
-
-    /// An external, load-balancer or node address, for clients outside the cluster.
-    fn external(svc: &Service) -> Self {
-        let policy = TrafficPolicy::of(svc.external_traffic_local);
-        let masquerade = match policy {
-            TrafficPolicy::Cluster => service_flags::MASQUERADE,
-            TrafficPolicy::Local => 0,
-        };
-        Self {
-            policy,
-            flags: masquerade | drop_if_empty(policy),
-        }
-    }
-
-    /// The same address for clients inside the cluster: every endpoint, no masquerade, but
-    /// the source ranges still apply.
-    fn short_circuit(external: Self) -> Self {
-        Self {
-            policy: TrafficPolicy::Cluster,
-            flags: external.flags & service_flags::SOURCE_RANGES,
-        }
-    }
-}
-
-fn drop_if_empty(policy: TrafficPolicy) -> u16 {
-    match policy {
-        TrafficPolicy::Cluster => 0,
-        TrafficPolicy::Local => service_flags::DROP_IF_EMPTY,
-    }
-}
-
-/// The endpoints a set of `policy` sends new connections to: ready ones, else serving and
-/// terminating ones.
-fn select(candidates: &[Candidate], policy: TrafficPolicy) -> Vec<Candidate> {
-    let eligible = |c: &&Candidate| policy == TrafficPolicy::Cluster || c.local;
-    let ready: Vec<Candidate> = candidates
-        .iter()
-        .filter(eligible)
-        .filter(|c| c.ready)
-        .copied()
-        .collect();
-    if !ready.is_empty() {
-        return ready;
-    }
-    candidates
-        .iter()
-        .filter(eligible)
-        .filter(|c| c.fallback)
-        .copied()
-        .collect()
-}
-
-fn is_v4_mapped(addr: &Addr) -> bool {
-    addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
-}
-
-fn source_range(service: u32, range: IpNetwork) -> SourceRange {
-    let (prefix_len, addr) = super::to_prefix(range);
-    SourceRange {
-        service,
-        prefix_len,
-        addr,
-    }
-}
-
-fn port_name(port: &ServicePort) -> String {
-    if port.name.is_empty() {
-        format!("{}/{}", port.port, port.protocol)
-    } else {
-        format!("{} ({}/{})", port.name, port.port, port.protocol)
-    }
-}
-
-/// A frontend for messages: `10.96.0.1:80/TCP (internal)`.
-fn describe(key: &ServiceKey) -> String {
-    let ip = if is_v4_mapped(&key.addr) {
-        IpAddr::from([key.addr[12], key.addr[13], key.addr[14], key.addr[15]])
-    } else {
-        IpAddr::from(key.addr)
-    };
-    let proto = match key.proto {
-        dataplane_abi::proto::TCP => "TCP".to_owned(),
-        dataplane_abi::proto::UDP => "UDP".to_owned(),
-        dataplane_abi::proto::SCTP => "SCTP".to_owned(),
-        other => other.to_string(),
-    };
-    let scope = if key.scope == ServiceScope::Internal as u8 {
-        "internal"
-    } else {
-        "external"
-    };
-    let addr = match ip {
-        IpAddr::V4(v4) => format!("{v4}:{}", key.port_h),
-        IpAddr::V6(v6) => format!("[{v6}]:{}", key.port_h),
-    };
-    format!("{addr}/{proto} ({scope})")
-}
-
-fn check_capacity(out: &MapSet) -> Result<(), CompileError> {
-    let mut tiers = [0usize; 3];
-    for table in out.maglev.values() {
-        tiers[table.tier as usize] += 1;
-    }
+fn check_capacity(out: &ServiceMaps) -> Result<(), CompileError> {
+    let counts = out.counts();
     for (map, needed, cap) in [
-        (names::SERVICES, out.services.len(), capacity::SERVICES),
-        (names::BACKENDS, out.backends.len(), capacity::BACKENDS),
-        (names::MAGLEV_SMALL, tiers[0], capacity::MAGLEV_SMALL),
-        (names::MAGLEV_MEDIUM, tiers[1], capacity::MAGLEV_MEDIUM),
-        (names::MAGLEV_LARGE, tiers[2], capacity::MAGLEV_LARGE),
+        (names::SERVICES, counts.frontends, capacity::SERVICES),
+        (names::BACKENDS, counts.backends, capacity::BACKENDS),
+        (
+            names::MAGLEV_SMALL,
+            counts.tables[0],
+            capacity::MAGLEV_SMALL,
+        ),
+        (
+            names::MAGLEV_MEDIUM,
+            counts.tables[1],
+            capacity::MAGLEV_MEDIUM,
+        ),
+        (
+            names::MAGLEV_LARGE,
+            counts.tables[2],
+            capacity::MAGLEV_LARGE,
+        ),
         (
             names::SOURCE_RANGES,
-            out.source_ranges.len(),
+            counts.source_ranges,
             capacity::SOURCE_RANGES,
         ),
     ] {

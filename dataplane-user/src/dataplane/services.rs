@@ -8,17 +8,20 @@
 //! new tier's map first, its frontends then name the new tier, and the old tier's table goes
 //! last.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
+
+use std::os::fd::AsFd as _;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, IterableMap as _, MapData, MapError};
+use aya::sys::SyscallError;
 use dataplane_abi::MaglevTable;
 use dataplane_abi::maglev::{LARGE, MEDIUM, SMALL, Tier};
 use dataplane_abi::{Backend, ServiceKey, ServiceValue, SourceRangeKey, names};
 
-use super::{Dataplane, DataplaneError, Diff, diff, map_err, remove_existing, typed_map};
+use super::{Dataplane, DataplaneError, Diff, batch, map_err, remove_existing, typed_map};
 use crate::compile::maglev::Table;
-use crate::compile::{MapSet, ServiceIds, SourceRange};
+use crate::compile::{CompiledService, FlatServices, MapSet, ServiceMaps, SourceRange};
 
 /// Maglev map names by [`Tier`] number.
 const TABLE_MAPS: [&str; 3] = [
@@ -44,43 +47,125 @@ struct TableDiff<'a> {
 }
 
 /// Source ranges to add and to remove (their value never changes).
+#[derive(Default)]
 struct RangeDiff {
     additions: Vec<SourceRange>,
     removals: Vec<SourceRange>,
 }
 
+/// Keys the new state holds, to find those only the old one had.
+#[derive(Default)]
+struct Present {
+    frontends: HashSet<ServiceKey>,
+    backends: HashSet<u32>,
+    tables: StdHashMap<u32, Tier>,
+    ranges: HashSet<SourceRange>,
+}
+
 impl<'a> ServiceDiff<'a> {
+    /// The difference, over the Services that changed only (see
+    /// [`ServiceMaps::changed_units`]). An entry may move from one Service to another (a
+    /// contested frontend; ids a restarted agent gives back), so entries are compared by key
+    /// across all changed Services, not Service by Service.
     pub(super) fn new(from: &MapSet, to: &'a MapSet) -> Self {
-        let mut tables: [TableDiff<'a>; 3] = Default::default();
-        for (set, table) in &to.maglev {
-            if from.maglev.get(set) != Some(table) {
-                tables[table.tier as usize]
-                    .upserts
-                    .push((*set, &table.slots));
-            }
+        let (old, new) = from.services.changed_units(&to.services);
+        let mut before = FlatServices::default();
+        for unit in old {
+            before.add(unit);
         }
-        for (set, table) in &from.maglev {
-            if to.maglev.get(set).is_none_or(|t| t.tier != table.tier) {
-                tables[table.tier as usize].removals.push(*set);
-            }
-        }
-        Self {
-            frontends: diff(&from.services, &to.services),
-            backends: diff(&from.backends, &to.backends),
-            tables,
-            ranges: RangeDiff {
-                additions: to
-                    .source_ranges
-                    .difference(&from.source_ranges)
-                    .copied()
-                    .collect(),
-                removals: from
-                    .source_ranges
-                    .difference(&to.source_ranges)
-                    .copied()
-                    .collect(),
+        let mut out = Self {
+            frontends: Diff {
+                upserts: Vec::new(),
+                removals: Vec::new(),
             },
+            backends: Diff {
+                upserts: Vec::new(),
+                removals: Vec::new(),
+            },
+            tables: Default::default(),
+            ranges: RangeDiff::default(),
+        };
+        // From scratch there is nothing to remove, and no need to remember what is new.
+        let track = before != FlatServices::default();
+        let mut present = Present::default();
+        for unit in new {
+            out.add_unit(unit, &before, track.then_some(&mut present));
         }
+        if track {
+            out.add_removals(&before, &present);
+        }
+        out
+    }
+
+    fn add_unit(
+        &mut self,
+        unit: &'a CompiledService,
+        before: &FlatServices,
+        mut present: Option<&mut Present>,
+    ) {
+        for (key, value) in &unit.frontends {
+            if before.frontends.get(key) != Some(value) {
+                self.frontends.upserts.push((*key, *value));
+            }
+            if let Some(p) = present.as_mut() {
+                p.frontends.insert(*key);
+            }
+        }
+        for set in &unit.sets {
+            for (id, backend) in &set.backends {
+                if before.backends.get(id) != Some(backend) {
+                    self.backends.upserts.push((*id, *backend));
+                }
+                if let Some(p) = present.as_mut() {
+                    p.backends.insert(*id);
+                }
+            }
+            if let Some(table) = &set.table {
+                if before.tables.get(&set.id) != Some(table) {
+                    self.tables[table.tier as usize]
+                        .upserts
+                        .push((set.id, &table.slots));
+                }
+                if let Some(p) = present.as_mut() {
+                    p.tables.insert(set.id, table.tier);
+                }
+            }
+        }
+        for range in &unit.source_ranges {
+            if !before.source_ranges.contains(range) {
+                self.ranges.additions.push(*range);
+            }
+            if let Some(p) = present.as_mut() {
+                p.ranges.insert(*range);
+            }
+        }
+    }
+
+    fn add_removals(&mut self, before: &FlatServices, present: &Present) {
+        self.frontends.removals = before
+            .frontends
+            .keys()
+            .filter(|k| !present.frontends.contains(k))
+            .copied()
+            .collect();
+        self.backends.removals = before
+            .backends
+            .keys()
+            .filter(|k| !present.backends.contains(k))
+            .copied()
+            .collect();
+        for (set, table) in &before.tables {
+            // A set that changed tier leaves its old tier's map.
+            if present.tables.get(set) != Some(&table.tier) {
+                self.tables[table.tier as usize].removals.push(*set);
+            }
+        }
+        self.ranges.removals = before
+            .source_ranges
+            .iter()
+            .filter(|r| !present.ranges.contains(r))
+            .copied()
+            .collect();
     }
 
     /// Entries added or changed.
@@ -106,13 +191,9 @@ impl Dataplane {
         &mut self,
         diff: &ServiceDiff<'_>,
     ) -> Result<(), DataplaneError> {
-        {
-            let mut map = self.backend_map()?;
-            for (id, backend) in &diff.backends.upserts {
-                map.insert(id, backend, 0)
-                    .map_err(map_err(names::BACKENDS))?;
-            }
-        }
+        let (ids, backends): (Vec<u32>, Vec<Backend>) =
+            diff.backends.upserts.iter().copied().unzip();
+        self.update_batch(names::BACKENDS, &ids, &backends)?;
         self.write_tables::<SMALL>(Tier::Small, &diff.tables[Tier::Small as usize].upserts)?;
         self.write_tables::<MEDIUM>(Tier::Medium, &diff.tables[Tier::Medium as usize].upserts)?;
         self.write_tables::<LARGE>(Tier::Large, &diff.tables[Tier::Large as usize].upserts)?;
@@ -123,12 +204,9 @@ impl Dataplane {
                     .map_err(map_err(names::SOURCE_RANGES))?;
             }
         }
-        let mut map = self.frontend_map()?;
-        for (key, value) in &diff.frontends.upserts {
-            map.insert(key, value, 0)
-                .map_err(map_err(names::SERVICES))?;
-        }
-        Ok(())
+        let (keys, values): (Vec<ServiceKey>, Vec<ServiceValue>) =
+            diff.frontends.upserts.iter().copied().unzip();
+        self.update_batch(names::SERVICES, &keys, &values)
     }
 
     /// Frontends, source ranges, tables, then backends.
@@ -136,12 +214,7 @@ impl Dataplane {
         &mut self,
         diff: &ServiceDiff<'_>,
     ) -> Result<(), DataplaneError> {
-        {
-            let mut map = self.frontend_map()?;
-            for key in &diff.frontends.removals {
-                remove_existing(map.remove(key)).map_err(map_err(names::SERVICES))?;
-            }
-        }
+        self.delete_batch::<ServiceKey, ServiceValue>(names::SERVICES, &diff.frontends.removals)?;
         {
             let mut map = self.source_range_map()?;
             for range in &diff.ranges.removals {
@@ -152,65 +225,96 @@ impl Dataplane {
         self.remove_tables::<SMALL>(Tier::Small, &diff.tables[Tier::Small as usize].removals)?;
         self.remove_tables::<MEDIUM>(Tier::Medium, &diff.tables[Tier::Medium as usize].removals)?;
         self.remove_tables::<LARGE>(Tier::Large, &diff.tables[Tier::Large as usize].removals)?;
-        let mut map = self.backend_map()?;
-        for id in &diff.backends.removals {
-            remove_existing(map.remove(id)).map_err(map_err(names::BACKENDS))?;
-        }
-        Ok(())
+        self.delete_batch::<u32, Backend>(names::BACKENDS, &diff.backends.removals)
     }
 
     fn write_tables<const N: usize>(
-        &mut self,
+        &self,
         tier: Tier,
         tables: &[(u32, &[u32])],
     ) -> Result<(), DataplaneError> {
-        let name = TABLE_MAPS[tier as usize];
-        let mut map: HashMap<&mut MapData, u32, MaglevTable<N>> =
-            typed_map(&mut self.ebpf, name, HashMap::try_from)?;
+        let mut sets = Vec::with_capacity(tables.len());
+        let mut values: Vec<MaglevTable<N>> = Vec::with_capacity(tables.len());
         for (set, slots) in tables {
-            let slots: &[u32; N] = (*slots).try_into().map_err(|_| DataplaneError::TableSize {
+            let slots: [u32; N] = (*slots).try_into().map_err(|_| DataplaneError::TableSize {
                 set: *set,
                 slots: slots.len(),
                 expected: N,
             })?;
-            let table = MaglevTable {
-                slots: *slots,
-                _guard: 0,
-            };
-            map.insert(set, table, 0).map_err(map_err(name))?;
+            sets.push(*set);
+            values.push(MaglevTable { slots, _guard: 0 });
         }
-        Ok(())
+        self.update_batch(TABLE_MAPS[tier as usize], &sets, &values)
     }
 
     fn remove_tables<const N: usize>(
-        &mut self,
+        &self,
         tier: Tier,
         sets: &[u32],
     ) -> Result<(), DataplaneError> {
-        let name = TABLE_MAPS[tier as usize];
-        let mut map: HashMap<&mut MapData, u32, MaglevTable<N>> =
-            typed_map(&mut self.ebpf, name, HashMap::try_from)?;
-        for set in sets {
-            remove_existing(map.remove(set)).map_err(map_err(name))?;
-        }
-        Ok(())
+        self.delete_batch::<u32, MaglevTable<N>>(TABLE_MAPS[tier as usize], sets)
     }
 
-    /// Reads the Service maps into `out`, and the ids they use into `out.service_ids`.
+    /// Writes `keys[i]` → `values[i]` into hash map `name`, in one system call.
+    fn update_batch<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+        keys: &[K],
+        values: &[V],
+    ) -> Result<(), DataplaneError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let map = self.hash_map::<K, V>(name)?;
+        batch::update(map.map().fd().as_fd(), keys, values)
+            .map_err(|e| syscall_err(name, "bpf_map_update_batch", e))
+    }
+
+    /// Deletes `keys` from hash map `name` (of `K` to `V`), in one system call; keys already
+    /// gone are skipped.
+    fn delete_batch<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+        keys: &[K],
+    ) -> Result<(), DataplaneError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let map = self.hash_map::<K, V>(name)?;
+        batch::delete(map.map().fd().as_fd(), keys)
+            .map_err(|e| syscall_err(name, "bpf_map_delete_batch", e))
+    }
+
+    /// Map `name` as a hash map of `K` to `V` (aya checks the key and value sizes).
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<HashMap<&MapData, K, V>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap { name })?;
+        HashMap::try_from(map).map_err(map_err(name))
+    }
+
+    /// Reads the Service maps into `out.services`, as one recovered unit whose ids the next
+    /// compilation gives back (see [`ServiceMaps::recovered`]).
     pub(super) fn read_back_services(&mut self, out: &mut MapSet) -> Result<(), DataplaneError> {
+        let mut flat = FlatServices::default();
         for entry in &self.frontend_map()? {
             let (k, v) = entry.map_err(map_err(names::SERVICES))?;
-            out.services.insert(k, v);
+            flat.frontends.insert(k, v);
         }
         for entry in &self.backend_map()? {
             let (k, v) = entry.map_err(map_err(names::BACKENDS))?;
-            out.backends.insert(k, v);
+            flat.backends.insert(k, v);
         }
-        out.maglev.extend(self.read_tables::<SMALL>(Tier::Small)?);
-        out.maglev.extend(self.read_tables::<MEDIUM>(Tier::Medium)?);
-        out.maglev.extend(self.read_tables::<LARGE>(Tier::Large)?);
-        out.source_ranges = self.read_source_ranges()?;
-        out.service_ids = ServiceIds::recover(out);
+        flat.tables.extend(self.read_tables::<SMALL>(Tier::Small)?);
+        flat.tables
+            .extend(self.read_tables::<MEDIUM>(Tier::Medium)?);
+        flat.tables.extend(self.read_tables::<LARGE>(Tier::Large)?);
+        flat.source_ranges = self.read_source_ranges()?;
+        out.services = ServiceMaps::recovered(flat);
         Ok(())
     }
 
@@ -261,5 +365,12 @@ impl Dataplane {
         &mut self,
     ) -> Result<LpmTrie<&mut MapData, SourceRangeKey, u32>, DataplaneError> {
         typed_map(&mut self.ebpf, names::SOURCE_RANGES, LpmTrie::try_from)
+    }
+}
+
+fn syscall_err(name: &'static str, call: &'static str, io_error: std::io::Error) -> DataplaneError {
+    DataplaneError::Map {
+        name,
+        source: MapError::SyscallError(SyscallError { call, io_error }),
     }
 }

@@ -1,12 +1,13 @@
 //! `weir-bench`: what Weir's policy path costs per packet, and whether that cost grows with the
 //! number of `NetworkPolicy` rules; then what compiling and loading a large policy set costs;
 //! then what flow events add per packet (`bench/flows.rs`); then the real agent process,
-//! `weir run`, at that scale (`bench/agent.rs`).
+//! `weir run`, at that scale (`bench/agent.rs`); then what compiling and writing 10 000
+//! Services costs, from scratch and for one endpoint change (`bench/services.rs`).
 //!
 //! Run as root: `cargo run --release -p weir-tests --bin weir-bench` (or `cargo xtask bench`).
 //! Options: `--rounds N` (default 9), `--repeat N` runs per bulk call (default 250 000),
-//! `--single N` one-run calls per round for new flows (default 3 000); `--only kernel|agent`,
-//! `--skip kernel|agent` to run one part; `--agent-changes N` policy changes timed per poll
+//! `--single N` one-run calls per round for new flows (default 3 000); `--only PART`,
+//! `--skip PART` to run or leave out one part (`kernel`, `agent`, `services`); `--agent-changes N` policy changes timed per poll
 //! interval (default 30). The agent part runs the release `weir` (`$WEIR_BIN`, or else built
 //! with `cargo build --release`) in network namespaces of its own.
 //!
@@ -47,6 +48,8 @@ mod measure;
 use testbed::packet;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/services.rs"]
+mod services;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -85,6 +88,8 @@ struct Options {
     kernel: bool,
     /// Run the agent-process part.
     agent: bool,
+    /// Run the Service control-plane part.
+    services: bool,
     agent_opts: agent::Options,
 }
 
@@ -93,7 +98,8 @@ fn part(name: &str) -> Result<&'static str> {
     match name {
         "kernel" => Ok("kernel"),
         "agent" => Ok("agent"),
-        other => bail!("unknown part {other}: kernel or agent"),
+        "services" => Ok("services"),
+        other => bail!("unknown part {other}: kernel, agent or services"),
     }
 }
 
@@ -105,6 +111,7 @@ impl Options {
             single: 3_000,
             kernel: true,
             agent: true,
+            services: true,
             agent_opts: agent::Options { changes: 30 },
         };
         let mut args = std::env::args().skip(1);
@@ -122,16 +129,19 @@ impl Options {
                 "--agent-changes" => opts.agent_opts.changes = value()?,
                 "--only" => {
                     let only = part(&text()?)?;
-                    (opts.kernel, opts.agent) = (only == "kernel", only == "agent");
+                    (opts.kernel, opts.agent, opts.services) =
+                        (only == "kernel", only == "agent", only == "services");
                 }
                 "--skip" => match part(&text()?)? {
                     "kernel" => opts.kernel = false,
-                    _ => opts.agent = false,
+                    "agent" => opts.agent = false,
+                    _ => opts.services = false,
                 },
                 "-h" | "--help" => {
                     println!(
                         "usage: weir-bench [--rounds N] [--repeat N] [--single N] \
-                         [--only kernel|agent] [--skip kernel|agent] [--agent-changes N]"
+                         [--only kernel|agent|services] [--skip kernel|agent|services] \
+                         [--agent-changes N]"
                     );
                     std::process::exit(0);
                 }
@@ -578,6 +588,11 @@ fn run() -> Result<()> {
         let env = environment(&opts);
         println!("weir-bench agent: kernel {}, {} CPUs", env.kernel, env.cpus);
         let report = agent::run(opts.agent_opts)?;
+        print!("{}", report.render());
+        keys.extend(report.keys());
+    }
+    if opts.services {
+        let report = services::run(opts.rounds)?;
         print!("{}", report.render());
         keys.extend(report.keys());
     }

@@ -3,8 +3,50 @@ use std::net::IpAddr;
 
 use dataplane_abi::{ServiceScope, proto, service_flags};
 
+use dataplane_abi::maglev;
+use dataplane_abi::{BACKEND_NONE, backend_flags};
+
+use super::build::{describe, is_v4_mapped};
 use super::*;
-use crate::compile::{compile, compile_with};
+use crate::compile::{CompileError, to_addr};
+use crate::compile::{FlatServices, MapSet};
+use crate::model::{Protocol, ServiceKind, ServicePort};
+
+/// A compilation, and its Service maps as plain maps.
+#[derive(Debug)]
+struct Compiled {
+    maps: MapSet,
+    flat: FlatServices,
+}
+
+impl std::ops::Deref for Compiled {
+    type Target = FlatServices;
+
+    fn deref(&self) -> &FlatServices {
+        &self.flat
+    }
+}
+
+fn compile(state: &DesiredState, node: &NodeView) -> Result<Compiled, CompileError> {
+    compile_with(
+        state,
+        node,
+        &Compiled {
+            maps: MapSet::default(),
+            flat: FlatServices::default(),
+        },
+    )
+}
+
+fn compile_with(
+    state: &DesiredState,
+    node: &NodeView,
+    previous: &Compiled,
+) -> Result<Compiled, CompileError> {
+    let maps = crate::compile::compile_with(state, node, &previous.maps)?;
+    let flat = maps.services.flatten();
+    Ok(Compiled { maps, flat })
+}
 use crate::model::{Endpoint, EndpointPort, Origin, TargetPort};
 
 fn ip(s: &str) -> IpAddr {
@@ -115,12 +157,12 @@ fn key(a: &str, port_h: u16, scope: ServiceScope) -> ServiceKey {
 }
 
 /// The backends (address, port) a frontend's set holds, sorted, checked against its table.
-fn backends_of(maps: &MapSet, key: &ServiceKey) -> Vec<(IpAddr, u16)> {
+fn backends_of(maps: &FlatServices, key: &ServiceKey) -> Vec<(IpAddr, u16)> {
     let value = maps
-        .services
+        .frontends
         .get(key)
         .unwrap_or_else(|| panic!("no frontend {}", describe(key)));
-    let Some(table) = maps.maglev.get(&value.backend_set) else {
+    let Some(table) = maps.tables.get(&value.backend_set) else {
         assert_eq!(value.backend_count, 0, "a set with backends has a table");
         return Vec::new();
     };
@@ -171,7 +213,7 @@ fn a_cluster_ip_balances_over_the_ready_endpoints_of_its_slices() {
     .unwrap();
     let frontend = key("10.96.0.1", 80, ServiceScope::Internal);
     assert_eq!(
-        maps.services.len(),
+        maps.frontends.len(),
         1,
         "one port, one cluster IP, one scope"
     );
@@ -179,7 +221,7 @@ fn a_cluster_ip_balances_over_the_ready_endpoints_of_its_slices() {
         backends_of(&maps, &frontend),
         ips(&["10.0.0.1", "10.0.0.2", "10.0.0.3"])
     );
-    let value = maps.services[&frontend];
+    let value = maps.frontends[&frontend];
     assert_eq!(value.flags, 0);
     assert_eq!(value.affinity_timeout_s, 0);
     assert_ne!(value.service, 0);
@@ -290,9 +332,9 @@ fn terminating_endpoints_serve_only_when_none_is_ready() {
         "serving and terminating: the fallback; not serving: never"
     );
     let gone = compiled(vec![terminating("10.0.0.3", false)]);
-    let value = gone.services[&frontend];
+    let value = gone.frontends[&frontend];
     assert_eq!(value.backend_count, 0, "no backend: the kernel rejects");
-    assert!(gone.maglev.is_empty() && gone.backends.is_empty());
+    assert!(gone.tables.is_empty() && gone.backends.is_empty());
     assert_eq!(value.flags & service_flags::DROP_IF_EMPTY, 0);
 }
 
@@ -346,8 +388,8 @@ fn dual_stack_frontends_use_endpoints_of_their_own_family() {
         backends_of(&maps, &key("fd96::1", 80, ServiceScope::Internal)),
         ips(&["fd10::2"])
     );
-    let v4 = maps.services[&key("10.96.0.1", 80, ServiceScope::Internal)];
-    let v6 = maps.services[&key("fd96::1", 80, ServiceScope::Internal)];
+    let v4 = maps.frontends[&key("10.96.0.1", 80, ServiceScope::Internal)];
+    let v6 = maps.frontends[&key("fd96::1", 80, ServiceScope::Internal)];
     assert_eq!(v4.service, v6.service, "one Service, one id");
     assert_ne!(v4.backend_set, v6.backend_set, "one set per family");
 }
@@ -372,7 +414,10 @@ fn internal_traffic_local_keeps_only_this_nodes_endpoints() {
         backends_of(&maps, &frontend),
         ips(&["10.0.0.1", "10.0.0.2"])
     );
-    assert_eq!(maps.services[&frontend].flags, service_flags::DROP_IF_EMPTY);
+    assert_eq!(
+        maps.frontends[&frontend].flags,
+        service_flags::DROP_IF_EMPTY
+    );
     assert!(
         maps.backends
             .values()
@@ -415,14 +460,14 @@ fn internal_traffic_local_falls_back_to_local_terminating_endpoints_then_drops()
         &node(),
     )
     .unwrap();
-    let value = elsewhere.services[&frontend];
+    let value = elsewhere.frontends[&frontend];
     assert_eq!(value.backend_count, 0);
     assert_eq!(value.flags, service_flags::DROP_IF_EMPTY);
 }
 
 /// A `LoadBalancer` Service with an external IP, a load-balancer IP and node port 30080,
 /// endpoints 10.0.0.1 (local) and 10.0.0.3 (node-b).
-fn load_balancer(external_local: bool, ranges: &[&str]) -> MapSet {
+fn load_balancer(external_local: bool, ranges: &[&str]) -> Compiled {
     let mut svc = service("x", "web", "10.96.0.1");
     svc.kind = ServiceKind::LoadBalancer;
     svc.ports = vec![service_port("http", 80, Some(30080))];
@@ -459,14 +504,14 @@ fn external_addresses_get_both_scopes() {
         assert_eq!(backends_of(&maps, &external), all, "{addr}");
         assert_eq!(backends_of(&maps, &internal), all, "{addr}");
         assert_eq!(
-            maps.services[&external].flags,
+            maps.frontends[&external].flags,
             service_flags::MASQUERADE,
             "{addr}"
         );
-        assert_eq!(maps.services[&internal].flags, 0, "{addr}");
+        assert_eq!(maps.frontends[&internal].flags, 0, "{addr}");
     }
-    let cluster_ip = maps.services[&key("10.96.0.1", 80, ServiceScope::Internal)];
-    let node_port = maps.services[&key("192.168.1.10", 30080, ServiceScope::External)];
+    let cluster_ip = maps.frontends[&key("10.96.0.1", 80, ServiceScope::Internal)];
+    let node_port = maps.frontends[&key("192.168.1.10", 30080, ServiceScope::External)];
     assert_eq!(
         cluster_ip.backend_set, node_port.backend_set,
         "every Cluster frontend of the port shares one set"
@@ -475,12 +520,12 @@ fn external_addresses_get_both_scopes() {
     // and node address are of a family the Service does not serve, loopback and link-local
     // addresses never answer.
     assert_eq!(
-        maps.services.len(),
+        maps.frontends.len(),
         7,
         "{:?}",
-        maps.services.keys().map(describe).collect::<Vec<_>>()
+        maps.frontends.keys().map(describe).collect::<Vec<_>>()
     );
-    assert_eq!(maps.maglev.len(), 1);
+    assert_eq!(maps.tables.len(), 1);
     assert_eq!(maps.backends.len(), 2);
 }
 
@@ -492,7 +537,7 @@ fn external_traffic_local_keeps_local_endpoints_and_the_client_address() {
         let internal = key(addr, port, ServiceScope::Internal);
         assert_eq!(backends_of(&maps, &external), ips(&["10.0.0.1"]), "{addr}");
         assert_eq!(
-            maps.services[&external].flags,
+            maps.frontends[&external].flags,
             service_flags::DROP_IF_EMPTY,
             "{addr}: no masquerade"
         );
@@ -507,7 +552,7 @@ fn external_traffic_local_keeps_local_endpoints_and_the_client_address() {
         ips(&["10.0.0.1", "10.0.0.3"]),
         "externalTrafficPolicy does not touch the cluster IP"
     );
-    assert_eq!(maps.maglev.len(), 2, "a Cluster set and a Local set");
+    assert_eq!(maps.tables.len(), 2, "a Cluster set and a Local set");
     assert_eq!(
         maps.backends.len(),
         3,
@@ -519,16 +564,16 @@ fn external_traffic_local_keeps_local_endpoints_and_the_client_address() {
 fn source_ranges_guard_load_balancer_ips_only() {
     let maps = load_balancer(false, &["192.0.2.0/24", "2001:db8:1::/48"]);
     for scope in [ServiceScope::External, ServiceScope::Internal] {
-        let lb = maps.services[&key("198.51.100.7", 80, scope)];
+        let lb = maps.frontends[&key("198.51.100.7", 80, scope)];
         assert_ne!(lb.flags & service_flags::SOURCE_RANGES, 0, "{scope:?}");
-        let external_ip = maps.services[&key("203.0.113.5", 80, scope)];
+        let external_ip = maps.frontends[&key("203.0.113.5", 80, scope)];
         assert_eq!(
             external_ip.flags & service_flags::SOURCE_RANGES,
             0,
             "{scope:?}"
         );
     }
-    let service = maps.services[&key("198.51.100.7", 80, ServiceScope::External)].service;
+    let service = maps.frontends[&key("198.51.100.7", 80, ServiceScope::External)].service;
     let ranges: Vec<(u32, u32, Addr)> = maps
         .source_ranges
         .iter()
@@ -555,13 +600,13 @@ fn node_ports_only_for_node_port_and_load_balancer_services() {
     svc.ports = vec![service_port("http", 80, Some(30080))];
     let cluster_ip = compile(&state(vec![svc.clone()], vec![]), &node()).unwrap();
     assert_eq!(
-        cluster_ip.services.len(),
+        cluster_ip.frontends.len(),
         1,
         "a ClusterIP Service has no node port"
     );
     svc.kind = ServiceKind::NodePort;
     let node_port = compile(&state(vec![svc], vec![]), &node()).unwrap();
-    let keys: BTreeSet<ServiceKey> = node_port.services.keys().copied().collect();
+    let keys: BTreeSet<ServiceKey> = node_port.frontends.keys().copied().collect();
     assert_eq!(
         keys,
         BTreeSet::from([
@@ -585,7 +630,7 @@ fn headless_services_are_not_balanced() {
         &node(),
     )
     .unwrap();
-    assert!(maps.services.is_empty() && maps.backends.is_empty() && maps.maglev.is_empty());
+    assert!(maps.frontends.is_empty() && maps.backends.is_empty() && maps.tables.is_empty());
 }
 
 #[test]
@@ -594,7 +639,7 @@ fn session_affinity_sets_the_timeout() {
     svc.affinity_timeout_s = Some(10_800);
     let maps = compile(&state(vec![svc], vec![]), &node()).unwrap();
     assert_eq!(
-        maps.services[&key("10.96.0.1", 80, ServiceScope::Internal)].affinity_timeout_s,
+        maps.frontends[&key("10.96.0.1", 80, ServiceScope::Internal)].affinity_timeout_s,
         10_800
     );
 }
@@ -619,16 +664,16 @@ fn the_first_service_keeps_a_contested_frontend() {
         backends_of(&maps, &key("10.96.0.1", 80, ServiceScope::Internal)),
         ips(&["10.0.0.1"])
     );
-    assert_eq!(maps.warnings.len(), 1, "{:?}", maps.warnings);
+    assert_eq!(maps.maps.warnings.len(), 1, "{:?}", maps.maps.warnings);
     assert!(
-        maps.warnings[0].contains("x/second"),
+        maps.maps.warnings[0].contains("x/second"),
         "{}",
-        maps.warnings[0]
+        maps.maps.warnings[0]
     );
     assert!(
-        maps.warnings[0].contains("10.96.0.1:80/TCP"),
+        maps.maps.warnings[0].contains("10.96.0.1:80/TCP"),
         "{}",
-        maps.warnings[0]
+        maps.maps.warnings[0]
     );
 }
 
@@ -652,9 +697,9 @@ fn the_output_does_not_depend_on_input_order() {
         s.endpoints.reverse();
     }
     let second = compile(&state(services, slices), &node()).unwrap();
-    assert_eq!(first.services, second.services);
+    assert_eq!(first.frontends, second.frontends);
     assert_eq!(first.backends, second.backends);
-    assert_eq!(first.maglev, second.maglev);
+    assert_eq!(first.tables, second.tables);
 }
 
 #[test]
@@ -704,13 +749,13 @@ fn ids_are_kept_by_identity_and_never_reused() {
     let second = compile_with(&state(changed_services, changed_slices), &node(), &first).unwrap();
     let b = key("10.96.0.2", 80, ServiceScope::Internal);
     let c = key("10.96.0.3", 80, ServiceScope::Internal);
-    assert_eq!(first.services[&c], second.services[&c], "c is untouched");
-    assert_eq!(first.services[&b].service, second.services[&b].service);
+    assert_eq!(first.frontends[&c], second.frontends[&c], "c is untouched");
+    assert_eq!(first.frontends[&b].service, second.frontends[&b].service);
     assert_eq!(
-        first.services[&b].backend_set,
-        second.services[&b].backend_set
+        first.frontends[&b].backend_set,
+        second.frontends[&b].backend_set
     );
-    let id_of = |maps: &MapSet, a: &str| {
+    let id_of = |maps: &Compiled, a: &str| {
         *maps
             .backends
             .iter()
@@ -725,16 +770,16 @@ fn ids_are_kept_by_identity_and_never_reused() {
         "new ids above the old ones"
     );
     assert!(id_of(&second, "10.0.2.1") > highest_before);
-    let a = second.services[&key("10.96.0.1", 80, ServiceScope::Internal)];
-    assert!(a.service > first.services[&c].service.max(first.services[&b].service));
+    let a = second.frontends[&key("10.96.0.1", 80, ServiceScope::Internal)];
+    assert!(a.service > first.frontends[&c].service.max(first.frontends[&b].service));
     assert!(!second.backends.contains_key(&BACKEND_NONE));
     let removed = id_of(&first, "10.0.0.2");
     assert!(
         !second.backends.contains_key(&removed),
         "the id of a backend that left is not given to another"
     );
-    let c_set = first.services[&c].backend_set;
-    assert_eq!(first.maglev[&c_set], second.maglev[&c_set]);
+    let c_set = first.frontends[&c].backend_set;
+    assert_eq!(first.tables[&c_set], second.tables[&c_set]);
 }
 
 #[test]
@@ -767,21 +812,17 @@ fn a_restarted_agent_recovers_every_id_from_the_maps() {
     .unwrap();
     before = compile_with(&input, &node(), &before).unwrap();
     // What the kernel holds, as `Dataplane::load_pinned` reads it back.
-    let read_back = MapSet {
-        services: before.services.clone(),
-        backends: before.backends.clone(),
-        maglev: before.maglev.clone(),
-        source_ranges: before.source_ranges.clone(),
-        ..MapSet::default()
-    };
-    let recovered = MapSet {
-        service_ids: ServiceIds::recover(&read_back),
-        ..read_back
+    let recovered = Compiled {
+        maps: MapSet {
+            services: ServiceMaps::recovered(before.flat.clone()),
+            ..MapSet::default()
+        },
+        flat: FlatServices::default(),
     };
     let after = compile_with(&input, &node(), &recovered).unwrap();
-    assert_eq!(after.services, before.services);
-    assert_eq!(after.backends, before.backends);
-    assert_eq!(after.maglev, before.maglev);
+    assert_eq!(after.flat, before.flat);
+    let (old, new) = recovered.maps.services.changes(&after.maps.services);
+    assert_eq!(old, new, "nothing to write after a restart");
     // And new identities get ids above every recovered one.
     let mut grown = input.clone();
     grown.services.push(service("a", "new", "10.96.0.20"));
@@ -789,7 +830,101 @@ fn a_restarted_agent_recovers_every_id_from_the_maps() {
         .endpoint_slices
         .push(slice("a", "new", "new-1", vec![ready("10.0.9.1")]));
     let next = compile_with(&grown, &node(), &after).unwrap();
-    let new = next.services[&key("10.96.0.20", 80, ServiceScope::Internal)];
-    assert!(new.service > before.services.values().map(|v| v.service).max().unwrap());
+    let new = next.frontends[&key("10.96.0.20", 80, ServiceScope::Internal)];
+    assert!(new.service > before.frontends.values().map(|v| v.service).max().unwrap());
     assert!(*next.backends.keys().max().unwrap() > *before.backends.keys().max().unwrap());
+}
+
+/// Three Services, x/a, x/b, x/c, of two endpoints each.
+fn three_services() -> DesiredState {
+    state(
+        vec![
+            service("x", "a", "10.96.0.1"),
+            service("x", "b", "10.96.0.2"),
+            service("x", "c", "10.96.0.3"),
+        ],
+        vec![
+            slice("x", "a", "a-1", vec![ready("10.0.1.1"), ready("10.0.1.2")]),
+            slice("x", "b", "b-1", vec![ready("10.0.2.1"), ready("10.0.2.2")]),
+            slice("x", "c", "c-1", vec![ready("10.0.3.1"), ready("10.0.3.2")]),
+        ],
+    )
+}
+
+/// Names of the Services whose compiled unit is not the one `before` had.
+fn recompiled(before: &Compiled, after: &Compiled) -> Vec<String> {
+    let old = &before.maps.services.units;
+    after
+        .maps
+        .services
+        .units
+        .iter()
+        .filter(|(name, unit)| old.get(*name).is_none_or(|u| !Arc::ptr_eq(u, unit)))
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+#[test]
+fn only_the_service_whose_endpoints_changed_is_compiled_again() {
+    let first = compile(&three_services(), &node()).unwrap();
+    let mut changed = three_services();
+    changed.endpoint_slices[1].endpoints[1] = ready("10.0.2.9");
+    let second = compile_with(&changed, &node(), &first).unwrap();
+    assert_eq!(recompiled(&first, &second), ["x/b"]);
+    let (old, new) = first.maps.services.changes(&second.maps.services);
+    assert_eq!(old.frontends.len(), 1, "b's frontend only");
+    assert_eq!(new.frontends.len(), 1);
+    assert_eq!(
+        old.backends.len() + new.backends.len(),
+        4,
+        "b's two backends before and after"
+    );
+    let same = compile_with(&changed, &node(), &second).unwrap();
+    assert!(recompiled(&second, &same).is_empty(), "nothing changed");
+}
+
+#[test]
+fn a_new_route_recompiles_only_the_services_of_that_address() {
+    let first = compile(&three_services(), &node()).unwrap();
+    let mut moved = node();
+    moved.local_routes.insert(ip("10.0.3.2"), 9);
+    let second = compile_with(&three_services(), &moved, &first).unwrap();
+    assert_eq!(recompiled(&first, &second), ["x/c"]);
+    let local: Vec<u32> = second
+        .backends
+        .iter()
+        .filter(|(_, be)| be.flags & backend_flags::LOCAL != 0)
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(local.len(), 1, "10.0.3.2 is local now");
+    let mut renamed = moved.clone();
+    renamed.node_name = Some("node-z".into());
+    let third = compile_with(&three_services(), &renamed, &second).unwrap();
+    assert_eq!(
+        recompiled(&second, &third).len(),
+        3,
+        "another node name may make any endpoint local"
+    );
+}
+
+#[test]
+fn a_frontend_let_go_by_the_first_service_goes_to_the_next() {
+    let contested = state(
+        vec![
+            service("x", "first", "10.96.0.1"),
+            service("x", "second", "10.96.0.1"),
+        ],
+        vec![slice("x", "second", "second-1", vec![ready("10.0.0.2")])],
+    );
+    let before = compile(&contested, &node()).unwrap();
+    let frontend = key("10.96.0.1", 80, ServiceScope::Internal);
+    assert!(
+        backends_of(&before, &frontend).is_empty(),
+        "first has it, without endpoints"
+    );
+    let mut released = contested.clone();
+    released.services[0].cluster_ips = vec![ip("10.96.0.7")];
+    let after = compile_with(&released, &node(), &before).unwrap();
+    assert_eq!(backends_of(&after, &frontend), ips(&["10.0.0.2"]));
+    assert!(after.maps.warnings.is_empty(), "{:?}", after.maps.warnings);
 }
