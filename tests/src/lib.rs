@@ -33,7 +33,7 @@ mod topology;
 #[cfg(test)]
 mod selftest;
 
-pub use agent::{Agent, Launch, Status, http_get, weir_binary};
+pub use agent::{Agent, AgentOptions, Launch, Status, http_get, weir_binary};
 pub use netns::{Netns, RunTag, netns_path, reap_orphans};
 pub use probe::{CONNECT_TIMEOUT, Case, Family, Proto, REPLY_TIMEOUT};
 pub use reachability::{NODE, Peer, Reachability, TruthTable};
