@@ -194,8 +194,10 @@ pub fn assemble<'a>(
         errors,
         ..Loader::default()
     };
+    // Borrowed from the files: an assembly copies no key.
+    let mut defined = BTreeMap::new();
     for file in files {
-        loader.merge(file);
+        loader.merge(file, &mut defined);
     }
     loader.finish()
 }
@@ -312,16 +314,21 @@ impl Loader {
         }
     }
 
-    /// Adds one file's objects and errors. An object some earlier file defined too is an
-    /// error of this file, placed among its own errors by line.
-    fn merge(&mut self, file: &FileManifests) {
+    /// Adds one file's objects and errors. An object some earlier file defined too (in
+    /// `defined`, which this adds the file's objects to) is an error of this file, placed among
+    /// its own errors by line.
+    fn merge<'a>(
+        &mut self,
+        file: &'a FileManifests,
+        defined: &mut BTreeMap<&'a ObjectKey, &'a Origin>,
+    ) {
         self.files += file.files;
         let mut errors = file.errors.clone();
         let own = errors.len();
         for definition in &file.definitions {
-            match self.seen.entry(definition.key.clone()) {
+            match defined.entry(&definition.key) {
                 Entry::Vacant(entry) => {
-                    entry.insert(definition.origin.clone());
+                    entry.insert(&definition.origin);
                 }
                 Entry::Occupied(first) => errors.push(ManifestError {
                     message: duplicate_message(&definition.key, first.get()),
