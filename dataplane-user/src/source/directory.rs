@@ -250,14 +250,17 @@ impl Source for Directory {
         if self.walked.is_none() {
             self.walk();
         }
-        let mut read = 0;
-        for (path, file) in &mut self.files {
-            if file.parsed.is_none() {
-                file.parsed = Some(manifest::read_file(path));
-                read += 1;
-            }
+        let unread: Vec<(&PathBuf, &mut File)> = self
+            .files
+            .iter_mut()
+            .filter(|(_, file)| file.parsed.is_none())
+            .collect();
+        let read = unread.len();
+        let paths: Vec<&Path> = unread.iter().map(|(path, _)| path.as_path()).collect();
+        for ((_, file), parsed) in unread.into_iter().zip(read_files(&paths)) {
+            file.parsed = Some(parsed);
         }
-        self.reads += read;
+        self.reads += read as u64;
         tracing::debug!(read, files = self.files.len(), "manifest files read");
         let parsed = self.files.values().filter_map(|file| file.parsed.as_ref());
         manifest::assemble(self.walk_errors.clone(), parsed)
@@ -271,6 +274,40 @@ impl Source for Directory {
         };
         format!("directory {} ({how})", self.path.display())
     }
+}
+
+/// Below this many files to read, one thread reads them all.
+const PARALLEL_READS_FROM: usize = 256;
+/// Threads that read files at most: reading is parsing, bound by the CPU.
+const MAX_READERS: usize = 4;
+
+/// Reads and validates `paths`, in order: a first load of thousands of files on a thread per
+/// core (up to [`MAX_READERS`]), a change's few on this one.
+fn read_files(paths: &[&Path]) -> Vec<FileManifests> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let readers = cores.min(MAX_READERS);
+    if readers < 2 || paths.len() < PARALLEL_READS_FROM {
+        return paths.iter().map(|path| manifest::read_file(path)).collect();
+    }
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = paths
+            .chunks(paths.len().div_ceil(readers))
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|path| manifest::read_file(path))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| {
+                part.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 /// What one inotify event means for the files.
@@ -627,6 +664,32 @@ mod tests {
         let loaded = source.load().unwrap_or_else(|error| panic!("{error}"));
         let names: Vec<&str> = loaded.state.pods.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["web", "api"]);
+    }
+
+    #[test]
+    fn a_first_load_of_many_files_keeps_path_order() {
+        let dir = TempDir::new("many");
+        for i in 0..2 * PARALLEL_READS_FROM {
+            dir.write(
+                &format!("n{i:04}.yaml"),
+                &namespace(&format!("n{i:04}"), "x"),
+            );
+        }
+        dir.write("z.yaml", &namespace("n0000", "again"));
+        let mut source = Directory::new(dir.0.clone());
+        source.version().unwrap();
+        let errors = source.load().unwrap_err().errors;
+        assert_eq!(source.files_read(), 2 * PARALLEL_READS_FROM as u64 + 1);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].file, dir.path("z.yaml"));
+        let first = format!("first defined at {}:1", dir.path("n0000.yaml").display());
+        assert!(errors[0].message.ends_with(&first), "{}", errors[0]);
+
+        fs::remove_file(dir.path("z.yaml")).unwrap();
+        source.version().unwrap();
+        let loaded = source.load().unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(loaded.files, 2 * PARALLEL_READS_FROM);
+        assert_eq!(source.files_read(), 2 * PARALLEL_READS_FROM as u64 + 1);
     }
 
     #[test]
