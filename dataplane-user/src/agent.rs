@@ -26,7 +26,8 @@ pub struct Config {
     pub source: Box<dyn Source>,
     /// Where `/healthz`, `/readyz`, `/status` and `/metrics` are served.
     pub health_addr: SocketAddr,
-    /// How often the directory and the routes are checked for changes.
+    /// How often the source (for a directory, the inotify events waiting) and the routes are
+    /// checked for changes; a change is acted on once they have held still for one interval.
     pub poll_interval: Duration,
     /// Where maps and links are pinned, so enforcement outlives the agent.
     pub pins: crate::pins::Pins,
