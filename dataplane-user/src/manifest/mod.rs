@@ -296,7 +296,7 @@ struct Loader {
     state: DesiredState,
     ignored: Vec<Ignored>,
     errors: Vec<ManifestError>,
-    /// First definition of each (kind, namespace, name), to report duplicates.
+    /// First definition in this file of each (kind, namespace, name), to report duplicates.
     seen: BTreeMap<ObjectKey, Origin>,
     /// Every object defined once so far, in order (kept by a file for [`Loader::merge`]).
     definitions: Vec<Definition>,
