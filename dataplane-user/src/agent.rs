@@ -196,13 +196,16 @@ impl SyncLoop {
             .as_ref()
             .is_none_or(|a| a.source != inputs.source);
         self.acted = Some(inputs.clone());
+        // The state replaced: freeing it (a large tree of small allocations) waits until the
+        // new one is enforced.
+        let mut replaced = None;
         if source_changed || self.state.is_none() {
             match source.load() {
                 Ok(loaded) => {
                     for ignored in &loaded.ignored {
                         tracing::info!("{ignored}");
                     }
-                    self.state = Some(loaded.state);
+                    replaced = self.state.replace(loaded.state);
                 }
                 Err(err) => {
                     for e in &err.errors {
@@ -218,6 +221,7 @@ impl SyncLoop {
             let attached: Vec<u32> = dataplane.attached().collect();
             self.observer.publish(state, &compiled, &attached);
         }
+        drop(replaced);
     }
 }
 
