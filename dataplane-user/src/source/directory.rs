@@ -143,7 +143,7 @@ impl Directory {
             match watcher.watch(&found.dirs) {
                 // A directory that was not watched during this walk may have changed unseen
                 // between being read and being watched: walk once more, under watch.
-                Ok(added) => self.rescan = added,
+                Ok(walk_again) => self.rescan = walk_again,
                 Err(error) => {
                     tracing::warn!(
                         %error,
@@ -358,14 +358,32 @@ impl Watcher {
         })
     }
 
-    /// Watches exactly `dirs`; returns whether any of them was not watched before.
+    /// Watches exactly `dirs`; returns whether the tree must be walked again: a directory
+    /// was not watched before, or is gone since the walk read it.
+    ///
+    /// # Errors
+    ///
+    /// The kernel refusing a watch for another reason than the directory being gone (the
+    /// limit of watches reached).
     fn watch(&mut self, dirs: &[PathBuf]) -> io::Result<bool> {
         let mut watched = HashMap::with_capacity(dirs.len());
-        let mut added = false;
+        let mut walk_again = false;
         for dir in dirs {
-            let wd = self.inotify.watches().add(dir, watch_mask())?;
-            added |= self.dirs.get(&wd) != Some(dir);
-            watched.insert(wd, dir.clone());
+            match self.inotify.watches().add(dir, watch_mask()) {
+                Ok(wd) => {
+                    walk_again |= self.dirs.get(&wd) != Some(dir);
+                    watched.insert(wd, dir.clone());
+                }
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    walk_again = true;
+                }
+                Err(error) => return Err(error),
+            }
         }
         for (wd, _) in self.dirs.drain() {
             if !watched.contains_key(&wd) {
@@ -374,7 +392,7 @@ impl Watcher {
             }
         }
         self.dirs = watched;
-        Ok(added)
+        Ok(walk_again)
     }
 
     /// Whether `dir` is a directory watched, by the path the walk reached it by.
