@@ -27,7 +27,8 @@ pub struct Config {
     pub source: Box<dyn Source>,
     /// Where `/healthz`, `/readyz`, `/status` and `/metrics` are served.
     pub health_addr: SocketAddr,
-    /// How often the directory and the routes are checked for changes.
+    /// How often the source (for a directory, the inotify events waiting) and the routes are
+    /// checked for changes; a change is acted on once they have held still for one interval.
     pub poll_interval: Duration,
     /// Where maps and links are pinned, so enforcement outlives the agent.
     pub pins: crate::pins::Pins,
@@ -267,13 +268,16 @@ impl SyncLoop {
             .as_ref()
             .is_none_or(|a| a.source != inputs.source);
         self.acted = Some(inputs.clone());
+        // The state replaced: freeing it (a large tree of small allocations) waits until the
+        // new one is enforced.
+        let mut replaced = None;
         if source_changed || self.state.is_none() {
             match source.load() {
                 Ok(loaded) => {
                     for ignored in &loaded.ignored {
                         tracing::info!("{ignored}");
                     }
-                    self.state = Some(loaded.state);
+                    replaced = self.state.replace(loaded.state);
                 }
                 Err(err) => {
                     for e in &err.errors {
@@ -289,6 +293,7 @@ impl SyncLoop {
             let attached: Vec<u32> = dataplane.attached().collect();
             self.observer.publish(state, &compiled, &attached);
         }
+        drop(replaced);
     }
 }
 

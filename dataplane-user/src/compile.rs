@@ -310,6 +310,12 @@ fn covers(outer: &IpNetwork, inner: &IpNetwork) -> bool {
 struct PeerAtoms {
     atoms: Vec<Peer>,
     index: HashMap<PeerKey, u32>,
+    /// The ipBlock atoms by their CIDR, so that the atoms around an address or prefix are
+    /// found with one lookup per prefix length in use rather than a scan of every atom
+    /// (10 000 policies make thousands of ipBlocks, and every pod address asks).
+    by_cidr: HashMap<(IpAddr, u8), Vec<u32>>,
+    /// The prefix lengths of those CIDRs, by family (`true`: IPv4).
+    cidr_lengths: BTreeSet<(bool, u8)>,
 }
 
 /// A hashable identity for a peer (selectors compare by value).
@@ -325,13 +331,47 @@ impl PeerAtoms {
         let mut atoms = Self {
             atoms: Vec::new(),
             index: HashMap::new(),
+            by_cidr: HashMap::new(),
+            cidr_lengths: BTreeSet::new(),
         };
         for rule in policies.iter().flat_map(all_rules) {
             for peer in &rule.peers {
                 atoms.id_of(peer);
             }
         }
+        let blocks: Vec<(u32, IpNetwork)> = atoms.ip_blocks().map(|(id, c, _)| (id, *c)).collect();
+        for (id, cidr) in blocks {
+            atoms.cidr_lengths.insert((cidr.is_ipv4(), cidr.prefix()));
+            let key = (cidr.network(), cidr.prefix());
+            atoms.by_cidr.entry(key).or_default().push(id);
+        }
         atoms
+    }
+
+    /// The ipBlock atoms whose CIDR contains `addr` with a prefix of at most `max_len`, in
+    /// id order, with their excepts.
+    fn ip_blocks_around(&self, addr: IpAddr, max_len: u8) -> Vec<(u32, &Vec<IpNetwork>)> {
+        let mut out = Vec::new();
+        for &(v4, len) in &self.cidr_lengths {
+            if v4 != addr.is_ipv4() || len > max_len {
+                continue;
+            }
+            let Ok(cidr) = IpNetwork::new(addr, len) else {
+                continue;
+            };
+            for &id in self
+                .by_cidr
+                .get(&(cidr.network(), len))
+                .into_iter()
+                .flatten()
+            {
+                if let Peer::IpBlock { except, .. } = &self.atoms[id as usize] {
+                    out.push((id, except));
+                }
+            }
+        }
+        out.sort_unstable_by_key(|(id, _)| *id);
+        out
     }
 
     fn id_of(&mut self, peer: &Peer) -> u32 {
@@ -382,9 +422,11 @@ impl PeerAtoms {
     }
 
     fn ip_blocks_containing(&self, ip: IpAddr) -> Vec<u32> {
-        self.ip_blocks()
-            .filter(|(_, cidr, except)| cidr.contains(ip) && !except.iter().any(|e| e.contains(ip)))
-            .map(|(id, _, _)| id)
+        let host = if ip.is_ipv4() { 32 } else { 128 };
+        self.ip_blocks_around(ip, host)
+            .into_iter()
+            .filter(|(_, except)| !except.iter().any(|e| e.contains(ip)))
+            .map(|(id, _)| id)
             .collect()
     }
 
@@ -392,11 +434,10 @@ impl PeerAtoms {
     /// trie that contains the address: then any atom CIDR or except containing the address
     /// is either `prefix` itself or a shorter prefix covering it.
     fn ip_blocks_covering(&self, prefix: IpNetwork) -> Vec<u32> {
-        self.ip_blocks()
-            .filter(|(_, cidr, except)| {
-                covers(cidr, &prefix) && !except.iter().any(|e| covers(e, &prefix))
-            })
-            .map(|(id, _, _)| id)
+        self.ip_blocks_around(prefix.network(), prefix.prefix())
+            .into_iter()
+            .filter(|(_, except)| !except.iter().any(|e| covers(e, &prefix)))
+            .map(|(id, _)| id)
             .collect()
     }
 
@@ -1122,6 +1163,75 @@ mod tests {
             PEER_CLASS_WORLD,
             "y/c is excepted"
         );
+    }
+
+    /// The ipBlocks around an address or a prefix, found by prefix length, are those a scan
+    /// of every block finds: both families, nested and overlapping CIDRs, excepts, /0.
+    #[test]
+    fn ip_blocks_found_by_prefix_length_are_those_a_scan_finds() {
+        let block = |cidr: &str, except: &[&str]| Peer::IpBlock {
+            cidr: cidr.parse().unwrap(),
+            except: except.iter().map(|e| e.parse().unwrap()).collect(),
+        };
+        let peers = vec![
+            block("0.0.0.0/0", &["10.0.0.0/8"]),
+            block("10.0.0.0/8", &["10.1.0.0/16"]),
+            block("10.1.0.0/16", &[]),
+            block("10.1.2.0/24", &["10.1.2.128/25"]),
+            block("10.1.2.0/24", &[]),
+            block("192.168.0.0/16", &[]),
+            block("::/0", &["fd00::/8"]),
+            block("fd00::/8", &["fd00:1::/32"]),
+            block("fd00:1::/32", &[]),
+        ];
+        let policy = Policy {
+            ingress: Some(vec![Rule {
+                peers,
+                ports: vec![],
+            }]),
+            ..Policy::default()
+        };
+        let atoms = PeerAtoms::collect(&[policy]);
+        let scan_containing = |ip: IpAddr| -> Vec<u32> {
+            atoms
+                .ip_blocks()
+                .filter(|(_, c, ex)| c.contains(ip) && !ex.iter().any(|e| e.contains(ip)))
+                .map(|(id, ..)| id)
+                .collect()
+        };
+        let scan_covering = |p: IpNetwork| -> Vec<u32> {
+            atoms
+                .ip_blocks()
+                .filter(|(_, c, ex)| covers(c, &p) && !ex.iter().any(|e| covers(e, &p)))
+                .map(|(id, ..)| id)
+                .collect()
+        };
+        for addr in [
+            "1.2.3.4",
+            "10.0.0.1",
+            "10.1.0.1",
+            "10.1.2.3",
+            "10.1.2.200",
+            "192.168.9.9",
+            "::1",
+            "fd00::1",
+            "fd00:1::1",
+            "fe80::1",
+        ] {
+            let ip = ip(addr);
+            assert_eq!(
+                atoms.ip_blocks_containing(ip),
+                scan_containing(ip),
+                "{addr}"
+            );
+        }
+        for prefix in atoms.prefixes() {
+            assert_eq!(
+                atoms.ip_blocks_covering(prefix),
+                scan_covering(prefix),
+                "{prefix}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - `GET /status` answers JSON `{"generation": N, "last_error": null | "...", ...}`, where
 //!   `generation` grows by one after each change of `DIR` that was applied successfully.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -32,6 +33,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const ERROR_GRACE: Duration = Duration::from_secs(2);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time given to `ip netns exec` or `nsenter` to exec into `weir`.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lines of the agent's log shown when a test fails.
 const LOG_TAIL_LINES: usize = 60;
 
@@ -58,12 +61,97 @@ pub enum Launch {
     Pinned { pin_path: PathBuf, cgroup: PathBuf },
 }
 
+/// How to start `weir run`: everything but the topology and the manifests, with the tests'
+/// defaults. Built as a chain: `Agent::options().arg("--poll-ms").arg("50").start(..)`.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    launch: Launch,
+    binary: Option<PathBuf>,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    ready_timeout: Duration,
+    ready_interval: Duration,
+    stop_timeout: Duration,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            launch: Launch::Private,
+            binary: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            ready_timeout: READY_TIMEOUT,
+            ready_interval: POLL_INTERVAL,
+            stop_timeout: STOP_TIMEOUT,
+        }
+    }
+}
+
+impl AgentOptions {
+    /// How the agent enters the node namespace (default [`Launch::Private`]).
+    #[must_use]
+    pub fn launch(mut self, launch: Launch) -> Self {
+        self.launch = launch;
+        self
+    }
+
+    /// The `weir` binary to run (default [`weir_binary`]).
+    #[must_use]
+    pub fn binary(mut self, binary: &Path) -> Self {
+        self.binary = Some(binary.to_owned());
+        self
+    }
+
+    /// One more argument of `weir run`, after those the test bed passes
+    /// (`--manifests`, `--health-addr`, `--pin-path`).
+    #[must_use]
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// An environment variable of the agent (`RUST_LOG` defaults to the test's, or `info`).
+    #[must_use]
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// How long [`Agent::wait_ready`] waits, and how often it asks.
+    #[must_use]
+    pub fn ready_within(mut self, timeout: Duration, interval: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self.ready_interval = interval;
+        self
+    }
+
+    /// How long the agent may take to exit after SIGTERM before it is killed: it handles
+    /// signals between checks, and a check that reloads a large directory takes seconds.
+    #[must_use]
+    pub fn stop_within(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// Starts `weir run` in the node namespace of `topology`, reading `manifests`.
+    pub fn start<'t>(&self, topology: &'t Topology, manifests: &Path) -> Agent<'t> {
+        Agent::spawn(topology, manifests, self)
+    }
+}
+
 /// A running `weir run`. Borrows the topology so that it stops before the namespaces go.
 #[derive(Debug)]
 pub struct Agent<'t> {
     topology: &'t Topology,
     child: Child,
+    /// The `weir` process: the child, once `ip netns exec` or `nsenter` has exec'd into it.
+    pid: u32,
     health: SocketAddr,
+    started: Instant,
+    ready_timeout: Duration,
+    ready_interval: Duration,
+    stop_timeout: Duration,
     log: PathBuf,
     _log_dir: TempDir,
 }
@@ -75,18 +163,29 @@ impl<'t> Agent<'t> {
     /// bpffs disappears when it exits, so a killed agent leaves nothing in the host's
     /// `/sys/fs/bpf`. The tests never restart an agent, so they need no pin to survive it.
     pub fn start(topology: &'t Topology, manifests: &Path) -> Self {
-        Self::start_with(topology, manifests, &Launch::Private)
+        Self::options().start(topology, manifests)
     }
 
     /// Starts `weir run` as `launch` says.
     pub fn start_with(topology: &'t Topology, manifests: &Path, launch: &Launch) -> Self {
-        let binary = weir_binary();
+        Self::options()
+            .launch(launch.clone())
+            .start(topology, manifests)
+    }
+
+    /// The defaults, to change before [`AgentOptions::start`].
+    pub fn options() -> AgentOptions {
+        AgentOptions::default()
+    }
+
+    fn spawn(topology: &'t Topology, manifests: &Path, options: &AgentOptions) -> Self {
+        let binary = options.binary.as_deref().unwrap_or_else(|| weir_binary());
         let port = topology.node().run(free_loopback_port);
         let health = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let log_dir = TempDir::new("agent-log");
         let log = log_dir.path().join("weir.log");
         let log_file = File::create(&log).expect("creating the agent log");
-        let mut command = match launch {
+        let mut command = match &options.launch {
             Launch::Private => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", topology.node().name()]);
@@ -113,7 +212,7 @@ impl<'t> Agent<'t> {
             });
         }
         command.arg(binary).arg("run");
-        match launch {
+        match &options.launch {
             Launch::Private => command.arg("--no-socket-lb"),
             Launch::Pinned { pin_path, cgroup } => command
                 .arg("--pin-path")
@@ -121,44 +220,88 @@ impl<'t> Agent<'t> {
                 .arg("--cgroup")
                 .arg(cgroup),
         };
-        let child = command
+        command
             .arg("--manifests")
             .arg(manifests)
             .arg("--health-addr")
             .arg(health.to_string())
+            .args(&options.args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("cloning the log handle"))
-            .stderr(log_file)
+            .stderr(log_file);
+        let started = Instant::now();
+        let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-        Self {
+        let mut agent = Self {
             topology,
+            pid: child.id(),
             child,
             health,
+            started,
+            ready_timeout: options.ready_timeout,
+            ready_interval: options.ready_interval,
+            stop_timeout: options.stop_timeout,
             log,
             _log_dir: log_dir,
+        };
+        agent.pid = agent.find_weir(binary);
+        agent
+    }
+
+    /// The pid of the `weir` process: the child itself once the launcher has exec'd, or a
+    /// child of it if the launcher forked instead.
+    fn find_weir(&mut self, binary: &Path) -> u32 {
+        let binary = std::fs::canonicalize(binary)
+            .unwrap_or_else(|e| panic!("resolving {}: {e}", binary.display()));
+        let is_weir = |pid: u32| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == binary)
+        };
+        let deadline = Instant::now() + EXEC_TIMEOUT;
+        let root = self.child.id();
+        loop {
+            if is_weir(root) {
+                return root;
+            }
+            if let Some(pid) = children(root).into_iter().find(|&pid| is_weir(pid)) {
+                return pid;
+            }
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "no {} process under pid {root} after {EXEC_TIMEOUT:?}",
+                binary.display()
+            );
+            thread::sleep(Duration::from_millis(1));
         }
     }
 
-    /// Waits until `GET /readyz` answers 200; panics with the agent's log on timeout or
-    /// when the agent exits.
-    pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
+    /// The `weir` process's id, for `/proc/PID/...`.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits until `GET /readyz` answers 200; returns the time since the agent was spawned.
+    /// Panics with the agent's log on timeout or when the agent exits.
+    pub fn wait_ready(&mut self) -> Duration {
+        let deadline = self.started + self.ready_timeout;
         loop {
             self.assert_running();
             if let Ok((200, _)) = self.get("/readyz") {
-                return;
+                return self.started.elapsed();
             }
             assert!(
                 Instant::now() < deadline,
-                "weir not ready after {READY_TIMEOUT:?}\n{}",
+                "weir not ready after {:?}\n{}",
+                self.ready_timeout,
                 self.log_tail()
             );
-            thread::sleep(POLL_INTERVAL);
+            thread::sleep(self.ready_interval);
         }
     }
 
@@ -226,9 +369,14 @@ impl<'t> Agent<'t> {
         let _ = self.child.wait();
     }
 
+    /// Everything the agent has written to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of the agent's output, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.log();
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
         format!(
@@ -238,7 +386,8 @@ impl<'t> Agent<'t> {
         )
     }
 
-    fn assert_running(&mut self) {
+    /// Panics with the agent's log if it has exited.
+    pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!("weir exited: {status}\n{}", self.log_tail());
         }
@@ -256,12 +405,13 @@ impl Drop for Agent<'_> {
         if thread::panicking() {
             eprintln!("{}", self.log_tail());
         }
-        stop(&mut self.child);
+        stop(&mut self.child, self.stop_timeout);
     }
 }
 
-/// SIGTERM, so that the agent can detach and clean up; SIGKILL if it does not exit in time.
-fn stop(child: &mut Child) {
+/// SIGTERM, so that the agent can detach and clean up; SIGKILL if it does not exit within
+/// `timeout`.
+fn stop(child: &mut Child, timeout: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
         return; // already reaped (killed by the test): its pid may belong to another process
     }
@@ -269,16 +419,25 @@ fn stop(child: &mut Child) {
         // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
         unsafe { libc::kill(pid, libc::SIGTERM) };
     }
-    let deadline = Instant::now() + STOP_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }
         thread::sleep(POLL_INTERVAL);
     }
-    eprintln!("warning: weir ignored SIGTERM for {STOP_TIMEOUT:?}; killing it");
+    eprintln!("warning: weir ignored SIGTERM for {timeout:?}; killing it");
     child.kill().ok();
     child.wait().ok();
+}
+
+/// The children of `pid` (of its main thread).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// A TCP port nothing listens on in the calling thread's namespace.

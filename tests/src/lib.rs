@@ -40,7 +40,7 @@ mod traffic;
 #[cfg(test)]
 mod selftest;
 
-pub use agent::{Agent, Launch, Status, http_get, weir_binary};
+pub use agent::{Agent, AgentOptions, Launch, Status, http_get, weir_binary};
 pub use cgroup::{Cgroup, SOCKET_HOOKS, cgroup2_root, reap_orphan_cgroups};
 pub use netns::{Netns, RunTag, netns_path, reap_orphans};
 pub use probe::{CONNECT_TIMEOUT, Case, Family, Proto, REPLY_TIMEOUT, Session, request};

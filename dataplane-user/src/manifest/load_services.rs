@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use super::convert::UnknownFields;
 use super::path::FieldPath;
 use super::service::{self, Conversion};
-use super::{Ignored, Kind, Loader, Object};
+use super::{Ignored, Kind, Loader, ManifestError, Object};
 use crate::model::{EndpointSlice, Origin, Protocol, Service};
 
 /// The cluster IPs and node ports of the Services loaded so far, with the Service that has
@@ -32,6 +32,58 @@ impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Service {} ({})", self.service, self.origin)
     }
+}
+
+/// Cluster IPs and node ports that Services of different files share: each file was checked
+/// on its own when it was read, so only pairs across files remain. An error points at the
+/// later Service (its file and line) and names the field.
+pub(super) fn across_files(services: &[Service]) -> Vec<ManifestError> {
+    let mut cluster_ips: BTreeMap<IpAddr, &Service> = BTreeMap::new();
+    let mut node_ports: BTreeMap<(u16, Protocol), &Service> = BTreeMap::new();
+    let mut errors = Vec::new();
+    let mut clash = |later: &Service, first: &Service, field: String, what: String| {
+        if later.origin.file != first.origin.file {
+            let owner = Owner {
+                service: format!("{}/{}", first.namespace, first.name),
+                origin: first.origin.clone(),
+            };
+            errors.push(ManifestError {
+                file: later.origin.file.clone(),
+                line: later.origin.line,
+                // The Service's first line: the model keeps no position per field.
+                column: 1,
+                field,
+                message: format!("{what} is already allocated to {owner}"),
+            });
+        }
+    };
+    for service in services {
+        for (i, ip) in service.cluster_ips.iter().enumerate() {
+            if let Some(first) = cluster_ips.get(ip) {
+                clash(
+                    service,
+                    first,
+                    format!("spec.clusterIPs[{i}]"),
+                    format!("cluster IP {ip}"),
+                );
+            } else {
+                cluster_ips.insert(*ip, service);
+            }
+        }
+        for (i, port) in service.ports.iter().enumerate() {
+            let Some(node_port) = port.node_port else {
+                continue;
+            };
+            let key = (node_port, port.protocol);
+            if let Some(first) = node_ports.get(&key) {
+                let what = format!("node port {node_port}/{}", port.protocol);
+                clash(service, first, format!("spec.ports[{i}].nodePort"), what);
+            } else {
+                node_ports.insert(key, service);
+            }
+        }
+    }
+    errors
 }
 
 impl Loader {

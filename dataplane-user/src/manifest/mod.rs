@@ -8,9 +8,13 @@
 //!   error's field path back into a line and column of the tree.
 //!
 //! Loading is all or nothing: every error of every file is collected, and if there is one, no
-//! state is returned, so that a half-read directory is never applied.
+//! state is returned, so that a half-read directory is never applied. It runs in two steps, so
+//! that a caller following a directory re-reads only what changed: each file on its own
+//! ([`read_file`], [`parse_file`]), then all of them together ([`assemble`]: duplicates across
+//! files, namespaces nobody declares, all or nothing).
 
 pub mod convert;
+pub mod listing;
 mod load_services;
 mod names;
 pub mod path;
@@ -18,12 +22,14 @@ pub mod service;
 mod yaml;
 
 #[cfg(test)]
+mod assemble_tests;
+#[cfg(test)]
 mod service_tests;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -129,21 +135,13 @@ impl std::error::Error for ManifestError {}
 ///
 /// Every unreadable file, YAML syntax error and invalid object, all together.
 pub fn load_dir(dir: &Path) -> Result<Loaded, LoadError> {
-    let mut loader = Loader::default();
-    let mut files = Vec::new();
-    if dir.is_file() {
-        files.push(dir.to_owned());
-    } else {
-        find_manifests(dir, &mut HashSet::new(), &mut files, &mut loader.errors);
-    }
-    files.sort();
-    for file in &files {
-        match fs::read_to_string(file) {
-            Ok(text) => loader.add_file(file, &text),
-            Err(error) => loader.errors.push(file_error(file, &error)),
-        }
-    }
-    loader.finish()
+    let listing = listing::list(dir);
+    let files: Vec<FileManifests> = listing
+        .files
+        .iter()
+        .map(|(path, _)| read_file(path))
+        .collect();
+    assemble(listing.errors, &files)
 }
 
 /// Loads the text of one manifest file; `file` names it in errors and origins.
@@ -152,63 +150,70 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, LoadError> {
 ///
 /// Every YAML syntax error and invalid object, all together.
 pub fn load_str(file: &Path, text: &str) -> Result<Loaded, LoadError> {
+    assemble(Vec::new(), [&parse_file(file, text)])
+}
+
+/// One manifest file read and validated on its own: its objects, the kinds it holds that
+/// Weir ignores, and its errors. What depends on other files (an object defined twice,
+/// namespaces nobody declares, all or nothing) is left to [`assemble`], so that a caller
+/// following a directory can keep this per file and re-read only the files that change.
+#[derive(Debug)]
+pub struct FileManifests {
+    state: DesiredState,
+    ignored: Vec<Ignored>,
+    errors: Vec<ManifestError>,
+    definitions: Vec<Definition>,
+    /// 1 once the file has been read, 0 when it could not be.
+    files: usize,
+}
+
+impl FileManifests {
+    /// Whether the file holds no error of its own (another file may still clash with it).
+    pub fn is_valid(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Reads and validates one manifest file; a file that cannot be read is its error.
+pub fn read_file(file: &Path) -> FileManifests {
+    match fs::read_to_string(file) {
+        Ok(text) => parse_file(file, &text),
+        Err(error) => {
+            let mut loader = Loader::default();
+            loader.errors.push(file_error(file, &error));
+            loader.into_file()
+        }
+    }
+}
+
+/// Validates the text of one manifest file; `file` names it in errors and origins.
+pub fn parse_file(file: &Path, text: &str) -> FileManifests {
     let mut loader = Loader::default();
     loader.add_file(file, text);
-    loader.finish()
+    loader.into_file()
 }
 
-/// Collects manifest files under `dir`. `visited` holds canonical directories already walked,
-/// so that a symbolic link to a parent cannot loop.
-fn find_manifests(
-    dir: &Path,
-    visited: &mut HashSet<PathBuf>,
-    files: &mut Vec<PathBuf>,
-    errors: &mut Vec<ManifestError>,
-) {
-    match fs::canonicalize(dir) {
-        Ok(canonical) => {
-            if !visited.insert(canonical) {
-                return;
-            }
-        }
-        Err(error) => return errors.push(file_error(dir, &error)),
-    }
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(error) => return errors.push(file_error(dir, &error)),
+/// The desired state of several files, in the order given (path order, for a directory):
+/// `errors` (of the walk that found them) first, then each file's own errors, and an object
+/// defined in an earlier file too is an error of the later one.
+///
+/// # Errors
+///
+/// All those errors together: nothing is returned unless every file is valid.
+pub fn assemble<'a>(
+    errors: Vec<ManifestError>,
+    files: impl IntoIterator<Item = &'a FileManifests>,
+) -> Result<Loaded, LoadError> {
+    let mut loader = Loader {
+        errors,
+        ..Loader::default()
     };
-    for entry in entries {
-        let path = match entry {
-            Ok(entry) => entry.path(),
-            Err(error) => return errors.push(file_error(dir, &error)),
-        };
-        let hidden = path
-            .file_name()
-            .is_some_and(|name| name.to_string_lossy().starts_with('.'));
-        if hidden {
-            continue;
-        }
-        // `fs::metadata` follows links: ConfigMap volumes are links to files.
-        match fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => find_manifests(&path, visited, files, errors),
-            Ok(meta) => {
-                if meta.is_file() && is_manifest(&path) {
-                    files.push(path);
-                }
-            }
-            // A dangling link named like a manifest is worth a word; other names are not ours.
-            Err(error) => {
-                if is_manifest(&path) {
-                    errors.push(file_error(&path, &error));
-                }
-            }
-        }
+    // Borrowed from the files: an assembly copies no key.
+    let mut defined = BTreeMap::new();
+    for file in files {
+        loader.merge(file, &mut defined);
     }
-}
-
-fn is_manifest(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|ext| ext == "yaml" || ext == "yml")
+    loader.finish()
 }
 
 fn file_error(file: &Path, error: &std::io::Error) -> ManifestError {
@@ -295,20 +300,79 @@ impl Object<'_> {
     }
 }
 
-/// Accumulates objects and errors over files.
+/// What identifies an object: two definitions of one are an error.
+type ObjectKey = (Kind, String, String);
+
+/// An object as defined in its file, kept for the duplicate check across files.
+#[derive(Debug)]
+struct Definition {
+    key: ObjectKey,
+    origin: Origin,
+    /// Its `metadata.name`, located: where a later definition of it is reported.
+    name: ManifestError,
+}
+
+/// Accumulates objects and errors: of one file ([`parse_file`]), then of all files
+/// ([`assemble`]).
 #[derive(Default)]
 struct Loader {
     state: DesiredState,
     ignored: Vec<Ignored>,
     errors: Vec<ManifestError>,
-    /// First definition of each (kind, namespace, name), to report duplicates.
-    seen: BTreeMap<(Kind, String, String), Origin>,
-    /// The Services' cluster IPs and node ports, to report one used twice.
+    /// First definition in this file of each (kind, namespace, name), to report duplicates.
+    seen: BTreeMap<ObjectKey, Origin>,
+    /// Every object defined once so far, in order (kept by a file for [`Loader::merge`]).
+    definitions: Vec<Definition>,
+    /// The Services' cluster IPs and node ports in this file, to report one used twice
+    /// (across files, [`Loader::finish`] checks them).
     allocations: load_services::Allocations,
     files: usize,
 }
 
 impl Loader {
+    fn into_file(self) -> FileManifests {
+        FileManifests {
+            state: self.state,
+            ignored: self.ignored,
+            errors: self.errors,
+            definitions: self.definitions,
+            files: self.files,
+        }
+    }
+
+    /// Adds one file's objects and errors. An object some earlier file defined too (in
+    /// `defined`, which this adds the file's objects to) is an error of this file, placed among
+    /// its own errors by line.
+    fn merge<'a>(
+        &mut self,
+        file: &'a FileManifests,
+        defined: &mut BTreeMap<&'a ObjectKey, &'a Origin>,
+    ) {
+        self.files += file.files;
+        let mut errors = file.errors.clone();
+        let own = errors.len();
+        for definition in &file.definitions {
+            match defined.entry(&definition.key) {
+                Entry::Vacant(entry) => {
+                    entry.insert(&definition.origin);
+                }
+                Entry::Occupied(first) => errors.push(ManifestError {
+                    message: duplicate_message(&definition.key, first.get()),
+                    ..definition.name.clone()
+                }),
+            }
+        }
+        if errors.len() > own {
+            errors.sort_by_key(|error| (error.line, error.column));
+        }
+        self.errors.extend(errors);
+        self.ignored.extend_from_slice(&file.ignored);
+        // Once anything is wrong no state is returned: copying it would be wasted.
+        if self.errors.is_empty() {
+            extend_state(&mut self.state, &file.state);
+        }
+    }
+
     fn add_file(&mut self, file: &Path, text: &str) {
         self.files += 1;
         match yaml::parse(text) {
@@ -458,7 +522,7 @@ impl Loader {
     }
 
     /// Records the object as defined, or an error if an object of the same kind, namespace and
-    /// name was defined before.
+    /// name was defined before in this file ([`Loader::merge`] checks across files).
     fn first_definition(
         &mut self,
         object: &Object<'_>,
@@ -467,23 +531,21 @@ impl Loader {
         name: &str,
     ) -> bool {
         let key = (kind, namespace.to_owned(), name.to_owned());
-        match self.seen.entry(key) {
+        let path = FieldPath::root().key("metadata").key("name");
+        match self.seen.entry(key.clone()) {
             Entry::Vacant(entry) => {
                 entry.insert(object.origin());
+                let name = object.error(FieldError {
+                    path,
+                    message: String::new(),
+                    on_key: false,
+                });
+                let origin = object.origin();
+                self.definitions.push(Definition { key, origin, name });
                 true
             }
             Entry::Occupied(first) => {
-                let qualified = if namespace.is_empty() {
-                    name.to_owned()
-                } else {
-                    format!("{namespace}/{name}")
-                };
-                let kind = kind.name();
-                let message = format!(
-                    "duplicate {kind} {qualified}, first defined at {}",
-                    first.get()
-                );
-                let path = FieldPath::root().key("metadata").key("name");
+                let message = duplicate_message(&key, first.get());
                 self.reject(object, path, message);
                 false
             }
@@ -501,6 +563,12 @@ impl Loader {
     }
 
     fn finish(mut self) -> Result<Loaded, LoadError> {
+        if !self.errors.is_empty() {
+            return Err(LoadError {
+                errors: self.errors,
+            });
+        }
+        self.errors = load_services::across_files(&self.state.services);
         if !self.errors.is_empty() {
             return Err(LoadError {
                 errors: self.errors,
@@ -532,4 +600,40 @@ impl Loader {
             derived_slices,
         })
     }
+}
+
+/// `duplicate Pod default/web, first defined at web.yaml:1`.
+fn duplicate_message((kind, namespace, name): &ObjectKey, first: &Origin) -> String {
+    let qualified = if namespace.is_empty() {
+        name.clone()
+    } else {
+        format!("{namespace}/{name}")
+    };
+    format!(
+        "duplicate {} {qualified}, first defined at {first}",
+        kind.name()
+    )
+}
+
+/// Adds the objects of `from` to `into`.
+fn extend_state(into: &mut DesiredState, from: &DesiredState) {
+    // Taken apart field by field, so that a kind added to the model cannot be forgotten here.
+    let DesiredState {
+        namespaces,
+        pods,
+        policies,
+        services,
+        endpoint_slices,
+        nodes,
+    } = from;
+    into.namespaces.extend(
+        namespaces
+            .iter()
+            .map(|(name, ns)| (name.clone(), ns.clone())),
+    );
+    into.pods.extend_from_slice(pods);
+    into.policies.extend_from_slice(policies);
+    into.services.extend_from_slice(services);
+    into.endpoint_slices.extend_from_slice(endpoint_slices);
+    into.nodes.extend_from_slice(nodes);
 }

@@ -2,6 +2,8 @@
 //!
 //! The agent polls a source's [`Source::version`], cheap and called every tick, and calls
 //! [`Source::load`] once the version has changed and then held still for a tick (debounce).
+//! Both are incremental where it pays: a directory reads its inotify events and re-reads only
+//! the files that changed.
 
 pub mod directory;
 pub mod kubernetes;

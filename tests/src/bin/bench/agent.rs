@@ -9,8 +9,9 @@
 //! `status.podIPs` moved into the test bed's ranges (`10.99.ns.n` and `fd99::ns:n`). A node
 //! namespace hosts [`LOCAL_PODS`] of those pods on veth pairs, so the agent attaches to that
 //! many interfaces and enforces the whole cluster's policy on them. The agent is the release
-//! build (`$WEIR_BIN`, or else built here with `cargo build --release`), started with
-//! `ip netns exec`, whose private mount namespace takes whatever the agent pins with it.
+//! build (`$WEIR_BIN`, or else built here with `cargo build --release`), started by the test
+//! bed's [`Agent`] with `ip netns exec`, whose private mount namespace takes whatever the
+//! agent pins with it.
 //!
 //! # Figures
 //!
@@ -34,44 +35,41 @@
 //!    cannot fake a denial); the time recorded is the start of the first attempt that saw the
 //!    new verdict. Run once with the default `--poll-ms 250`, once with 50.
 //!
-//! At rest: the agent's poll timer fires missed ticks back to back (tokio's default
-//! `MissedTickBehavior::Burst`), so after an apply that took seconds it runs change checks
-//! without pause until it has caught up. Before the rest window the benchmark waits until a
-//! [`SETTLE_SLICE`] of the agent's CPU is below [`BUSY_PERCENT`] of a core (at most
+//! At rest: after an apply that took longer than its poll interval, the agent runs one
+//! change check at once, then keeps its period. Before the rest window the benchmark waits
+//! until a [`SETTLE_SLICE`] of the agent's CPU is below [`BUSY_PERCENT`] of a core (at most
 //! [`SETTLE_MAX`]). The changes come one after the other, as a pipeline applying a series of
 //! edits would make them; each is preceded by one such slice, which tells whether it met the
-//! agent at rest or still catching up (the report counts them), and by a fraction of the poll
-//! interval that walks a low-discrepancy sequence, so that renames fall evenly over the
-//! agent's tick phase. Waiting for rest before every change would take seconds per change,
-//! and at 50 ms the agent never comes to rest at this scale.
+//! agent at rest or still busy with the change before (the report counts them), and by a
+//! fraction of the poll interval that walks a low-discrepancy sequence, so that renames fall
+//! evenly over the agent's tick phase.
 //!
 //! For where the time goes, this process also times the agent's steps on the same directory:
-//! the change check every tick does (a `stat` of every file), loading (read, YAML, validation)
-//! and compiling; and the agent's own log gives compile + apply per change (`elapsed_ms`).
+//! the change check every tick does (reading inotify events), a walk of the whole tree (the
+//! periodic safety net), the first load of every file (read, YAML, validation), a reload
+//! after one file changed, and compiling; and the agent's own log gives compile + apply per
+//! change (`elapsed_ms`).
 //!
 //! Nothing here judges a time. Errors are real failures: the flip not flipping, the agent
 //! refusing a change or exiting, a timeout.
 
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Map, Value, json};
-use testbed::{Netns, PodSpec, TempDir, Topology, manifests};
+use testbed::{Agent, Netns, PodSpec, TempDir, Topology, manifests};
 use weir::compile::NodeView;
 use weir::model::{
     DesiredState, LabelSelector, NamespaceScope, Peer, Policy, PortMatch, PortSpec, Rule,
 };
 use weir::source::Source as _;
-use weir::source::directory::Directory;
+use weir::source::directory::{Directory, RESCAN_INTERVAL};
 
 use crate::cluster;
 use crate::measure::median;
@@ -125,8 +123,6 @@ const DENY_WAIT: Duration = Duration::from_millis(50);
 /// While waiting for a connection to be allowed, an attempt gives up after this: a slow
 /// answer only costs one more attempt.
 const ALLOW_WAIT: Duration = Duration::from_millis(10);
-/// Lines of the agent's log shown with an error.
-const LOG_TAIL_LINES: usize = 30;
 
 /// Options of the agent part.
 #[derive(Clone, Copy, Debug)]
@@ -188,10 +184,16 @@ impl PollRun {
 
 /// The agent's steps, timed in this process on the same directory (medians).
 pub struct InProcess {
-    /// `Directory::version`: what every tick does.
+    /// `Directory::version` with nothing changed: what every tick does (reading inotify).
     pub version_check: Duration,
-    /// `manifest::load_dir`: read, YAML, validation.
+    /// A walk of the whole tree (`manifest::listing::list`): the safety-net rescan, and what
+    /// every tick did before inotify.
+    pub walk: Duration,
+    /// `manifest::load_dir`: read, YAML, validation of every file (the first load).
     pub load: Duration,
+    /// One policy file replaced, then `Directory::version` and `Directory::load`: the
+    /// changed file read again, every file's result assembled.
+    pub reload_one: Duration,
     /// `compile::compile` with the node namespace's view.
     pub compile: Duration,
 }
@@ -274,15 +276,15 @@ struct Bed<'a> {
 
 impl Bed<'_> {
     /// Starts an agent and waits until it is ready; returns it and the time it took.
-    fn start_ready(&self, poll_ms: u64) -> Result<(AgentProcess<'_>, Duration)> {
+    fn start_ready(&self, poll_ms: u64) -> (AgentProcess<'_>, Duration) {
         eprintln!("weir-bench: agent: starting weir run --poll-ms {poll_ms}");
-        let mut agent = AgentProcess::start(self.topology.node(), self.binary, self.dir, poll_ms)?;
-        let ready = agent.wait_ready()?;
+        let mut agent = AgentProcess::start(self.topology, self.binary, self.dir, poll_ms);
+        let ready = agent.wait_ready();
         eprintln!(
             "weir-bench: agent: ready after {:.0} ms",
             ready.as_secs_f64() * 1e3
         );
-        Ok((agent, ready))
+        (agent, ready)
     }
 
     /// One agent with the poll interval of `run`: its ready time, then `changes` changes,
@@ -295,7 +297,7 @@ impl Bed<'_> {
         first: bool,
         report: &mut AgentReport,
     ) -> Result<()> {
-        let (mut agent, ready) = self.start_ready(run.poll_ms)?;
+        let (mut agent, ready) = self.start_ready(run.poll_ms);
         report.ready.push(ready);
         let memory = first && run.poll_ms == POLLS_MS[0];
         if memory {
@@ -308,10 +310,10 @@ impl Bed<'_> {
             report.rss_rest_kib = agent.proc_status_kib("VmRSS")?;
         }
         let flip = Flip::new(self, &mut agent, run.poll_ms)?;
-        let applied_before = agent.applied_ms()?.len();
+        let applied_before = agent.applied_ms().len();
         let samples = flip.series(&mut agent, changes, run.samples.len())?;
         run.apply_ms
-            .extend(agent.applied_ms()?.split_off(applied_before));
+            .extend(agent.applied_ms().split_off(applied_before));
         let hwm = agent.proc_status_kib("VmHWM")?;
         report.hwm_changes_kib = report.hwm_changes_kib.max(hwm);
         if samples.last().is_some_and(|c| c.to_allowed) {
@@ -645,8 +647,11 @@ fn node_view(topology: &Topology) -> Result<NodeView> {
 fn time_in_process(dir: &Path, topology: &Topology, state: &DesiredState) -> Result<InProcess> {
     eprintln!("weir-bench: agent: timing load and compile in this process");
     let view = node_view(topology)?;
-    let mut source = Directory::new(dir.to_owned());
-    let version_check = median_time(IN_PROCESS_RUNS, || source.version().map(drop))?;
+    let walk = median_time(IN_PROCESS_RUNS, || {
+        let listing = weir::manifest::listing::list(dir);
+        ensure!(listing.errors.is_empty(), "walking {}", dir.display());
+        Ok(())
+    })?;
     let mut loaded = None;
     let load = median_time(IN_PROCESS_RUNS, || {
         loaded = Some(weir::manifest::load_dir(dir)?);
@@ -662,6 +667,7 @@ fn time_in_process(dir: &Path, topology: &Topology, state: &DesiredState) -> Res
         loaded.policies.len(),
         cluster::count_rules(&loaded)
     );
+    let (version_check, reload_one) = time_directory(dir, state)?;
     let compile = median_time(IN_PROCESS_RUNS, || {
         let maps = weir::compile::compile(&loaded, &view)?;
         ensure!(
@@ -673,9 +679,41 @@ fn time_in_process(dir: &Path, topology: &Topology, state: &DesiredState) -> Res
     })?;
     Ok(InProcess {
         version_check,
+        walk,
         load,
+        reload_one,
         compile,
     })
+}
+
+/// The agent's source on `dir`: a check with nothing changed, and a reload after one policy
+/// file is replaced (by the same text: a new file all the same, and the directory unchanged
+/// for the agent runs that follow).
+fn time_directory(dir: &Path, state: &DesiredState) -> Result<(Duration, Duration)> {
+    let mut source = Directory::new(dir.to_owned());
+    source.version()?;
+    source.load()?;
+    // The first walk placed the watches, and the next check walks once more under them.
+    source.version()?;
+    let version_check = median_time(IN_PROCESS_RUNS, || source.version().map(drop))?;
+    let policy = state
+        .policies
+        .first()
+        .context("a cluster without policies")?;
+    let (file, text) = (policy_file(policy), to_yaml(&policy_json(policy)));
+    let reload_one = median_time(IN_PROCESS_RUNS, || {
+        let (version, reads) = (source.version()?, source.files_read());
+        manifests::write_atomic(dir, &file, &text);
+        ensure!(source.version()? != version, "replacing {file} went unseen");
+        let loaded = source.load()?;
+        ensure!(
+            source.files_read() == reads + 1 && loaded.state.policies.len() == state.policies.len(),
+            "reloading after {file} changed read {} files",
+            source.files_read() - reads
+        );
+        Ok(())
+    })?;
+    Ok((version_check, reload_one))
 }
 
 /// The median wall time of `runs` calls of `f`.
@@ -746,7 +784,7 @@ impl<'a> Flip<'a> {
             "before any change, {} reaches {server}: there is no flip to measure",
             pod_id(CLIENT)
         );
-        agent.ensure_running()?;
+        agent.agent.assert_running();
         Ok(flip)
     }
 
@@ -782,8 +820,7 @@ impl<'a> Flip<'a> {
 
     /// One change, timed by both observers at once.
     fn change(&self, agent: &mut AgentProcess<'_>, to_allowed: bool) -> Result<Change> {
-        agent.ensure_running()?;
-        let before = agent.generation()?;
+        let before = agent.generation();
         let text = if to_allowed {
             &self.allowed
         } else {
@@ -792,7 +829,7 @@ impl<'a> Flip<'a> {
         manifests::write_atomic(self.dir, &self.file, text);
         let renamed = Instant::now();
         let deadline = renamed + CHANGE_TIMEOUT;
-        let (health, server) = (agent.health, self.server);
+        let (health, server) = (agent.agent.health_addr(), self.server);
         let (generation, probe) = thread::scope(|s| {
             let watcher = s.spawn(|| self.node.run(|| wait_generation(health, before, deadline)));
             let probe = self
@@ -802,7 +839,7 @@ impl<'a> Flip<'a> {
         });
         let generation = generation
             .map_err(|_| anyhow::anyhow!("the status watcher panicked"))?
-            .map_err(|e| e.context(agent.log_tail()))?;
+            .map_err(|e| e.context(agent.agent.log_tail()))?;
         let probe = probe.context("the probe never saw the new verdict")?;
         Ok(Change {
             to_allowed,
@@ -925,46 +962,18 @@ fn release_weir() -> Result<PathBuf> {
         .context("cargo reported no weir executable")
 }
 
-/// A running `weir run` in the node namespace; stopped on drop.
+/// A running `weir run` in the node namespace (the test bed's [`Agent`], stopped on drop),
+/// with what this benchmark measures of it.
 struct AgentProcess<'t> {
-    node: &'t Netns,
-    child: Child,
-    /// The `weir` process (the child, once `ip netns exec` has exec'd into it).
-    pid: u32,
-    health: SocketAddr,
-    started: Instant,
-    log: PathBuf,
-    _log_dir: TempDir,
+    agent: Agent<'t>,
 }
 
 impl<'t> AgentProcess<'t> {
-    /// Spawns `ip netns exec NODE weir run ...` and finds the `weir` process.
-    fn start(node: &'t Netns, binary: &Path, manifests: &Path, poll_ms: u64) -> Result<Self> {
-        let port = node.run(free_loopback_port)?;
-        let health = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let log_dir = TempDir::new("bench-agent-log");
-        let log = log_dir.path().join("weir.log");
-        let log_file = File::create(&log).context("creating the agent log")?;
-        let mut command = Command::new("ip");
-        // SAFETY: prctl is async-signal-safe, as required between fork and exec. If this
-        // process is killed outright, the kernel stops the agent too.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            });
-        }
-        command
-            .args(["netns", "exec", node.name()])
-            .arg(binary)
-            .arg("run")
-            .arg("--manifests")
-            .arg(manifests)
-            .arg("--health-addr")
-            .arg(health.to_string())
+    /// Starts `binary` with `--poll-ms poll_ms` on `manifests`, in `topology`'s node
+    /// namespace.
+    fn start(topology: &'t Topology, binary: &Path, manifests: &Path, poll_ms: u64) -> Self {
+        let agent = Agent::options()
+            .binary(binary)
             .arg("--poll-ms")
             .arg(poll_ms.to_string())
             // `ip netns exec` gives it a fresh `/sys` without cgroups (and the machine's root
@@ -972,95 +981,34 @@ impl<'t> AgentProcess<'t> {
             .arg("--no-socket-lb")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        let started = Instant::now();
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let mut agent = Self {
-            node,
-            pid: child.id(),
-            child,
-            health,
-            started,
-            log,
-            _log_dir: log_dir,
-        };
-        agent.pid = agent.find_weir(binary)?;
-        Ok(agent)
-    }
-
-    /// The pid of the `weir` process: the child itself once `ip` has exec'd, or a child of
-    /// it if `ip` forked instead.
-    fn find_weir(&mut self, binary: &Path) -> Result<u32> {
-        let binary = std::fs::canonicalize(binary)
-            .with_context(|| format!("resolving {}", binary.display()))?;
-        let is_weir = |pid: u32| {
-            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == binary)
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let root = self.child.id();
-        loop {
-            if is_weir(root) {
-                return Ok(root);
-            }
-            if let Some(pid) = children(root).into_iter().find(|&pid| is_weir(pid)) {
-                return Ok(pid);
-            }
-            self.ensure_running()?;
-            ensure!(
-                Instant::now() < deadline,
-                "no weir process under pid {root}"
-            );
-            thread::sleep(Duration::from_millis(1));
-        }
+            .ready_within(READY_TIMEOUT, READY_INTERVAL)
+            .stop_within(STOP_TIMEOUT)
+            .start(topology, manifests);
+        Self { agent }
     }
 
     /// Waits for `/readyz` 200; the time from spawn.
-    fn wait_ready(&mut self) -> Result<Duration> {
-        let deadline = self.started + READY_TIMEOUT;
-        loop {
-            self.ensure_running()?;
-            let health = self.health;
-            if let Ok((200, _)) = self.node.run(|| http_get(health, "/readyz")) {
-                return Ok(self.started.elapsed());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "weir not ready after {READY_TIMEOUT:?}\n{}",
-                    self.log_tail()
-                );
-            }
-            thread::sleep(READY_INTERVAL);
-        }
+    fn wait_ready(&mut self) -> Duration {
+        self.agent.wait_ready()
     }
 
     /// The generation `/status` reports.
-    fn generation(&mut self) -> Result<u64> {
-        self.ensure_running()?;
-        let health = self.health;
-        let (code, body) = self.node.run(|| http_get(health, "/status"))?;
-        ensure!(code == 200, "GET /status: {code} {body}");
-        let value: Value = serde_json::from_str(&body).context("parsing /status")?;
-        value["generation"]
-            .as_u64()
-            .with_context(|| format!("no generation in /status: {body}"))
+    fn generation(&mut self) -> u64 {
+        self.agent.status().generation
     }
 
     /// A `kB` line of `/proc/PID/status` (`VmHWM`, `VmRSS`), in KiB.
     fn proc_status_kib(&self, field: &str) -> Result<u64> {
-        let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.agent.pid()))?;
         text.lines()
             .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no {field} in /proc/{}/status", self.pid))
+            .with_context(|| format!("no {field} in /proc/{}/status", self.agent.pid()))
     }
 
     /// `utime + stime` of the whole process, in clock ticks.
     fn cpu_ticks(&self) -> Result<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.agent.pid()))?;
         // Fields after the command name (which may hold spaces): state is field 3, so
         // utime (14) and stime (15) are the 12th and 13th after it.
         let after = &stat[stat.rfind(')').context("malformed stat")? + 1..];
@@ -1093,7 +1041,7 @@ impl<'t> AgentProcess<'t> {
 
     /// CPU time used over `window`, as a percentage of one core.
     fn cpu_percent_over(&mut self, window: Duration) -> Result<f64> {
-        self.ensure_running()?;
+        self.agent.assert_running();
         let (t0, c0) = (Instant::now(), self.cpu_ticks()?);
         thread::sleep(window);
         let (t1, c1) = (Instant::now(), self.cpu_ticks()?);
@@ -1109,9 +1057,9 @@ impl<'t> AgentProcess<'t> {
     }
 
     /// The `elapsed_ms` of every "applied" line the agent has logged so far.
-    fn applied_ms(&self) -> Result<Vec<f64>> {
-        let text = std::fs::read_to_string(&self.log).context("reading the agent log")?;
-        Ok(text
+    fn applied_ms(&self) -> Vec<f64> {
+        self.agent
+            .log()
             .lines()
             .map(strip_ansi)
             .filter(|l| l.contains(" applied") || l.ends_with("applied"))
@@ -1120,58 +1068,8 @@ impl<'t> AgentProcess<'t> {
                 let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
                 digits.parse::<u32>().ok().map(f64::from)
             })
-            .collect())
+            .collect()
     }
-
-    fn ensure_running(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("weir exited: {status}\n{}", self.log_tail());
-        }
-        Ok(())
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
-        format!(
-            "--- weir log (last {} lines) ---\n{}",
-            tail.len(),
-            tail.join("\n")
-        )
-    }
-}
-
-impl Drop for AgentProcess<'_> {
-    /// SIGTERM, then SIGKILL if the agent has not exited within [`STOP_TIMEOUT`].
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own child, not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("warning: weir ignored SIGTERM for {STOP_TIMEOUT:?}; killing it");
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-/// The children of `pid` (of its main thread).
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
 }
 
 /// `line` without ANSI colour sequences (`ESC [ ... m`).
@@ -1190,13 +1088,6 @@ fn strip_ansi(line: &str) -> String {
         }
     }
     out
-}
-
-/// A TCP port nothing listens on in the calling thread's namespace.
-fn free_loopback_port() -> Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
 }
 
 /// `GET path` on the agent's health address: status code and body.
@@ -1386,21 +1277,25 @@ impl AgentReport {
         let _ = writeln!(
             out,
             "[1] elapsed_ms of the agent's \"applied\" log lines (compile, map diff, attach).\n\
-             [2] Under {BUSY_PERCENT:.0}% of a core in the {} ms before the rename. After an apply of\n\
-             seconds the agent runs its missed ticks back to back (tokio's Burst) until caught up:\n\
-             a change that meets it so is seen by the next back-to-back tick, not up to a period\n\
-             later; one that meets it at rest waits 0..1 period for the change check, then one more\n\
-             (debounce): about 1.5 periods on average.\n\
+             [2] Under {BUSY_PERCENT:.0}% of a core in the {} ms before the rename: not still busy\n\
+             with the change before. A change that meets the agent at rest waits 0..1 period for\n\
+             the change check, then one more (debounce): about 1.5 periods on average.\n\
              Where a change's time goes: two change checks (the tick that sees it, the debounce tick),\n\
-             then the agent reloads and recompiles everything, then writes the map difference.\n\
+             then the agent re-reads the changed file, assembles every file's kept result and\n\
+             recompiles everything, then writes the map difference.\n\
              The same steps in this process, same directory, median of {IN_PROCESS_RUNS}:\n\
-             \x20 change check per tick (stat of {} files) {:>8.1} ms\n\
-             \x20 load (read + YAML + validation)           {:>8.1} ms\n\
+             \x20 change check per tick (inotify events)    {:>8.1} ms\n\
+             \x20 walk of the tree (stat of {} files)   {:>8.1} ms  every {} s, a safety net\n\
+             \x20 first load (read + YAML + validation)     {:>8.1} ms\n\
+             \x20 reload after one file changed            {:>8.1} ms\n\
              \x20 compile ({} policies, {} local pods)   {:>8.1} ms\n",
             SETTLE_SLICE.as_millis(),
-            self.files,
             ms(p.version_check),
+            self.files,
+            ms(p.walk),
+            RESCAN_INTERVAL.as_secs(),
             ms(p.load),
+            ms(p.reload_one),
             self.policies,
             self.local_pods,
             ms(p.compile)
@@ -1432,7 +1327,12 @@ impl AgentReport {
                 "agent_version_check_ms".into(),
                 format!("{:.1}", ms(p.version_check)),
             ),
+            ("agent_walk_ms".into(), format!("{:.1}", ms(p.walk))),
             ("agent_load_ms".into(), format!("{:.0}", ms(p.load))),
+            (
+                "agent_reload_one_ms".into(),
+                format!("{:.1}", ms(p.reload_one)),
+            ),
             ("agent_compile_ms".into(), format!("{:.0}", ms(p.compile))),
         ];
         for run in &self.runs {
