@@ -149,7 +149,7 @@ impl Case {
             Self::ServiceEstablished => "Service, established [1]",
             Self::ServiceReply => "Service, backend's reply [1]",
             Self::ServiceNew => "Service, new (SYN) [1]",
-            Self::ServiceNewSpread => "Service, new, another each [1]",
+            Self::ServiceNewSpread => "Service, new, spread over all [1]",
         }
     }
 
@@ -692,7 +692,7 @@ impl ServicePathReport {
              and configuration.",
             self.rounds, self.repeat, self.groups
         );
-        let _ = write!(out, "{:<20}", "Services");
+        let _ = write!(out, "{:<34}", "Services");
         for c in &self.configs {
             let _ = write!(out, "{:>19}", c.label);
         }
@@ -705,7 +705,7 @@ impl ServicePathReport {
             ("backends", |s: &Sizes| s.backends),
             ("Maglev tables", |s: &Sizes| s.maglev_tables),
         ] {
-            let _ = write!(out, "{name:<20}");
+            let _ = write!(out, "{name:<34}");
             for c in &self.configs {
                 let _ = write!(out, "{:>19}", get(&c.sizes));
             }
@@ -719,18 +719,18 @@ impl ServicePathReport {
 
     fn render_figures(&self, out: &mut String) {
         let floor = self.floor_ns();
-        let _ = write!(out, "{:<32}", "ns per packet (x floor)");
+        let _ = write!(out, "{:<34}", "ns per packet (x floor)");
         for c in &self.configs {
             let _ = write!(out, "{:>19}", format!("{} Services", c.label));
         }
         let _ = writeln!(out, "  {:>9}", "100k / 10");
         let _ = writeln!(
             out,
-            "{:<32}{:>9.1} ns (1.00x)",
+            "{:<34}{:>9.1} ns (1.00x)",
             "floor (empty TC program)", floor
         );
         for case in Case::ALL {
-            let _ = write!(out, "{:<32}", case.label());
+            let _ = write!(out, "{:<34}", case.label());
             for c in &self.configs {
                 let ns = c.ns(case);
                 let _ = write!(out, "{:>19}", format!("{ns:.1} ns ({:.2}x)", ns / floor));
@@ -764,13 +764,13 @@ impl ServicePathReport {
              straight to a pod (bulk) + [case - that packet]\n(single runs), per round. \
              Single-run medians:"
         );
-        let _ = write!(out, "{:<32}", "ns per call");
+        let _ = write!(out, "{:<34}", "ns per call");
         for c in &self.configs {
             let _ = write!(out, "{:>19}", format!("{} Services", c.label));
         }
         out.push('\n');
         for single in Single::ALL {
-            let _ = write!(out, "{:<32}", format!("{single:?}"));
+            let _ = write!(out, "{:<34}", format!("{single:?}"));
             for c in &self.configs {
                 let _ = write!(out, "{:>16.1} ns", c.single_ns(single));
             }
