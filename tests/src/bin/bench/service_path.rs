@@ -307,6 +307,8 @@ struct Bench {
     service_reply: Probe,
     /// Per round: the bulk floor and established packet, and each single-run median.
     rounds: Vec<Round>,
+    /// Smallest gap seen between two single-run times: the timer's resolution as seen.
+    granularity: Option<f64>,
 }
 
 /// What one configuration measured in one round.
@@ -385,6 +387,7 @@ impl Bench {
             ),
             service_reply,
             rounds: Vec::new(),
+            granularity: None,
         };
         Ok(bench)
     }
@@ -440,6 +443,11 @@ impl Bench {
             }
         }
         let after = self.dp.counters()?;
+        let all: Vec<f64> = times.values().flatten().copied().collect();
+        self.granularity = [self.granularity, measure::granularity(&all)]
+            .into_iter()
+            .flatten()
+            .min_by(f64::total_cmp);
         let runs = u64::try_from(groups * FRESH_PER_GROUP)?;
         check_counters(
             &before,
@@ -620,6 +628,7 @@ pub fn run(opts: &Options) -> Result<ServicePathReport> {
                 label: b.label,
                 sizes: b.sizes,
                 rounds: b.rounds,
+                granularity: b.granularity,
             })
             .collect(),
     })
@@ -630,6 +639,7 @@ struct ConfigFigures {
     label: &'static str,
     sizes: Sizes,
     rounds: Vec<Round>,
+    granularity: Option<f64>,
 }
 
 impl ConfigFigures {
@@ -751,18 +761,24 @@ impl ServicePathReport {
 
     fn render_single(&self, out: &mut String) {
         let seen = if self.bulk_rewrite_seen {
-            "seen on this kernel: a SYN to a ClusterIP sent twice in one call counted one new \
-             connection\nand one established packet"
+            "Seen on this kernel: a SYN to a ClusterIP sent twice in one\ncall counted one new \
+             connection and one established packet."
         } else {
-            "not seen on this kernel, where a bulk call repeated the packet as sent; single runs \
-             are right\neither way"
+            "Not seen on this kernel, where a bulk call repeated the\npacket as sent; single runs \
+             are right either way."
         };
+        let granularity = self
+            .configs
+            .iter()
+            .filter_map(|c| c.granularity)
+            .min_by(f64::total_cmp)
+            .map_or_else(|| "n/a".to_owned(), |g| format!("{g:.0} ns"));
         let _ = writeln!(
             out,
-            "[1] Sent one per call, because a program's rewrite stays in the skb a bulk call \
-             repeats ({seen}),\nand a new connection must be new: figure = established \
-             straight to a pod (bulk) + [case - that packet]\n(single runs), per round. \
-             Single-run medians:"
+            "[1] Sent one per call, as a program's rewrite stays in the skb a bulk call repeats, \
+             and a new\nconnection must be new. {seen}\nFigure = established straight to a pod \
+             (bulk) + [case - that packet] (single runs), per round.\nSingle-run medians \
+             (timer granularity seen: {granularity}):"
         );
         let _ = write!(out, "{:<34}", "ns per call");
         for c in &self.configs {
