@@ -1,19 +1,26 @@
 //! `weir-bench`: what Weir's policy path costs per packet, and whether that cost grows with the
 //! number of `NetworkPolicy` rules; then what compiling and loading a large policy set costs;
-//! then what flow events add per packet (`bench/flows.rs`); then the real agent process,
-//! `weir run`, at that scale (`bench/agent.rs`); then what compiling and writing 10 000
-//! Services costs, from scratch and for one endpoint change (`bench/services.rs`).
+//! then what flow events add per packet (`bench/flows.rs`); then the Service path per packet at
+//! 10 to 100 000 Services (`bench/service_path.rs`); then Weir against kube-proxy's iptables and
+//! nftables modes on real TCP traffic through a `ClusterIP` (`bench/kubeproxy.rs`); then the
+//! real agent process, `weir run`, at that scale (`bench/agent.rs`); then what compiling and
+//! writing 10 000 Services costs, from scratch and for one endpoint change (`bench/services.rs`).
 //!
 //! Run as root: `cargo run --release -p weir-tests --bin weir-bench` (or `cargo xtask bench`).
 //! Options: `--rounds N` (default 9), `--repeat N` runs per bulk call (default 250 000),
 //! `--single N` one-run calls per round for new flows (default 3 000); `--only PART`,
-//! `--skip PART` to run or leave out one part (`kernel`, `agent`, `services`); `--agent-changes N` policy changes timed per poll
-//! interval (default 30). The agent part runs the release `weir` (`$WEIR_BIN`, or else built
-//! with `cargo build --release`) in network namespaces of its own.
+//! `--skip PART` to run one part or all but one, parts `kernel`, `service-path`, `kubeproxy`,
+//! `agent` and `services`; `--agent-changes N` policy changes timed per poll interval (default 30);
+//! `--kubeproxy-seconds S` of connections per configuration and round (default 2; the
+//! request ping-pong runs half as long), `--kubeproxy-services N,N` Service counts compared
+//! (default 1000,10000). The agent part runs the release `weir` (`$WEIR_BIN`, or else built
+//! with `cargo build --release`) in network namespaces of its own; the kube-proxy part builds
+//! test beds of network namespaces and needs `nsenter`, `iptables-restore` and `nft`.
 //!
 //! A benchmark, not a test: it never judges a time. It fails only on real errors (not root,
 //! the verifier refusing the programs, a packet taking another path than the one measured).
-//! Packets run through `BPF_PROG_TEST_RUN` only: no interface, address or route is touched.
+//! The in-kernel parts run packets through `BPF_PROG_TEST_RUN` only: no interface, address or
+//! route is touched. The kube-proxy and agent parts touch only namespaces they create.
 //!
 //! # Method
 //!
@@ -43,15 +50,25 @@ mod agent;
 mod cluster;
 #[path = "bench/flows.rs"]
 mod flows;
+#[path = "bench/kubeproxy.rs"]
+mod kubeproxy;
+#[path = "bench/kubeproxy_rules.rs"]
+mod kubeproxy_rules;
 #[path = "bench/measure.rs"]
 mod measure;
 use testbed::packet;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/service_path.rs"]
+mod service_path;
+#[path = "bench/service_set.rs"]
+mod service_set;
 #[path = "bench/services.rs"]
 mod services;
+#[path = "bench/tcp_traffic.rs"]
+mod tcp_traffic;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -84,22 +101,56 @@ struct Options {
     rounds: usize,
     repeat: u32,
     single: usize,
-    /// Run the in-kernel part (`BPF_PROG_TEST_RUN`, control plane in process).
-    kernel: bool,
-    /// Run the agent-process part.
-    agent: bool,
-    /// Run the Service control-plane part.
-    services: bool,
+    /// The parts to run.
+    parts: BTreeSet<Part>,
+    kubeproxy_seconds: f64,
+    kubeproxy_scales: Vec<usize>,
     agent_opts: agent::Options,
 }
 
-/// The part named by `--only` or `--skip`.
-fn part(name: &str) -> Result<&'static str> {
-    match name {
-        "kernel" => Ok("kernel"),
-        "agent" => Ok("agent"),
-        "services" => Ok("services"),
-        other => bail!("unknown part {other}: kernel, agent or services"),
+/// A part of the benchmark, as `--only` and `--skip` name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Part {
+    /// The in-kernel policy path (`BPF_PROG_TEST_RUN`, control plane in process), flow events.
+    Kernel,
+    /// The Service path in the kernel (`bench/service_path.rs`).
+    ServicePath,
+    /// Weir against kube-proxy on the whole path (`bench/kubeproxy.rs`).
+    KubeProxy,
+    /// The agent process.
+    Agent,
+    /// Compiling and writing 10 000 Services (`bench/services.rs`).
+    Services,
+}
+
+impl Part {
+    const ALL: [Self; 5] = [
+        Self::Kernel,
+        Self::ServicePath,
+        Self::KubeProxy,
+        Self::Agent,
+        Self::Services,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            Self::ServicePath => "service-path",
+            Self::KubeProxy => "kubeproxy",
+            Self::Agent => "agent",
+            Self::Services => "services",
+        }
+    }
+
+    /// The part named by `--only` or `--skip`.
+    fn parse(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .with_context(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown part {name}: one of {}", names.join(", "))
+            })
     }
 }
 
@@ -109,9 +160,9 @@ impl Options {
             rounds: 9,
             repeat: 250_000,
             single: 3_000,
-            kernel: true,
-            agent: true,
-            services: true,
+            parts: Part::ALL.into(),
+            kubeproxy_seconds: 2.0,
+            kubeproxy_scales: vec![1_000, 10_000],
             agent_opts: agent::Options { changes: 30 },
         };
         let mut args = std::env::args().skip(1);
@@ -127,21 +178,29 @@ impl Options {
                 "--repeat" => opts.repeat = u32::try_from(value()?)?,
                 "--single" => opts.single = value()?,
                 "--agent-changes" => opts.agent_opts.changes = value()?,
-                "--only" => {
-                    let only = part(&text()?)?;
-                    (opts.kernel, opts.agent, opts.services) =
-                        (only == "kernel", only == "agent", only == "services");
+                "--kubeproxy-seconds" => {
+                    let v = text()?;
+                    opts.kubeproxy_seconds = v
+                        .parse()
+                        .with_context(|| format!("{flag} {v}: not seconds"))?;
                 }
-                "--skip" => match part(&text()?)? {
-                    "kernel" => opts.kernel = false,
-                    "agent" => opts.agent = false,
-                    _ => opts.services = false,
-                },
+                "--kubeproxy-services" => {
+                    let v = text()?;
+                    opts.kubeproxy_scales = v
+                        .split(',')
+                        .map(|n| n.parse().with_context(|| format!("{flag} {v}: not counts")))
+                        .collect::<Result<_>>()?;
+                }
+                "--only" => opts.parts = [Part::parse(&text()?)?].into(),
+                "--skip" => {
+                    opts.parts.remove(&Part::parse(&text()?)?);
+                }
                 "-h" | "--help" => {
                     println!(
                         "usage: weir-bench [--rounds N] [--repeat N] [--single N] \
-                         [--only kernel|agent|services] [--skip kernel|agent|services] \
-                         [--agent-changes N]"
+                         [--only PART] [--skip PART] [--agent-changes N]\n\
+                         \x20      [--kubeproxy-seconds S] [--kubeproxy-services N,N]\n\
+                         parts: kernel, agent, service-path, kubeproxy, services"
                     );
                     std::process::exit(0);
                 }
@@ -576,7 +635,7 @@ fn run() -> Result<()> {
     }
     let started = Instant::now();
     let mut keys = Vec::new();
-    if opts.kernel {
+    if opts.parts.contains(&Part::Kernel) {
         let report = kernel_part(&opts)?;
         print!("{}", report.render_tables());
         keys.extend(report.keys());
@@ -584,14 +643,33 @@ fn run() -> Result<()> {
         print!("{}", flows.render());
         keys.extend(flows.keys());
     }
-    if opts.agent {
+    if opts.parts.contains(&Part::ServicePath) {
+        let report = service_path::run(&service_path::Options {
+            rounds: opts.rounds,
+            repeat: opts.repeat,
+            single: opts.single,
+        })?;
+        print!("{}", report.render());
+        keys.extend(report.keys());
+    }
+    if opts.parts.contains(&Part::KubeProxy) {
+        kubeproxy::check_tools()?;
+        let report = kubeproxy::run(&kubeproxy::Options {
+            rounds: opts.rounds,
+            seconds: opts.kubeproxy_seconds,
+            scales: opts.kubeproxy_scales.clone(),
+        })?;
+        print!("{}", report.render());
+        keys.extend(report.keys());
+    }
+    if opts.parts.contains(&Part::Agent) {
         let env = environment(&opts);
         println!("weir-bench agent: kernel {}, {} CPUs", env.kernel, env.cpus);
         let report = agent::run(opts.agent_opts)?;
         print!("{}", report.render());
         keys.extend(report.keys());
     }
-    if opts.services {
+    if opts.parts.contains(&Part::Services) {
         let report = services::run(opts.rounds)?;
         print!("{}", report.render());
         keys.extend(report.keys());

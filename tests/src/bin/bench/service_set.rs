@@ -1,0 +1,112 @@
+//! A set of `ClusterIP` Services as both Service benchmarks program them: each has one TCP
+//! port, [`SERVICE_PORT`] → a target port, and [`ENDPOINTS_PER_SERVICE`] ready endpoints,
+//! listed in one `EndpointSlice`. Service `i` is `svc-<i>` in namespace `svc-ns-<i / 100>`,
+//! as a cluster of a hundred Services per namespace would name them.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use weir::model::{
+    Endpoint, EndpointPort, EndpointSlice, Origin, Protocol, Service, ServiceKind, ServicePort,
+    TargetPort,
+};
+
+/// The port clients connect to on a `ClusterIP`.
+pub const SERVICE_PORT: u16 = 80;
+/// The port endpoints listen on, unless a benchmark gives a Service another.
+pub const TARGET_PORT: u16 = 8080;
+/// Endpoints of every Service.
+pub const ENDPOINTS_PER_SERVICE: usize = 10;
+/// The name of the one Service port (kube-proxy writes it into chain names and comments).
+pub const PORT_NAME: &str = "http";
+/// Services per namespace.
+const SERVICES_PER_NAMESPACE: usize = 100;
+
+/// One Service: who it is, where clients reach it, where it sends them.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ip: Ipv4Addr,
+    /// The port its endpoints listen on.
+    pub target_port: u16,
+    pub endpoints: Vec<Ipv4Addr>,
+}
+
+impl ServiceSpec {
+    /// `namespace/name:port`, kube-proxy's name of a Service port.
+    pub fn port_name(&self) -> String {
+        format!("{}/{}:{PORT_NAME}", self.namespace, self.name)
+    }
+}
+
+/// The address `offset` places after `base`.
+pub fn nth_address(base: Ipv4Addr, offset: usize) -> Ipv4Addr {
+    let offset = u32::try_from(offset).expect("address offsets of the benchmarks fit 32 bits");
+    Ipv4Addr::from(u32::from(base) + offset)
+}
+
+/// `count` Services: Service `i` at `cluster_ip(i)`, with endpoints `endpoints(i)` listening
+/// on [`TARGET_PORT`].
+pub fn generate(
+    count: usize,
+    cluster_ip: impl Fn(usize) -> Ipv4Addr,
+    endpoints: impl Fn(usize) -> Vec<Ipv4Addr>,
+) -> Vec<ServiceSpec> {
+    (0..count)
+        .map(|i| ServiceSpec {
+            namespace: format!("svc-ns-{:04}", i / SERVICES_PER_NAMESPACE),
+            name: format!("svc-{i:06}"),
+            cluster_ip: cluster_ip(i),
+            target_port: TARGET_PORT,
+            endpoints: endpoints(i),
+        })
+        .collect()
+}
+
+/// The Services and their slices as Weir's desired state holds them.
+pub fn to_model(specs: &[ServiceSpec]) -> (Vec<Service>, Vec<EndpointSlice>) {
+    specs.iter().map(|s| (service(s), slice(s))).unzip()
+}
+
+fn service(spec: &ServiceSpec) -> Service {
+    Service {
+        namespace: spec.namespace.clone(),
+        name: spec.name.clone(),
+        kind: ServiceKind::ClusterIp,
+        cluster_ips: vec![IpAddr::V4(spec.cluster_ip)],
+        ports: vec![ServicePort {
+            name: PORT_NAME.to_owned(),
+            protocol: Protocol::Tcp,
+            port: SERVICE_PORT,
+            target_port: TargetPort::Number(spec.target_port),
+            node_port: None,
+        }],
+        selector: Some([("app".to_owned(), spec.name.clone())].into()),
+        ..Service::default()
+    }
+}
+
+fn slice(spec: &ServiceSpec) -> EndpointSlice {
+    EndpointSlice {
+        namespace: spec.namespace.clone(),
+        name: format!("{}-ep", spec.name),
+        service: spec.name.clone(),
+        ports: vec![EndpointPort {
+            name: PORT_NAME.to_owned(),
+            protocol: Protocol::Tcp,
+            port: spec.target_port,
+        }],
+        endpoints: spec
+            .endpoints
+            .iter()
+            .map(|a| Endpoint {
+                addresses: vec![IpAddr::V4(*a)],
+                ready: true,
+                serving: true,
+                ..Endpoint::default()
+            })
+            .collect(),
+        legacy: false,
+        origin: Origin::default(),
+    }
+}
