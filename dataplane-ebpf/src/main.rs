@@ -319,7 +319,15 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
         return hairpin(ctx, pkt, wire, nat, epoch);
     }
     *translated = Flow::of_packet(pkt, dir);
-    let tracked = conntrack::lookup(&translated.key);
+    // A new Service connection owns its translated tuple: an entry already there belongs to an
+    // earlier connection of the client's source port to another Service with the same backend
+    // (the kernel reuses source ports across destinations), closing or gone; left alone, its
+    // reverse translation would answer this connection from the other Service's address.
+    let tracked = if nat.translation.new {
+        None
+    } else {
+        conntrack::lookup(&translated.key)
+    };
     if let (Some(service_entry), Some(translated_entry)) = (&wire_tracked, &tracked) {
         conntrack::follow(service_entry, translated_entry);
     }

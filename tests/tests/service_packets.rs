@@ -804,3 +804,31 @@ fn a_pod_reaches_itself_through_its_service() {
         delivered.expect(TC_ACT_OK, ESTABLISHED, "the answer into the pod");
     }
 }
+
+#[test]
+fn a_source_port_reused_for_another_service_with_the_same_backend_gets_its_own_translation() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    for f in [V4, V6] {
+        // One backend behind both Services: the two connections translate to one tuple.
+        let mut dp = loaded(&state(&[f.b]));
+        let first = connect(&mut dp, f, f.web, 45_000);
+        let second = connect(&mut dp, f, f.sticky, 45_000);
+        assert_eq!((first, second), (ip(f.b), ip(f.b)), "one backend for both");
+        let b = f.b.to_string();
+        let reply = run(
+            &mut dp,
+            programs::TO_POD,
+            &tcp(&b, 8080, f.client, 45_000, SYN | ACK),
+        );
+        reply.expect(TC_ACT_OK, ESTABLISHED, "the backend's answer");
+        let t = reply.tuple();
+        assert_eq!(
+            (t.src, t.src_port),
+            (ip(f.sticky), 80),
+            "answered as the Service the client connected to last, not the earlier one"
+        );
+    }
+}
