@@ -8,10 +8,11 @@
 //!
 //! Each configuration gets a one-node test bed of its own (testbed's `Topology`: Calico-style
 //! veths from pods to a node namespace): a client pod and 10 backend pods, each serving TCP on
-//! the target port. Identical beds side by side, rather than one bed reprogrammed, because
+//! ten ports. Identical beds side by side, rather than one bed reprogrammed, because
 //! programming 10 000 Services takes kube-proxy's rules half a minute (iptables-restore) to
 //! minutes (nft -f) here, far too long to do again in every round of a rotation; and no
-//! configuration inherits another's leftovers (conntrack entries, tables). Every bed runs
+//! configuration inherits another's leftovers (conntrack entries, tables). The kube-proxy rules
+//! run in the node namespace of their bed only (`nsenter --net`). Every bed runs
 //! Weir's programs on every pod's veth (loaded and attached in this process, as the agent does),
 //! because the pod network under kube-proxy would be enforced by some CNI too: in the iptables,
 //! nftables and no-Services beds Weir's maps hold the pods but no Service, so the ratios show
@@ -29,16 +30,17 @@
 //! still closing, the reply is translated back to the first Service's address and the new
 //! connection never completes (about 1 % of connections here when ten Services shared their
 //! endpoints; netfilter's NAT avoids it by giving the clashing connection another source port).
-//! That is a defect to fix in Weir, not a cost to measure. The kube-proxy rules run in the node
-//! namespace of their bed only (`nsenter --net`), as does everything else here.
+//! That is a defect to fix in Weir, not a cost to measure.
 //!
 //! # Method
 //!
-//! Per configuration and round: a short warm-up, then for `seconds` a tight loop in the client
-//! pod (connect, send a 32-byte request, read the reply, close) over the 10 `ClusterIP`s (the
+//! Per configuration and round: expired Weir conntrack entries collected (as the agent does
+//! every 10 s), a short warm-up, then for `seconds` a tight loop in the client pod (connect,
+//! send a 32-byte request, read the reply, close) over the 10 `ClusterIP`s (the
 //! 10 backends, for the baseline); then for `seconds / 2` a ping-pong of the same request on
 //! one established connection: requests per second, and the median and 99th percentile round
-//! trip. Configurations run in an order that rotates from round to round; a warm-up round is
+//! trip. Client and servers share one CPU (see `bench/tcp_traffic.rs`). Configurations run in
+//! an order that rotates from round to round; a warm-up round is
 //! thrown away; the report gives the median of the rounds, and every ratio is the median of
 //! the per-round ratios (a configuration against the baseline measured in the same round).
 //!
@@ -384,6 +386,11 @@ fn load_weir(
     Ok((dp, compile_time, sync_time))
 }
 
+/// The CPU the servers and clients share (see `bench/tcp_traffic.rs`): the last one.
+fn traffic_cpu() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get() - 1)
+}
+
 /// Entries of the netfilter conntrack table of `netns`.
 fn nf_conntrack_count(netns: &Netns) -> Result<u64> {
     let text = netns
@@ -403,10 +410,14 @@ impl Bed {
             .netns()
             .sysctl("net/ipv4/ip_local_port_range", "1024 65535");
         let backends = backends(&topology);
-        let servers = Servers::start(backends.iter().map(|(pod, ip)| {
-            let ports = (0..MEASURED).map(|k| SocketAddr::new(IpAddr::V4(*ip), measured_port(k)));
-            (pod.netns(), ports.collect())
-        }))?;
+        let servers = Servers::start(
+            backends.iter().map(|(pod, ip)| {
+                let ports =
+                    (0..MEASURED).map(|k| SocketAddr::new(IpAddr::V4(*ip), measured_port(k)));
+                (pod.netns(), ports.collect())
+            }),
+            traffic_cpu(),
+        )?;
         let backend_ips: Vec<Ipv4Addr> = backends.iter().map(|(_, ip)| *ip).collect();
         let specs = services(config.services, &backend_ips);
         let mut programming = Programming::default();
@@ -454,20 +465,27 @@ impl Bed {
         })
     }
 
-    /// One round: warm-up, the connection loop (path checked), the ping-pong.
+    /// One round: warm-up, the connection loop (path checked), the ping-pong. Expired
+    /// conntrack entries are collected first, as the agent's collector does every 10 s: the
+    /// connections of the bed's last round would otherwise fill the table, and every insert
+    /// would evict.
     fn measure(&mut self, seconds: f64) -> Result<Figures> {
-        let client = self.topology.pod(&client_id()).netns();
+        self.dp
+            .collect_conntrack()
+            .context("collecting expired conntrack entries")?;
         let targets = &self.targets;
-        client.run(|| {
+        self.in_client(|| {
             tcp_traffic::connection_loop(targets, Duration::from_secs_f64(seconds / 10.0))
         })?;
         let before = self.dp.counters()?;
-        let done = client
-            .run(|| tcp_traffic::connection_loop(targets, Duration::from_secs_f64(seconds)))?;
+        let done = self.in_client(|| {
+            tcp_traffic::connection_loop(targets, Duration::from_secs_f64(seconds))
+        })?;
         let after = self.dp.counters()?;
         self.check_path(&before, &after, done.connections)?;
-        let rtts = client
-            .run(|| tcp_traffic::ping_pong(targets[0], Duration::from_secs_f64(seconds / 2.0)))?;
+        let rtts = self.in_client(|| {
+            tcp_traffic::ping_pong(targets[0], Duration::from_secs_f64(seconds / 2.0))
+        })?;
         ensure!(!rtts.is_empty(), "no request completed");
         let mut sorted = rtts.clone();
         sorted.sort_by(f64::total_cmp);
@@ -479,6 +497,14 @@ impl Bed {
             requests_per_s,
             rtt_p50_ns: median(&rtts),
             rtt_p99_ns: p99,
+        })
+    }
+
+    /// Runs `f` in the client pod, on the servers' CPU.
+    fn in_client<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        self.topology.pod(&client_id()).netns().run(|| {
+            tcp_traffic::pin(traffic_cpu()).context("pinning the client to the servers' CPU")?;
+            f()
         })
     }
 

@@ -31,8 +31,9 @@
 //! to a backend's target port would be denied, and a packet to the `ClusterIP` that found no
 //! Service entry would be judged as new and denied. After every batch of single runs, the
 //! `established` and `policy_allowed` counters must each have moved exactly three times per
-//! fresh port and no other counter at all; before the first round, one run of each Service
-//! packet is read back to check the translation itself (backend, ports, checksums).
+//! group (its three established packets, its three fresh SYNs) and no other counter at all;
+//! before the first round, one run of each Service packet is read back to check the
+//! translation itself (backend, ports, checksums).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
