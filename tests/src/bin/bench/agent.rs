@@ -619,7 +619,7 @@ fn pod_id((namespace, name): (&str, &str)) -> String {
 /// The node as the agent sees it: its addresses, and each local pod's addresses routed to
 /// its veth. (`node::read` itself cannot run on a thread here: it reads `/proc/net/route`,
 /// which shows the namespace of the process, not of the thread.)
-fn node_view(topology: &Topology) -> Result<NodeView> {
+pub fn node_view(topology: &Topology) -> Result<NodeView> {
     let node = topology.node();
     let host_addrs = node
         .run(weir::node::read)

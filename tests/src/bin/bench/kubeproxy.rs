@@ -71,7 +71,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use dataplane_abi::PassReason;
 use testbed::{Family, Netns, PodSpec, Topology};
-use weir::compile::{self, NodeView};
+use weir::compile;
 use weir::dataplane::{Counters, Dataplane};
 use weir::model::{DesiredState, Pod};
 
@@ -286,32 +286,6 @@ fn state(topology: &Topology, services: &[ServiceSpec]) -> DesiredState {
     }
 }
 
-/// The node as the agent sees it: its addresses, and each pod's addresses routed to its veth.
-/// (`node::read` reads `/proc/net/route` of the process, not of the thread, so the routes are
-/// built here from the topology.)
-fn node_view(topology: &Topology) -> Result<NodeView> {
-    let node = topology.node();
-    let host_addrs = node
-        .run(weir::node::read)
-        .context("reading the node namespace's addresses")?
-        .host_addrs;
-    let mut local_routes = BTreeMap::new();
-    for pod in topology.pods() {
-        let name = std::ffi::CString::new(pod.host_veth())?;
-        // SAFETY: a NUL-terminated name; the lookup runs in the node namespace's thread.
-        let ifindex = node.run(|| unsafe { libc::if_nametoindex(name.as_ptr()) });
-        ensure!(ifindex != 0, "no interface {} in the node", pod.host_veth());
-        for ip in pod.ips() {
-            local_routes.insert(ip, ifindex);
-        }
-    }
-    Ok(NodeView {
-        host_addrs,
-        local_routes,
-        ..NodeView::default()
-    })
-}
-
 /// Runs `program args` in `netns`'s network namespace only, with `input` on its standard
 /// input; how long it took.
 fn run_in(netns: &Netns, program: &str, args: &[&str], input: &str) -> Result<Duration> {
@@ -362,7 +336,7 @@ fn load_weir(
     topology: &Topology,
     services: &[ServiceSpec],
 ) -> Result<(Dataplane, Duration, Duration)> {
-    let view = node_view(topology)?;
+    let view = super::agent::node_view(topology)?;
     let started = Instant::now();
     let maps =
         compile::compile(&state(topology, services), &view).context("compiling the bed's state")?;
