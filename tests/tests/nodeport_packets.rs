@@ -4,7 +4,7 @@
 //! turning its replies around, a remote backend's replies coming back to the uplink from the
 //! masquerade address. Checksums are verified on every frame a program leaves.
 //!
-//! The node has 10.0.255.1 and fd00:ff::1 (its node-port and masquerade addresses); the local
+//! The node has `10.0.255.1` and `fd00:ff::1` (its node-port and masquerade addresses); the local
 //! pod `x/l` sits behind ifindex 1 (`BPF_PROG_TEST_RUN` runs on loopback), `x/r` is a pod of
 //! another node. Clients are outside the cluster.
 
