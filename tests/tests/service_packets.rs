@@ -2,11 +2,12 @@
 //! client's packet to a `ClusterIP` leaves translated to a backend, the backend's reply comes
 //! back as from the `ClusterIP`, checksums right after every rewrite, in both families, for
 //! TCP, UDP and SCTP. Also the backend choice (spread, stickiness, affinity), backend removal
-//! (TCP stays, UDP moves), the answer to a Service without endpoints, and policy judged on
-//! the translated packet.
+//! (TCP stays, UDP moves), the answer to a Service without endpoints, policy judged on the
+//! translated packet, and `internalTrafficPolicy: Local`.
 //!
 //! The local pod `x/a` sits behind ifindex 1 (`BPF_PROG_TEST_RUN` runs on loopback); its
-//! backends `x/b` and `x/c` are remote pods.
+//! backends `x/b` and `x/c` are remote pods, and so is `x/d` as far as routes go, though its
+//! endpoints say it runs on this node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -36,6 +37,11 @@ struct Family {
     sticky: &'static str,
     /// A Service whose one endpoint is the client itself.
     own: &'static str,
+    /// Pod `x/d`, on this node by its endpoints' `nodeName` (no local route here).
+    d: &'static str,
+    /// `x/near` (`internalTrafficPolicy: Local`) and `x/far` (the same endpoints, `Cluster`).
+    near: &'static str,
+    far: &'static str,
 }
 
 const V4: Family = Family {
@@ -46,6 +52,9 @@ const V4: Family = Family {
     empty: "10.96.0.11",
     sticky: "10.96.0.12",
     own: "10.96.0.13",
+    d: "10.0.0.4",
+    near: "10.96.0.14",
+    far: "10.96.0.15",
 };
 
 const V6: Family = Family {
@@ -56,6 +65,9 @@ const V6: Family = Family {
     empty: "fd00:96::11",
     sticky: "fd00:96::12",
     own: "fd00:96::13",
+    d: "fd00::4",
+    near: "fd00:96::14",
+    far: "fd00:96::15",
 };
 
 fn pod(name: &str, app: &str, ips: [&str; 2]) -> Pod {
@@ -187,11 +199,14 @@ fn state(backends: &[&str]) -> DesiredState {
 
 const BOTH: [&str; 4] = [V4.b, V4.c, V6.b, V6.c];
 
+/// This node's name (`weir run --node-name`).
+const NODE_NAME: &str = "node-a";
+
 fn node() -> NodeView {
     NodeView {
         host_addrs: BTreeSet::from([ip("10.0.255.1"), ip("fd00:ff::1")]),
         local_routes: BTreeMap::from([(ip(V4.client), 1), (ip(V6.client), 1)]),
-        ..NodeView::default()
+        node_name: Some(NODE_NAME.to_owned()),
     }
 }
 
@@ -942,4 +957,108 @@ fn ipv6_sctp_translation_and_reply() {
         return;
     }
     sctp_translation_and_reply(V6);
+}
+
+/// Node of the endpoints that are not on this one.
+const OTHER_NODE: &str = "node-b";
+
+/// [`state`] with `x/near` (`internalTrafficPolicy: Local`) and `x/far` (`Cluster`), whose
+/// slices list the same endpoints: `b` and `c` on [`OTHER_NODE`], and, when `local_endpoint`,
+/// `d` on this node. Nothing but `d`'s `nodeName` makes it local: the node view has no route
+/// to it.
+fn traffic_policy_state(local_endpoint: bool) -> DesiredState {
+    let mut state = state(&BOTH);
+    let mut near = service(
+        "near",
+        [V4.near, V6.near],
+        vec![
+            port("http", Protocol::Tcp, 80, 8080),
+            port("dns", Protocol::Udp, 53, 5353),
+        ],
+    );
+    near.internal_traffic_local = true;
+    let far = Service {
+        name: "far".into(),
+        cluster_ips: vec![ip(V4.far), ip(V6.far)],
+        internal_traffic_local: false,
+        ..near.clone()
+    };
+    state.services.extend([near, far]);
+    state.pods.push(pod("d", "web", [V4.d, V6.d]));
+    for svc in ["near", "far"] {
+        for f in [V4, V6] {
+            let mut endpoints = vec![
+                ready(ip(f.b), Some(OTHER_NODE)),
+                ready(ip(f.c), Some(OTHER_NODE)),
+            ];
+            if local_endpoint {
+                endpoints.push(ready(ip(f.d), Some(NODE_NAME)));
+            }
+            let suffix = if f.client.contains(':') { "v6" } else { "v4" };
+            state.endpoint_slices.push(slice(svc, suffix, endpoints));
+        }
+    }
+    state
+}
+
+/// `internalTrafficPolicy: Local`: a pod's connection to the `ClusterIP` goes only to
+/// endpoints on its own node. With none there, it is dropped (`no_local_endpoints`), not
+/// rejected as a Service without endpoints is: kube-proxy drops it too. With one, every
+/// connection goes to it, while the same endpoints behind `Cluster` also reach the others.
+#[test]
+fn internal_traffic_policy_local_sends_only_to_this_nodes_endpoints() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let no_local = DropReason::NoLocalEndpoints.name();
+    for f in [V4, V6] {
+        let mut dp = loaded(&traffic_policy_state(false));
+        let syn = run(
+            &mut dp,
+            programs::FROM_POD,
+            &tcp(f.client, 46_000, f.near, 80, SYN),
+        );
+        syn.expect(TC_ACT_SHOT, no_local, "SYN, no endpoint on this node");
+        let dns = run(
+            &mut dp,
+            programs::FROM_POD,
+            &udp(f.client, 46_000, f.near, 53),
+        );
+        dns.expect(TC_ACT_SHOT, no_local, "UDP, no endpoint on this node");
+        let remote = connect(&mut dp, f, f.far, 46_000);
+        assert!(
+            [ip(f.b), ip(f.c)].contains(&remote),
+            "{}: the same endpoints behind Cluster: reached {remote}",
+            f.client
+        );
+
+        sync(&mut dp, &traffic_policy_state(true));
+        // Each of 64 connections would land on d with probability 1/3 if the remote
+        // endpoints were eligible: all 64 do by chance with probability 3⁻⁶⁴.
+        let near: BTreeSet<IpAddr> = (0..64)
+            .map(|sport| connect(&mut dp, f, f.near, 46_100 + sport))
+            .collect();
+        assert_eq!(
+            near,
+            BTreeSet::from([ip(f.d)]),
+            "{}: Local reaches only the endpoint on this node",
+            f.client
+        );
+        let dns = run(
+            &mut dp,
+            programs::FROM_POD,
+            &udp(f.client, 46_000, f.near, 53),
+        );
+        dns.expect(TC_ACT_OK, NOT_ISOLATED, "UDP, an endpoint on this node");
+        assert_eq!(dns.tuple().dst, ip(f.d), "{}: UDP to d", f.client);
+        let far: BTreeSet<IpAddr> = (0..64)
+            .map(|sport| connect(&mut dp, f, f.far, 46_200 + sport))
+            .collect();
+        assert!(
+            far.contains(&ip(f.b)) && far.contains(&ip(f.c)),
+            "{}: Cluster reaches the other node's endpoints too: {far:?}",
+            f.client
+        );
+    }
 }
