@@ -3,7 +3,7 @@
 //! back as from the `ClusterIP`, checksums right after every rewrite, in both families, for
 //! TCP, UDP and SCTP. Also the backend choice (spread, stickiness, affinity), backend removal
 //! (TCP stays, UDP moves), the answer to a Service without endpoints, policy judged on the
-//! translated packet, and `internalTrafficPolicy: Local`.
+//! translated packet, `internalTrafficPolicy: Local` and `loadBalancerSourceRanges`.
 //!
 //! The local pod `x/a` sits behind ifindex 1 (`BPF_PROG_TEST_RUN` runs on loopback); its
 //! backends `x/b` and `x/c` are remote pods, and so is `x/d` as far as routes go, though its
@@ -42,6 +42,10 @@ struct Family {
     /// `x/near` (`internalTrafficPolicy: Local`) and `x/far` (the same endpoints, `Cluster`).
     near: &'static str,
     far: &'static str,
+    /// Cluster and load-balancer IPs of `x/lb-in`, whose source ranges hold the client, and of
+    /// `x/lb-out`, whose ranges do not.
+    lb_in: [&'static str; 2],
+    lb_out: [&'static str; 2],
 }
 
 const V4: Family = Family {
@@ -55,6 +59,8 @@ const V4: Family = Family {
     d: "10.0.0.4",
     near: "10.96.0.14",
     far: "10.96.0.15",
+    lb_in: ["10.96.0.16", "10.97.0.16"],
+    lb_out: ["10.96.0.17", "10.97.0.17"],
 };
 
 const V6: Family = Family {
@@ -68,6 +74,8 @@ const V6: Family = Family {
     d: "fd00::4",
     near: "fd00:96::14",
     far: "fd00:96::15",
+    lb_in: ["fd00:96::16", "fd00:97::16"],
+    lb_out: ["fd00:96::17", "fd00:97::17"],
 };
 
 fn pod(name: &str, app: &str, ips: [&str; 2]) -> Pod {
@@ -1058,6 +1066,109 @@ fn internal_traffic_policy_local_sends_only_to_this_nodes_endpoints() {
         assert!(
             far.contains(&ip(f.b)) && far.contains(&ip(f.c)),
             "{}: Cluster reaches the other node's endpoints too: {far:?}",
+            f.client
+        );
+    }
+}
+
+/// [`state`] with two `LoadBalancer` Services whose load-balancer IPs have source ranges:
+/// `x/lb-in`'s hold the client (`10.0.0.0/24`, `fd00::/64`), `x/lb-out`'s do not
+/// (`10.0.1.0/24`, `fd00:1::/64`, where `c` is). Both are backed by `b` and `c`.
+fn source_range_state() -> DesiredState {
+    let mut state = state(&BOTH);
+    let lb = |name: &str,
+              [v4_cluster, v4_lb]: [&str; 2],
+              [v6_cluster, v6_lb]: [&str; 2],
+              ranges: [&str; 2]| {
+        Service {
+            kind: ServiceKind::LoadBalancer,
+            load_balancer_ips: vec![ip(v4_lb), ip(v6_lb)],
+            load_balancer_source_ranges: ranges
+                .iter()
+                .map(|r| r.parse().expect("a test range"))
+                .collect(),
+            ..service(
+                name,
+                [v4_cluster, v6_cluster],
+                vec![
+                    port("http", Protocol::Tcp, 80, 8080),
+                    port("dns", Protocol::Udp, 53, 5353),
+                ],
+            )
+        }
+    };
+    state.services.extend([
+        lb("lb-in", V4.lb_in, V6.lb_in, ["10.0.0.0/24", "fd00::/64"]),
+        lb(
+            "lb-out",
+            V4.lb_out,
+            V6.lb_out,
+            ["10.0.1.0/24", "fd00:1::/64"],
+        ),
+    ]);
+    state.endpoint_slices.extend(slices("lb-in", &BOTH));
+    state.endpoint_slices.extend(slices("lb-out", &BOTH));
+    state
+}
+
+/// `loadBalancerSourceRanges` hold for pods reaching a load-balancer IP too (kube-proxy
+/// checks them for in-cluster clients of that IP as well): a client inside a range is
+/// translated and answered from the load-balancer IP; one outside is dropped
+/// (`source_range`). The ranges guard the load-balancer IP alone: the same Service's
+/// `ClusterIP` serves every client.
+#[test]
+fn load_balancer_source_ranges_admit_only_clients_inside_them() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let source_range = DropReason::SourceRange.name();
+    for f in [V4, V6] {
+        let mut dp = loaded(&source_range_state());
+        let [_, lb_in] = f.lb_in;
+        let backend = connect(&mut dp, f, lb_in, 47_000);
+        assert!(
+            [ip(f.b), ip(f.c)].contains(&backend),
+            "{}: inside the range, translated to a backend: {backend}",
+            f.client
+        );
+        let reply = run(
+            &mut dp,
+            programs::TO_POD,
+            &tcp(&backend.to_string(), 8080, f.client, 47_000, SYN | ACK),
+        );
+        reply.expect(TC_ACT_OK, ESTABLISHED, "the backend's reply");
+        let t = reply.tuple();
+        assert_eq!(
+            (t.src, t.src_port),
+            (ip(lb_in), 80),
+            "{}: the reply comes from the load-balancer IP",
+            f.client
+        );
+        let dns = run(
+            &mut dp,
+            programs::FROM_POD,
+            &udp(f.client, 47_000, lb_in, 53),
+        );
+        dns.expect(TC_ACT_OK, NOT_ISOLATED, "UDP inside the range");
+
+        let [lb_out_cluster, lb_out] = f.lb_out;
+        let syn = run(
+            &mut dp,
+            programs::FROM_POD,
+            &tcp(f.client, 47_001, lb_out, 80, SYN),
+        );
+        syn.expect(TC_ACT_SHOT, source_range, "SYN from outside the ranges");
+        let dns = run(
+            &mut dp,
+            programs::FROM_POD,
+            &udp(f.client, 47_001, lb_out, 53),
+        );
+        dns.expect(TC_ACT_SHOT, source_range, "UDP from outside the ranges");
+        let backend = connect(&mut dp, f, lb_out_cluster, 47_002);
+        assert!(
+            [ip(f.b), ip(f.c)].contains(&backend),
+            "{}: the ClusterIP of a Service with source ranges: {backend}",
             f.client
         );
     }
