@@ -18,6 +18,12 @@
 //! | `svc/manual` | (no selector) | 80, hand-written slices    | removal by `EndpointSlice` edit     |
 //! | `svc/closed` | `app: echo`   | 82, where nothing listens  | a backend's refusal                 |
 //!
+//! The tests that need them add more:
+//!
+//! | Service       | selects       | what it has                                | what it is for                    |
+//! |---------------|---------------|--------------------------------------------|-----------------------------------|
+//! | `svc/rollout` | (no selector) | ready, serving, terminating, by phase      | the serving-terminating fallback  |
+//!
 //! Only pods' traffic is translated here (at their interfaces); the node's own sockets are not
 //! part of these tests. Every probe has a timeout, every loop a bound; the namespaces are the
 //! test's own and go away on every path. Needs root; skips otherwise. Builds `weir` with cargo
@@ -102,6 +108,11 @@ const CLOSED: Svc = Svc {
     v4: "10.99.100.16",
     v6: "fd99::100:16",
 };
+const ROLLOUT: Svc = Svc {
+    name: "rollout",
+    v4: "10.99.100.20",
+    v6: "fd99::100:20",
+};
 
 impl Svc {
     /// `svc/<name>`, as flows name it.
@@ -111,12 +122,17 @@ impl Svc {
 
     /// The cluster IP of `family` and the Service port.
     fn addr(self, family: Family) -> SocketAddr {
-        let ip = match family {
-            Family::V4 => self.v4,
-            Family::V6 => self.v6,
-        };
-        SocketAddr::new(ip.parse().expect("a literal address"), SERVICE_PORT)
+        SocketAddr::new(by_family([self.v4, self.v6], family), SERVICE_PORT)
     }
+}
+
+/// The address of `family` of a pair written [IPv4, IPv6].
+fn by_family([v4, v6]: [&str; 2], family: Family) -> IpAddr {
+    let ip = match family {
+        Family::V4 => v4,
+        Family::V6 => v6,
+    };
+    ip.parse().expect("a literal address")
 }
 
 /// `ns/name` of a pod of namespace `svc`.
@@ -199,25 +215,86 @@ fn services_yaml() -> String {
 
 /// The hand-written slices of `svc/manual`, one per family, listing the backends `members`.
 fn manual_slices_yaml(topology: &Topology, members: &[&str]) -> String {
+    let endpoints: Vec<SliceEndpoint> = members
+        .iter()
+        .map(|m| SliceEndpoint::pod(topology, &backend(m)))
+        .collect();
+    slices_yaml(MANUAL, &endpoints)
+}
+
+/// One `endpoints` entry of a hand-written `EndpointSlice`.
+#[derive(Clone, Copy, Debug)]
+struct SliceEndpoint {
+    /// Its addresses, [IPv4, IPv6].
+    addrs: [IpAddr; 2],
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    /// `nodeName`; `None`: not set.
+    node: Option<&'static str>,
+}
+
+impl SliceEndpoint {
+    /// Pod `id` of `topology`, ready, without `nodeName`.
+    fn pod(topology: &Topology, id: &str) -> Self {
+        Self::at(topology.pod(id).ips())
+    }
+
+    /// An endpoint at `addrs` ([IPv4, IPv6]), ready, without `nodeName`.
+    fn at(addrs: [IpAddr; 2]) -> Self {
+        Self {
+            addrs,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node: None,
+        }
+    }
+
+    /// Terminating (so not ready), and still `serving` or not, as during a pod's grace period.
+    fn terminating(self, serving: bool) -> Self {
+        Self {
+            ready: false,
+            serving,
+            terminating: true,
+            ..self
+        }
+    }
+}
+
+/// The hand-written slices of `svc` (without a selector), one per family, listing `endpoints`
+/// with their conditions, on ports `tcp` and `udp` (80).
+fn slices_yaml(svc: Svc, endpoints: &[SliceEndpoint]) -> String {
     Family::ALL
         .iter()
         .map(|family| {
-            let (suffix, address_type) = match family {
-                Family::V4 => ("ipv4", "IPv4"),
-                Family::V6 => ("ipv6", "IPv6"),
+            let (suffix, address_type, index) = match family {
+                Family::V4 => ("ipv4", "IPv4", 0),
+                Family::V6 => ("ipv6", "IPv6", 1),
             };
-            let mut endpoints = String::new();
-            for m in members {
-                let ip = topology.pod(&backend(m)).ip(*family);
-                writeln!(endpoints, "  - addresses:\n      - \"{ip}\"")
-                    .expect("writing to a String");
+            let mut listed = String::new();
+            for e in endpoints {
+                writeln!(
+                    listed,
+                    "  - addresses:\n      - \"{ip}\"\n    conditions:\n      ready: {ready}\n      \
+                     serving: {serving}\n      terminating: {terminating}",
+                    ip = e.addrs[index],
+                    ready = e.ready,
+                    serving = e.serving,
+                    terminating = e.terminating,
+                )
+                .expect("writing to a String");
+                if let Some(node) = e.node {
+                    writeln!(listed, "    nodeName: {node}").expect("writing to a String");
+                }
             }
             format!(
                 "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
-                 name: manual-{suffix}\n  namespace: {NS}\n  labels:\n    \
-                 kubernetes.io/service-name: manual\naddressType: {address_type}\nports:\n  \
+                 name: {name}-{suffix}\n  namespace: {NS}\n  labels:\n    \
+                 kubernetes.io/service-name: {name}\naddressType: {address_type}\nports:\n  \
                  - name: tcp\n    protocol: TCP\n    port: 80\n  \
-                 - name: udp\n    protocol: UDP\n    port: 80\nendpoints:\n{endpoints}"
+                 - name: udp\n    protocol: UDP\n    port: 80\nendpoints:\n{listed}",
+                name = svc.name,
             )
         })
         .collect::<Vec<_>>()
@@ -1171,4 +1248,84 @@ fn flows_name_the_service_of_translated_connections() {
     let text = String::from_utf8(out.stdout).expect("UTF-8 output");
     eprintln!("$ weir flows --pod cl/c1\n{text}");
     assert!(text.contains(" via service svc/echo "), "{text}");
+}
+
+/// `EndpointSlice` conditions during a rollout, as kube-proxy reads them: new connections go
+/// to the ready endpoints; when none is ready, to those still serving while terminating; an
+/// endpoint that is terminating and no longer serving never gets one, and with only such
+/// endpoints left the Service refuses (`ECONNREFUSED` at once, as with no endpoints at all).
+/// `svc/rollout` has no selector: its slices are written here, phase by phase.
+#[test]
+fn terminating_endpoints_serve_only_when_none_is_ready() {
+    // Each phase with two candidates: 30 connections all reach one of them with probability
+    // 2 (1/2)^30, about 2·10⁻⁹.
+    const CONNECTIONS: usize = 30;
+    testbed::require_root!();
+    let _slot = ONE_AGENT_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let topology = topology();
+    let dir = TempDir::new("manifests");
+    let mut agent = start(&topology, &dir);
+    let [b1, b2, b3] = BACKENDS.map(|b| SliceEndpoint::pod(&topology, &backend(b)));
+    let phase = |agent: &mut Agent<'_>, endpoints: &[SliceEndpoint]| {
+        let yaml = [
+            service_yaml(ROLLOUT, "", ("80", "80"), ""),
+            slices_yaml(ROLLOUT, endpoints),
+        ]
+        .join("---\n");
+        apply(agent, dir.path(), "rollout.yaml", &yaml);
+    };
+    let phases = [
+        (
+            "b1 ready, b2 serving and terminating, b3 terminating",
+            vec![b1, b2.terminating(true), b3.terminating(false)],
+            vec![backend("b1")],
+        ),
+        (
+            "none ready: b1 and b2 serving and terminating, b3 terminating",
+            vec![
+                b1.terminating(true),
+                b2.terminating(true),
+                b3.terminating(false),
+            ],
+            vec![backend("b1"), backend("b2")],
+        ),
+    ];
+    for (what, endpoints, expected) in phases {
+        phase(&mut agent, &endpoints);
+        for (family, proto) in cases() {
+            let what = format!("{family} {proto} to {} ({what})", ROLLOUT.id());
+            let all = attempts(&topology, "cl/c1", ROLLOUT.addr(family), proto, CONNECTIONS);
+            let counts = answered_by(&all, &what);
+            eprintln!("{what}: {counts:?}");
+            assert_eq!(
+                counts.keys().collect::<Vec<_>>(),
+                expected.iter().collect::<Vec<_>>(),
+                "{what}: answered by {counts:?}"
+            );
+        }
+    }
+
+    phase(
+        &mut agent,
+        &[
+            b1.terminating(false),
+            b2.terminating(false),
+            b3.terminating(false),
+        ],
+    );
+    for (family, proto) in cases() {
+        for a in attempts(&topology, "cl/c1", ROLLOUT.addr(family), proto, 3) {
+            match &a.answer {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                other => panic!(
+                    "{family} {proto} from port {} to {} (every endpoint terminating, none \
+                     serving): expected ECONNREFUSED, got {other:?}",
+                    a.port,
+                    ROLLOUT.id()
+                ),
+            }
+        }
+    }
 }
