@@ -18,10 +18,12 @@
 //! | `svc/manual` | (no selector) | 80, hand-written slices    | removal by `EndpointSlice` edit     |
 //! | `svc/closed` | `app: echo`   | 82, where nothing listens  | a backend's refusal                 |
 //!
-//! The tests that need them add more:
+//! The tests that need them add more (the agent runs with `--node-name node-a`):
 //!
 //! | Service       | selects       | what it has                                | what it is for                    |
 //! |---------------|---------------|--------------------------------------------|-----------------------------------|
+//! | `svc/near`    | (no selector) | `b1` on `node-a`, one on `node-b`          | `internalTrafficPolicy: Local`    |
+//! | `svc/far`     | (no selector) | the same, `internalTrafficPolicy: Cluster` | the control of `svc/near`         |
 //! | `svc/rollout` | (no selector) | ready, serving, terminating, by phase      | the serving-terminating fallback  |
 //!
 //! Only pods' traffic is translated here (at their interfaces); the node's own sockets are not
@@ -108,11 +110,30 @@ const CLOSED: Svc = Svc {
     v4: "10.99.100.16",
     v6: "fd99::100:16",
 };
+const NEAR: Svc = Svc {
+    name: "near",
+    v4: "10.99.100.17",
+    v6: "fd99::100:17",
+};
+const FAR: Svc = Svc {
+    name: "far",
+    v4: "10.99.100.18",
+    v6: "fd99::100:18",
+};
 const ROLLOUT: Svc = Svc {
     name: "rollout",
     v4: "10.99.100.20",
     v6: "fd99::100:20",
 };
+
+/// This node's name (`weir run --node-name`).
+const NODE_NAME: &str = "node-a";
+/// Another node's name, for endpoints that are not this node's.
+const OTHER_NODE: &str = "node-b";
+/// An endpoint on [`OTHER_NODE`]: no pod has these addresses and the node namespace has no
+/// route to them, so a packet sent there ends in the node namespace with an ICMP unreachable
+/// (what a one-node test bed can offer of a pod elsewhere).
+const ELSEWHERE: [&str; 2] = ["10.99.200.1", "fd99::200:1"];
 
 impl Svc {
     /// `svc/<name>`, as flows name it.
@@ -251,6 +272,14 @@ impl SliceEndpoint {
         }
     }
 
+    /// On node `node`.
+    fn on(self, node: &'static str) -> Self {
+        Self {
+            node: Some(node),
+            ..self
+        }
+    }
+
     /// Terminating (so not ready), and still `serving` or not, as during a pod's grace period.
     fn terminating(self, serving: bool) -> Self {
         Self {
@@ -310,7 +339,10 @@ fn start<'t>(topology: &'t Topology, dir: &TempDir) -> Agent<'t> {
         "manual-slices.yaml",
         &manual_slices_yaml(topology, &BACKENDS),
     );
-    let mut agent = Agent::start(topology, dir.path());
+    let mut agent = Agent::options()
+        .arg("--node-name")
+        .arg(NODE_NAME)
+        .start(topology, dir.path());
     agent.wait_ready();
     agent
 }
@@ -1248,6 +1280,134 @@ fn flows_name_the_service_of_translated_connections() {
     let text = String::from_utf8(out.stdout).expect("UTF-8 output");
     eprintln!("$ weir flows --pod cl/c1\n{text}");
     assert!(text.contains(" via service svc/echo "), "{text}");
+}
+
+/// Panics unless `attempt` failed the way a dropped packet makes it fail: no answer within the
+/// probe's timeout, rather than a refusal.
+fn assert_unanswered(attempt: &Attempt, what: &str) {
+    match &attempt.answer {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!(
+            "{what}, from port {}: expected no answer (dropped), got {other:?}",
+            attempt.port
+        ),
+    }
+}
+
+/// What to look for in the flows: a new connection from `client_ip`:`port` to `dst`, dropped
+/// with `reason` at the client's interface, naming `svc`.
+fn dropped_via(
+    what: String,
+    (client_ip, port): (IpAddr, u16),
+    dst: IpAddr,
+    reason: &'static str,
+    svc: Svc,
+) -> (String, impl Fn(&FlowRecord) -> bool) {
+    let service = svc.id();
+    (what, move |r: &FlowRecord| {
+        r.src.ip == Some(client_ip)
+            && r.src.port == Some(port)
+            && r.dst.ip == Some(dst)
+            && r.verdict == Verdict::Dropped
+            && r.reason == reason
+            && r.direction == "egress"
+            && r.service.as_deref() == Some(service.as_str())
+    })
+}
+
+/// `svc/near` (`internalTrafficPolicy: Local`) and `svc/far` (`Cluster`), without selectors,
+/// each with slices listing `b1` on this node (when `local_endpoint`) and an endpoint on
+/// another node ([`ELSEWHERE`]).
+fn traffic_policy_yaml(topology: &Topology, local_endpoint: bool) -> String {
+    let by_number = ("80", "80");
+    let elsewhere = Family::ALL.map(|family| by_family(ELSEWHERE, family));
+    let mut endpoints = vec![SliceEndpoint::at(elsewhere).on(OTHER_NODE)];
+    if local_endpoint {
+        endpoints.push(SliceEndpoint::pod(topology, &backend("b1")).on(NODE_NAME));
+    }
+    [
+        service_yaml(NEAR, "", by_number, "  internalTrafficPolicy: Local\n"),
+        slices_yaml(NEAR, &endpoints),
+        service_yaml(FAR, "", by_number, "  internalTrafficPolicy: Cluster\n"),
+        slices_yaml(FAR, &endpoints),
+    ]
+    .join("---\n")
+}
+
+/// `internalTrafficPolicy: Local`: a pod's connections to the `ClusterIP` go only to the
+/// endpoints on its node (`nodeName` is `--node-name`), never to those listed on another;
+/// the same slices behind `Cluster` send some to the other node. When no endpoint is left on
+/// this node, connections are dropped (no answer, not a refusal: another node may have one,
+/// as kube-proxy reasons), and the drops are flows with reason `no_local_endpoints`.
+#[test]
+fn internal_traffic_policy_local_reaches_only_this_nodes_endpoints() {
+    // Behind `Cluster`, each connection reaches b1 with probability about 1/2: 30 all do with
+    // probability about 10⁻⁹, so the control below cannot pass by chance.
+    const CONNECTIONS: usize = 30;
+    testbed::require_root!();
+    let _slot = ONE_AGENT_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let topology = topology();
+    let dir = TempDir::new("manifests");
+    let mut agent = start(&topology, &dir);
+    let yaml = traffic_policy_yaml(&topology, true);
+    apply(&mut agent, dir.path(), "traffic-policy.yaml", &yaml);
+    let b1 = backend("b1");
+    for (family, proto) in cases() {
+        let what = format!("{family} {proto} from cl/c1 to {}", NEAR.id());
+        let near = attempts(&topology, "cl/c1", NEAR.addr(family), proto, CONNECTIONS);
+        let counts = answered_by(&near, &what);
+        assert_eq!(
+            counts.keys().collect::<Vec<_>>(),
+            [&b1],
+            "{what}: {counts:?}"
+        );
+
+        let what = format!("{family} {proto} from cl/c1 to {}", FAR.id());
+        let far = attempts(&topology, "cl/c1", FAR.addr(family), proto, CONNECTIONS);
+        let (reached, elsewhere): (Vec<&Attempt>, Vec<&Attempt>) =
+            far.iter().partition(|a| a.answer.is_ok());
+        eprintln!(
+            "{what}: {} answered by b1, {} sent to the other node",
+            reached.len(),
+            elsewhere.len()
+        );
+        assert!(
+            !reached.is_empty() && !elsewhere.is_empty(),
+            "{what} (Cluster): expected connections both to b1 and to the other node: {far:?}"
+        );
+        for a in reached {
+            assert_eq!(a.answer.as_ref().ok(), Some(&b1), "{what}: port {}", a.port);
+        }
+    }
+
+    let yaml = traffic_policy_yaml(&topology, false);
+    apply(&mut agent, dir.path(), "traffic-policy.yaml", &yaml);
+    let mut wanted = Vec::new();
+    for (family, proto) in cases() {
+        let what = format!(
+            "{family} {proto} from cl/c1 to {} (no endpoint on this node)",
+            NEAR.id()
+        );
+        let attempt = attempts(&topology, "cl/c1", NEAR.addr(family), proto, 1)
+            .pop()
+            .expect("one attempt");
+        assert_unanswered(&attempt, &what);
+        let client = (topology.pod("cl/c1").ip(family), attempt.port);
+        wanted.push(dropped_via(
+            format!("{what}: dropped no_local_endpoints"),
+            client,
+            NEAR.addr(family).ip(),
+            "no_local_endpoints",
+            NEAR,
+        ));
+    }
+    wait_for_flows(&topology, &mut agent, &wanted);
 }
 
 /// `EndpointSlice` conditions during a rollout, as kube-proxy reads them: new connections go
