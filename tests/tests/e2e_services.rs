@@ -24,6 +24,7 @@
 //! |---------------|---------------|--------------------------------------------|-----------------------------------|
 //! | `svc/near`    | (no selector) | `b1` on `node-a`, one on `node-b`          | `internalTrafficPolicy: Local`    |
 //! | `svc/far`     | (no selector) | the same, `internalTrafficPolicy: Cluster` | the control of `svc/near`         |
+//! | `svc/ranged`  | `app: echo`   | `LoadBalancer`, ranges admitting `c1` only | `loadBalancerSourceRanges`        |
 //! | `svc/rollout` | (no selector) | ready, serving, terminating, by phase      | the serving-terminating fallback  |
 //!
 //! Only pods' traffic is translated here (at their interfaces); the node's own sockets are not
@@ -120,6 +121,13 @@ const FAR: Svc = Svc {
     v4: "10.99.100.18",
     v6: "fd99::100:18",
 };
+const RANGED: Svc = Svc {
+    name: "ranged",
+    v4: "10.99.100.19",
+    v6: "fd99::100:19",
+};
+/// The load-balancer IPs of `svc/ranged` (`status.loadBalancer.ingress`).
+const RANGED_LB: [&str; 2] = ["10.99.101.19", "fd99::101:19"];
 const ROLLOUT: Svc = Svc {
     name: "rollout",
     v4: "10.99.100.20",
@@ -1406,6 +1414,79 @@ fn internal_traffic_policy_local_reaches_only_this_nodes_endpoints() {
             "no_local_endpoints",
             NEAR,
         ));
+    }
+    wait_for_flows(&topology, &mut agent, &wanted);
+}
+
+/// `svc/ranged`: a `LoadBalancer` Service over the echo backends whose load-balancer IPs
+/// ([`RANGED_LB`]) admit only `c1` (`loadBalancerSourceRanges`: its /32 and /128).
+fn source_ranges_yaml(topology: &Topology) -> String {
+    let [c1_v4, c1_v6] = topology.pod("cl/c1").ips();
+    let [lb_v4, lb_v6] = RANGED_LB;
+    service_yaml(
+        RANGED,
+        "  selector:\n    app: echo\n",
+        ("80", "80"),
+        &format!(
+            "  type: LoadBalancer\n  loadBalancerSourceRanges:\n    - {c1_v4}/32\n    - \
+             {c1_v6}/128\nstatus:\n  loadBalancer:\n    ingress:\n      - ip: {lb_v4}\n      \
+             - ip: \"{lb_v6}\"\n"
+        ),
+    )
+}
+
+/// `loadBalancerSourceRanges` hold for pods reaching the load-balancer IP (kube-proxy checks
+/// every client of that IP): `c1`, inside the ranges, reaches the backends through it; `c2`,
+/// outside, is dropped (no answer; flows with reason `source_range`), and still reaches the
+/// same Service through its `ClusterIP`, which the ranges do not guard.
+#[test]
+fn load_balancer_source_ranges_admit_only_pods_inside_them() {
+    testbed::require_root!();
+    let _slot = ONE_AGENT_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let topology = topology();
+    let dir = TempDir::new("manifests");
+    let mut agent = start(&topology, &dir);
+    apply(
+        &mut agent,
+        dir.path(),
+        "source-ranges.yaml",
+        &source_ranges_yaml(&topology),
+    );
+    let backends = echo_backends();
+    let mut wanted = Vec::new();
+    for (family, proto) in cases() {
+        let lb = SocketAddr::new(by_family(RANGED_LB, family), SERVICE_PORT);
+        let what = format!("{family} {proto} from cl/c1 (inside the ranges) to {lb}");
+        let inside = attempts(&topology, "cl/c1", lb, proto, 10);
+        let counts = answered_by(&inside, &what);
+        assert!(
+            counts.keys().all(|pod| backends.contains(pod)),
+            "{what}: answered by {counts:?}"
+        );
+
+        let what = format!("{family} {proto} from cl/c2 (outside the ranges) to {lb}");
+        let outside = attempts(&topology, "cl/c2", lb, proto, 1)
+            .pop()
+            .expect("one attempt");
+        assert_unanswered(&outside, &what);
+        let client = (topology.pod("cl/c2").ip(family), outside.port);
+        wanted.push(dropped_via(
+            format!("{what}: dropped source_range"),
+            client,
+            lb.ip(),
+            "source_range",
+            RANGED,
+        ));
+
+        let what = format!("{family} {proto} from cl/c2 to {}'s ClusterIP", RANGED.id());
+        let cluster_ip = attempts(&topology, "cl/c2", RANGED.addr(family), proto, 10);
+        let counts = answered_by(&cluster_ip, &what);
+        assert!(
+            counts.keys().all(|pod| backends.contains(pod)),
+            "{what}: answered by {counts:?}"
+        );
     }
     wait_for_flows(&topology, &mut agent, &wanted);
 }
