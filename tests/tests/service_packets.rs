@@ -1071,39 +1071,40 @@ fn internal_traffic_policy_local_sends_only_to_this_nodes_endpoints() {
     }
 }
 
+/// `LoadBalancer` Service `x/<name>` (TCP 80 → 8080, UDP 53 → 5353) with cluster and
+/// load-balancer IPs `[cluster, load balancer]` in each family, and source ranges `ranges`.
+fn load_balancer(name: &str, v4: [&str; 2], v6: [&str; 2], ranges: &[&str]) -> Service {
+    let ([v4_cluster, v4_lb], [v6_cluster, v6_lb]) = (v4, v6);
+    Service {
+        kind: ServiceKind::LoadBalancer,
+        load_balancer_ips: vec![ip(v4_lb), ip(v6_lb)],
+        load_balancer_source_ranges: ranges
+            .iter()
+            .map(|r| r.parse().expect("a test range"))
+            .collect(),
+        ..service(
+            name,
+            [v4_cluster, v6_cluster],
+            vec![
+                port("http", Protocol::Tcp, 80, 8080),
+                port("dns", Protocol::Udp, 53, 5353),
+            ],
+        )
+    }
+}
+
 /// [`state`] with two `LoadBalancer` Services whose load-balancer IPs have source ranges:
 /// `x/lb-in`'s hold the client (`10.0.0.0/24`, `fd00::/64`), `x/lb-out`'s do not
 /// (`10.0.1.0/24`, `fd00:1::/64`, where `c` is). Both are backed by `b` and `c`.
 fn source_range_state() -> DesiredState {
     let mut state = state(&BOTH);
-    let lb = |name: &str,
-              [v4_cluster, v4_lb]: [&str; 2],
-              [v6_cluster, v6_lb]: [&str; 2],
-              ranges: [&str; 2]| {
-        Service {
-            kind: ServiceKind::LoadBalancer,
-            load_balancer_ips: vec![ip(v4_lb), ip(v6_lb)],
-            load_balancer_source_ranges: ranges
-                .iter()
-                .map(|r| r.parse().expect("a test range"))
-                .collect(),
-            ..service(
-                name,
-                [v4_cluster, v6_cluster],
-                vec![
-                    port("http", Protocol::Tcp, 80, 8080),
-                    port("dns", Protocol::Udp, 53, 5353),
-                ],
-            )
-        }
-    };
     state.services.extend([
-        lb("lb-in", V4.lb_in, V6.lb_in, ["10.0.0.0/24", "fd00::/64"]),
-        lb(
+        load_balancer("lb-in", V4.lb_in, V6.lb_in, &["10.0.0.0/24", "fd00::/64"]),
+        load_balancer(
             "lb-out",
             V4.lb_out,
             V6.lb_out,
-            ["10.0.1.0/24", "fd00:1::/64"],
+            &["10.0.1.0/24", "fd00:1::/64"],
         ),
     ]);
     state.endpoint_slices.extend(slices("lb-in", &BOTH));
@@ -1172,4 +1173,89 @@ fn load_balancer_source_ranges_admit_only_clients_inside_them() {
             f.client
         );
     }
+}
+
+/// An IPv6 source range admits no IPv4 client, whatever it covers: IPv4 addresses live in the
+/// IPv4-mapped block (`::ffff:0:0/96`) of the 16-byte addresses the programs match, and an
+/// IPv6 range over that block (`::/0`, "every IPv6 client") or inside it must not reach
+/// them. Each Service below admits the IPv6 client and none of its IPv4 ranges holds the
+/// IPv4 client: the IPv4 client is dropped.
+#[test]
+fn an_ipv6_source_range_admits_no_ipv4_client() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let cases = [
+        (
+            "every IPv6 client",
+            ["10.96.0.18", "10.97.0.18"],
+            ["fd00:96::18", "fd00:97::18"],
+            &["10.0.1.0/24", "::/0"][..],
+        ),
+        (
+            "an IPv6 range inside the IPv4-mapped block",
+            ["10.96.0.19", "10.97.0.19"],
+            ["fd00:96::19", "fd00:97::19"],
+            &["10.0.1.0/24", "::ffff:10.0.0.0/104", "fd00::/64"][..],
+        ),
+    ];
+    let mut state = state(&BOTH);
+    for (i, (_, v4, v6, ranges)) in cases.iter().enumerate() {
+        let name = format!("mixed-{i}");
+        state.services.push(load_balancer(&name, *v4, *v6, ranges));
+        state.endpoint_slices.extend(slices(&name, &BOTH));
+    }
+    let mut dp = loaded(&state);
+    for (what, [_, v4_lb], [_, v6_lb], ranges) in cases {
+        let what = format!("{what} ({ranges:?})");
+        let syn = run(
+            &mut dp,
+            programs::FROM_POD,
+            &tcp(V4.client, 48_000, v4_lb, 80, SYN),
+        );
+        syn.expect(
+            TC_ACT_SHOT,
+            DropReason::SourceRange.name(),
+            &format!("{what}: the IPv4 client"),
+        );
+        let backend = connect(&mut dp, V6, v6_lb, 48_000);
+        assert!(
+            [ip(V6.b), ip(V6.c)].contains(&backend),
+            "{what}: the IPv6 client, translated to a backend: {backend}"
+        );
+    }
+}
+
+/// A family the Service lists no source range of admits no client of that family (the
+/// stricter reading: kube-proxy filters the ranges per family and leaves such a family open;
+/// README, "Services").
+#[test]
+fn a_family_without_source_ranges_admits_no_client() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (v4, v6) = (["10.96.0.20", "10.97.0.20"], ["fd00:96::20", "fd00:97::20"]);
+    let mut state = state(&BOTH);
+    state
+        .services
+        .push(load_balancer("v4-only", v4, v6, &["10.0.0.0/24"]));
+    state.endpoint_slices.extend(slices("v4-only", &BOTH));
+    let mut dp = loaded(&state);
+    let backend = connect(&mut dp, V4, v4[1], 49_000);
+    assert!(
+        [ip(V4.b), ip(V4.c)].contains(&backend),
+        "the IPv4 client, inside 10.0.0.0/24: {backend}"
+    );
+    let syn = run(
+        &mut dp,
+        programs::FROM_POD,
+        &tcp(V6.client, 49_000, v6[1], 80, SYN),
+    );
+    syn.expect(
+        TC_ACT_SHOT,
+        DropReason::SourceRange.name(),
+        "the IPv6 client, with no IPv6 range",
+    );
 }
