@@ -21,7 +21,8 @@
 //!      in-cluster clients of those addresses to every endpoint).
 //! 5. Flags: External entries with policy `Cluster` masquerade; entries with policy `Local`
 //!    drop when the set is empty (another node may have endpoints); load-balancer IPs of a
-//!    Service with `loadBalancerSourceRanges` check the client against them.
+//!    Service with `loadBalancerSourceRanges` check the client against them (an IPv6 range
+//!    never admits an IPv4 client, `::/0` included).
 //! 6. Two Services claiming one frontend: the first by namespace, then name, keeps it, and
 //!    the other is warned about.
 //!

@@ -594,6 +594,64 @@ fn source_ranges_guard_load_balancer_ips_only() {
     );
 }
 
+/// Whether source range `range` holds `client` (as the programs' trie lookup decides).
+fn admits(range: &SourceRange, client: &str) -> bool {
+    let client = addr(client);
+    (0..range.prefix_len).all(|i| {
+        let (byte, mask) = ((i / 8) as usize, 0x80 >> (i % 8));
+        client[byte] & mask == range.addr[byte] & mask
+    })
+}
+
+#[test]
+fn an_ipv6_source_range_admits_no_ipv4_client() {
+    let v4_clients = ["10.0.0.1", "0.0.0.0", "255.255.255.255", "192.0.2.9"];
+    let v6_clients = [
+        "fd00::1",
+        "2001:db8::1",
+        "::1",
+        "::fffe:0:1",
+        "::1:0:0:0",
+        "ff02::1",
+    ];
+    let everyone = load_balancer(false, &["::/0"]);
+    assert_eq!(
+        everyone.source_ranges.len(),
+        96,
+        "one prefix per bit above /96"
+    );
+    for client in v6_clients {
+        assert!(
+            everyone.source_ranges.iter().any(|r| admits(r, client)),
+            "::/0 admits {client}"
+        );
+    }
+    let inside_block = load_balancer(false, &["::ffff:10.0.0.0/104", "2001:db8::/32"]);
+    for maps in [&everyone, &inside_block] {
+        for client in v4_clients {
+            let admitted: Vec<&SourceRange> = maps
+                .source_ranges
+                .iter()
+                .filter(|r| admits(r, client))
+                .collect();
+            assert!(admitted.is_empty(), "{client} admitted by {admitted:?}");
+        }
+    }
+    let kept: Vec<u32> = inside_block
+        .source_ranges
+        .iter()
+        .map(|r| r.prefix_len)
+        .collect();
+    assert_eq!(
+        kept,
+        [32],
+        "2001:db8::/32 as written, the range inside the block left out"
+    );
+    let with_v4 = load_balancer(false, &["10.0.0.0/8", "::/0"]);
+    assert!(with_v4.source_ranges.iter().any(|r| admits(r, "10.0.0.1")));
+    assert!(!with_v4.source_ranges.iter().any(|r| admits(r, "192.0.2.9")));
+}
+
 #[test]
 fn node_ports_only_for_node_port_and_load_balancer_services() {
     let mut svc = service("x", "web", "10.96.0.1");
