@@ -14,7 +14,8 @@ use std::net::IpAddr;
 
 use dataplane_abi::{DropReason, PassReason, programs};
 use testbed::fixtures::{TC_ACT_OK, TC_ACT_SHOT, ip, labels};
-use testbed::packet::{self, ACK, L4, Packet, SYN, Tuple};
+use testbed::packet::{ACK, IcmpError, L4, Packet, SYN, icmp_frame, read_icmp_error};
+use testbed::testrun::{TC_ACT_REDIRECT, run, run_frame, tcp, udp};
 use weir::compile::{self, NodeView};
 use weir::dataplane::Dataplane;
 use weir::model::{
@@ -22,9 +23,6 @@ use weir::model::{
     Origin, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule, Service, ServiceKind,
     ServicePort, TargetPort,
 };
-
-/// `TC_ACT_REDIRECT`: the action of a packet turned into its answer and sent back.
-const TC_ACT_REDIRECT: i32 = 7;
 
 /// Addresses of one family.
 #[derive(Clone, Copy)]
@@ -218,11 +216,6 @@ fn node() -> NodeView {
     }
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn loaded(state: &DesiredState) -> Dataplane {
     let mut dp = Dataplane::load().expect("loading the eBPF object (verifier)");
     sync(&mut dp, state);
@@ -234,88 +227,11 @@ fn sync(dp: &mut Dataplane, state: &DesiredState) {
     dp.sync_maps(&maps).expect("writing maps");
 }
 
-/// What one program run did: its action, the reason counter that moved, the frame it left.
-struct Ran {
-    action: i32,
-    reason: String,
-    out: Vec<u8>,
-}
-
-impl Ran {
-    /// The frame left, read back with its checksums verified.
-    fn tuple(&self) -> Tuple {
-        packet::checksums(&self.out).unwrap_or_else(|e| panic!("output frame: {e}"))
-    }
-
-    fn expect(&self, action: i32, reason: &str, what: &str) -> &Self {
-        assert_eq!(
-            (self.action, self.reason.as_str()),
-            (action, reason),
-            "{what}: action and reason"
-        );
-        self
-    }
-}
-
-fn run(dp: &mut Dataplane, program: &'static str, pkt: &Packet) -> Ran {
-    let frame = pkt.frame();
-    packet::checksums(&frame).expect("the crafted frame itself is right");
-    run_frame(dp, program, &frame)
-}
-
-fn run_frame(dp: &mut Dataplane, program: &'static str, frame: &[u8]) -> Ran {
-    let before = dp.counters().expect("counters");
-    let (action, out) = dp
-        .test_run_output(program, frame)
-        .expect("BPF_PROG_TEST_RUN");
-    let after = dp.counters().expect("counters");
-    let mut moved: Vec<&str> = after
-        .passed
-        .iter()
-        .chain(after.dropped.iter())
-        .filter(|(k, v)| before.passed.get(*k).or(before.dropped.get(*k)) != Some(v))
-        .map(|(k, _)| *k)
-        .collect();
-    assert_eq!(
-        moved.len(),
-        1,
-        "exactly one reason counter moves per packet"
-    );
-    Ran {
-        action,
-        reason: moved.remove(0).to_owned(),
-        out,
-    }
-}
-
-fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Packet {
-    Packet::new(
-        ip(src),
-        ip(dst),
-        L4::Tcp {
-            src: sport,
-            dst: dport,
-            flags,
-        },
-    )
-}
-
 fn sctp(src: &str, sport: u16, dst: &str, dport: u16) -> Packet {
     Packet::new(
         ip(src),
         ip(dst),
         L4::Sctp {
-            src: sport,
-            dst: dport,
-        },
-    )
-}
-
-fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Packet {
-    Packet::new(
-        ip(src),
-        ip(dst),
-        L4::Udp {
             src: sport,
             dst: dport,
         },
@@ -384,28 +300,19 @@ fn translation_and_reply(f: Family) {
 
 #[test]
 fn ipv4_translation_and_reply() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     translation_and_reply(V4);
 }
 
 #[test]
 fn ipv6_translation_and_reply() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     translation_and_reply(V6);
 }
 
 #[test]
 fn connections_spread_over_backends_and_affinity_pins_a_client() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     for f in [V4, V6] {
         let mut dp = loaded(&state(&BOTH));
         let mut per_backend: BTreeMap<IpAddr, u32> = BTreeMap::new();
@@ -441,10 +348,7 @@ fn connections_spread_over_backends_and_affinity_pins_a_client() {
 
 #[test]
 fn a_removed_backend_keeps_tcp_and_loses_udp() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     for f in [V4, V6] {
         let mut dp = loaded(&state(&BOTH));
         let tcp_backend = connect(&mut dp, f, f.web, 41_000);
@@ -478,10 +382,7 @@ fn a_removed_backend_keeps_tcp_and_loses_udp() {
 
 #[test]
 fn a_service_without_endpoints_is_rejected() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     for f in [V4, V6] {
         let mut dp = loaded(&state(&BOTH));
         let no_endpoints = DropReason::NoEndpoints.name();
@@ -524,25 +425,15 @@ fn a_service_without_endpoints_is_rejected() {
 /// An ICMP(v6) port unreachable from the `ClusterIP` to the client, with right checksums,
 /// quoting the client's datagram.
 fn check_port_unreachable(frame: &[u8], f: Family) {
-    let v6 = f.client.contains(':');
-    let ip_len = if v6 { 40 } else { 20 };
-    let l3 = &frame[14..];
-    let icmp = &l3[ip_len..];
-    let (src, dst): (IpAddr, IpAddr) = if v6 {
-        let s: [u8; 16] = l3[8..24].try_into().expect("16 bytes");
-        let d: [u8; 16] = l3[24..40].try_into().expect("16 bytes");
-        (s.into(), d.into())
-    } else {
-        let s: [u8; 4] = l3[12..16].try_into().expect("4 bytes");
-        let d: [u8; 4] = l3[16..20].try_into().expect("4 bytes");
-        assert_eq!(ones_sum(&l3[..20], 0), 0xffff, "IPv4 header checksum");
-        (s.into(), d.into())
-    };
+    let read = read_icmp_error(frame);
     assert_eq!(
-        (src, dst),
+        (read.src, read.dst),
         (ip(f.empty), ip(f.client)),
         "from the ClusterIP"
     );
+    let v6 = f.client.contains(':');
+    let ip_len = if v6 { 40 } else { 20 };
+    let icmp = &frame[14 + ip_len..];
     let (kind, code) = if v6 { (1, 4) } else { (3, 3) };
     assert_eq!((icmp[0], icmp[1]), (kind, code), "port unreachable");
     assert_eq!(
@@ -550,113 +441,16 @@ fn check_port_unreachable(frame: &[u8], f: Family) {
         8 + ip_len + 8,
         "quotes the IP header and 8 bytes"
     );
-    let seed = if v6 {
-        let mut pseudo = l3[8..40].to_vec();
-        pseudo.extend_from_slice(&u32::try_from(icmp.len()).expect("short").to_be_bytes());
-        pseudo.extend_from_slice(&[0, 0, 0, 58]);
-        ones_sum(&pseudo, 0)
-    } else {
-        0
-    };
-    assert_eq!(ones_sum(icmp, u32::from(seed)), 0xffff, "ICMP checksum");
-    let quoted = &icmp[8..];
-    let quoted_dst: IpAddr = if v6 {
-        <[u8; 16]>::try_from(&quoted[24..40])
-            .expect("16 bytes")
-            .into()
-    } else {
-        <[u8; 4]>::try_from(&quoted[16..20])
-            .expect("4 bytes")
-            .into()
-    };
     assert_eq!(
-        quoted_dst,
+        read.quoted_dst.0,
         ip(f.empty),
         "the quoted datagram is the client's"
     );
 }
 
-/// The addresses and ports of an ICMP error, and of the packet it quotes.
-#[derive(Debug, PartialEq, Eq)]
-struct IcmpError {
-    src: IpAddr,
-    dst: IpAddr,
-    quoted_src: (IpAddr, u16),
-    quoted_dst: (IpAddr, u16),
-}
-
-/// `error` (an ICMP(v6) destination unreachable built by `packet`, which leaves its checksum
-/// zero) as a frame with its ICMP checksum right.
-fn icmp_frame(error: &Packet) -> Vec<u8> {
-    let mut frame = error.frame();
-    let v6 = error.src.is_ipv6();
-    let ip_len = if v6 { 40 } else { 20 };
-    let seed = icmp_seed(&frame[14..], v6);
-    let icmp = &mut frame[14 + ip_len..];
-    let sum = !ones_sum(icmp, u32::from(seed));
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    frame
-}
-
-/// The sum an ICMP checksum starts from: nothing for ICMP, the IPv6 pseudo-header for
-/// `ICMPv6`. `l3` is the IP packet.
-fn icmp_seed(l3: &[u8], v6: bool) -> u16 {
-    if !v6 {
-        return 0;
-    }
-    let mut pseudo = l3[8..40].to_vec();
-    let len = u32::try_from(l3.len() - 40).expect("short");
-    pseudo.extend_from_slice(&len.to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, 58]);
-    ones_sum(&pseudo, 0)
-}
-
-/// Reads an ICMP error frame back, checking every checksum it carries: the IPv4 header, the
-/// ICMP(v6) message, and the quoted IPv4 header.
-fn read_icmp_error(frame: &[u8]) -> IcmpError {
-    let l3 = &frame[14..];
-    let v6 = frame[12..14] == [0x86, 0xdd];
-    let addr = |bytes: &[u8]| -> IpAddr {
-        if v6 {
-            <[u8; 16]>::try_from(bytes).expect("16 bytes").into()
-        } else {
-            <[u8; 4]>::try_from(bytes).expect("4 bytes").into()
-        }
-    };
-    let (ip_len, src_at, dst_at) = if v6 { (40, 8, 24) } else { (20, 12, 16) };
-    let alen = if v6 { 16 } else { 4 };
-    if !v6 {
-        assert_eq!(ones_sum(&l3[..20], 0), 0xffff, "IPv4 header checksum");
-    }
-    let icmp = &l3[ip_len..];
-    assert_eq!(
-        ones_sum(icmp, u32::from(icmp_seed(l3, v6))),
-        0xffff,
-        "ICMP checksum"
-    );
-    let quoted = &icmp[8..];
-    if !v6 {
-        assert_eq!(
-            ones_sum(&quoted[..20], 0),
-            0xffff,
-            "quoted IPv4 header checksum"
-        );
-    }
-    let port = |at: usize| u16::from_be_bytes([quoted[ip_len + at], quoted[ip_len + at + 1]]);
-    IcmpError {
-        src: addr(&l3[src_at..src_at + alen]),
-        dst: addr(&l3[dst_at..dst_at + alen]),
-        quoted_src: (addr(&quoted[src_at..src_at + alen]), port(0)),
-        quoted_dst: (addr(&quoted[dst_at..dst_at + alen]), port(2)),
-    }
-}
-
 #[test]
 fn icmp_errors_about_a_service_connection_are_translated() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     for f in [V4, V6] {
         let mut dp = loaded(&state(&BOTH));
         let out = run(&mut dp, programs::FROM_POD, &udp(f.client, 7100, f.web, 53));
@@ -736,23 +530,9 @@ fn icmp_errors_about_a_service_connection_are_translated() {
     }
 }
 
-fn ones_sum(data: &[u8], seed: u32) -> u16 {
-    let mut sum = seed;
-    for pair in data.chunks(2) {
-        sum += u32::from(pair[0]) << 8 | u32::from(*pair.get(1).unwrap_or(&0));
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    u16::try_from(sum).expect("folded")
-}
-
 #[test]
 fn policy_judges_the_translated_packet() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     // The client may reach pod b on 8080 and nothing else: through the ClusterIP, connections
     // that land on b pass and those that land on c are denied.
     let mut state = state(&BOTH);
@@ -809,10 +589,7 @@ fn policy_judges_the_translated_packet() {
 
 #[test]
 fn a_pod_reaches_itself_through_its_service() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     for f in [V4, V6] {
         let mut dp = loaded(&state(&BOTH));
         let self_traffic = PassReason::SelfTraffic.name();
@@ -862,10 +639,7 @@ fn a_pod_reaches_itself_through_its_service() {
 
 #[test]
 fn a_source_port_reused_for_another_service_with_the_same_backend_gets_its_own_translation() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     for f in [V4, V6] {
         // One backend behind both Services: the two connections translate to one tuple.
         let mut dp = loaded(&state(&[f.b]));
@@ -951,19 +725,13 @@ fn sctp_translation_and_reply(f: Family) {
 
 #[test]
 fn ipv4_sctp_translation_and_reply() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     sctp_translation_and_reply(V4);
 }
 
 #[test]
 fn ipv6_sctp_translation_and_reply() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     sctp_translation_and_reply(V6);
 }
 
@@ -1015,10 +783,7 @@ fn traffic_policy_state(local_endpoint: bool) -> DesiredState {
 /// connection goes to it, while the same endpoints behind `Cluster` also reach the others.
 #[test]
 fn internal_traffic_policy_local_sends_only_to_this_nodes_endpoints() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     let no_local = DropReason::NoLocalEndpoints.name();
     for f in [V4, V6] {
         let mut dp = loaded(&traffic_policy_state(false));
@@ -1119,10 +884,7 @@ fn source_range_state() -> DesiredState {
 /// `ClusterIP` serves every client.
 #[test]
 fn load_balancer_source_ranges_admit_only_clients_inside_them() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     let source_range = DropReason::SourceRange.name();
     for f in [V4, V6] {
         let mut dp = loaded(&source_range_state());
@@ -1182,10 +944,7 @@ fn load_balancer_source_ranges_admit_only_clients_inside_them() {
 /// IPv4 client: the IPv4 client is dropped.
 #[test]
 fn an_ipv6_source_range_admits_no_ipv4_client() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     let cases = [
         (
             "every IPv6 client",
@@ -1232,10 +991,7 @@ fn an_ipv6_source_range_admits_no_ipv4_client() {
 /// README, "Services").
 #[test]
 fn a_family_without_source_ranges_admits_no_client() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testbed::require_root!();
     let (v4, v6) = (["10.96.0.20", "10.97.0.20"], ["fd00:96::20", "fd00:97::20"]);
     let mut state = state(&BOTH);
     state
