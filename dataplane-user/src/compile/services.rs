@@ -46,7 +46,7 @@ use self::build::{NodePortAddrs, ServiceCompiler, SetIdentity};
 use self::ids::{Hints, Ids};
 use super::maglev::Table;
 use super::{CompileError, NodeView};
-use crate::model::{DesiredState, EndpointSlice, Service};
+use crate::model::{DesiredState, EndpointSlice, Node, Service};
 
 /// One prefix of `WEIR_LBSRC_V1`: a `loadBalancerSourceRanges` entry of one Service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -182,10 +182,10 @@ struct NodeFacts {
 }
 
 impl NodeFacts {
-    fn of(node: &NodeView) -> Self {
+    fn of(node: &NodeView, nodes: &[Node]) -> Self {
         Self {
             name: node.node_name.clone(),
-            node_port_addrs: NodePortAddrs::of(node).0,
+            node_port_addrs: NodePortAddrs::of(node, nodes).0,
             routed: node.local_routes.keys().copied().collect(),
         }
     }
@@ -371,7 +371,7 @@ pub(super) fn compile(
     node: &NodeView,
     previous: &ServiceMaps,
 ) -> Result<(ServiceMaps, Vec<String>), CompileError> {
-    let facts = NodeFacts::of(node);
+    let facts = NodeFacts::of(node, &state.nodes);
     let slices = SliceIndex::new(&state.endpoint_slices);
     let previous_units: Vec<&CompiledService> = previous.units.values().map(|u| &**u).collect();
     let hints = previous.units.get(RECOVERED).map(|u| Hints::of(u));

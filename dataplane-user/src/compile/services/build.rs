@@ -13,7 +13,7 @@ use super::ids::{Ids, Kind};
 use super::{CompiledService, CompiledSet, SourceRange};
 use crate::compile::maglev::{Member, Table};
 use crate::compile::{CompileError, NodeView, to_addr, to_prefix};
-use crate::model::{EndpointSlice, Protocol, Service, ServiceKind, ServicePort};
+use crate::model::{EndpointSlice, Node, Protocol, Service, ServiceKind, ServicePort};
 
 /// Which endpoints a backend set holds: a Kubernetes traffic policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -40,12 +40,13 @@ pub(super) struct SetIdentity {
     policy: TrafficPolicy,
 }
 
-/// Addresses of this node where node ports answer: all but loopback, link-local, multicast
-/// and unspecified ones.
+/// Addresses of this node where node ports answer: its `Node`'s `status.addresses` when the
+/// desired state has it (as kube-proxy's `nodePortAddresses: primary`), else every address of
+/// the node's network namespace; never loopback, link-local, multicast or unspecified ones.
 pub(super) struct NodePortAddrs(pub(super) Vec<IpAddr>);
 
 impl NodePortAddrs {
-    pub(super) fn of(node: &NodeView) -> Self {
+    pub(super) fn of(node: &NodeView, nodes: &[Node]) -> Self {
         let usable = |ip: &&IpAddr| match ip {
             IpAddr::V4(v4) => {
                 !(v4.is_loopback()
@@ -60,7 +61,18 @@ impl NodePortAddrs {
                     || v6.is_unspecified())
             }
         };
-        Self(node.host_addrs.iter().filter(usable).copied().collect())
+        let declared = nodes
+            .iter()
+            .find(|n| Some(&n.name) == node.node_name.as_ref())
+            .map(|n| &n.addresses)
+            .filter(|addresses| !addresses.is_empty());
+        let mut addrs: Vec<IpAddr> = match declared {
+            Some(addresses) => addresses.iter().filter(usable).copied().collect(),
+            None => node.host_addrs.iter().filter(usable).copied().collect(),
+        };
+        addrs.sort_unstable();
+        addrs.dedup();
+        Self(addrs)
     }
 }
 

@@ -47,7 +47,7 @@ fn compile_with(
     let flat = maps.services.flatten();
     Ok(Compiled { maps, flat })
 }
-use crate::model::{Endpoint, EndpointPort, Origin, TargetPort};
+use crate::model::{Endpoint, EndpointPort, Node, Origin, TargetPort};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -672,6 +672,46 @@ fn node_ports_only_for_node_port_and_load_balancer_services() {
             key("192.168.1.10", 30080, ServiceScope::Internal),
             key("192.168.1.10", 30080, ServiceScope::External),
         ])
+    );
+}
+
+#[test]
+fn node_ports_answer_on_the_addresses_of_this_nodes_node_object() {
+    let mut svc = service("x", "web", "10.96.0.1");
+    svc.ports = vec![service_port("http", 80, Some(30080))];
+    svc.kind = ServiceKind::NodePort;
+    let node_object = |name: &str, addresses: &[&str]| Node {
+        name: name.into(),
+        addresses: addresses.iter().map(|a| ip(a)).collect(),
+        pod_cidrs: vec![],
+        origin: Origin::default(),
+    };
+    let mut desired = state(vec![svc], vec![]);
+    desired.nodes = vec![
+        node_object("node-b", &["192.168.1.11"]),
+        node_object("node-a", &["192.168.1.20", "fe80::20"]),
+    ];
+    let maps = compile(&desired, &node()).unwrap();
+    let node_ports: BTreeSet<ServiceKey> = maps
+        .frontends
+        .keys()
+        .filter(|k| k.port_h == 30080)
+        .copied()
+        .collect();
+    assert_eq!(
+        node_ports,
+        BTreeSet::from([
+            key("192.168.1.20", 30080, ServiceScope::Internal),
+            key("192.168.1.20", 30080, ServiceScope::External),
+        ]),
+        "this node's Node addresses (link-local left out), not the host's nor another node's"
+    );
+    desired.nodes.retain(|n| n.name != "node-a");
+    let maps = compile(&desired, &node()).unwrap();
+    assert!(
+        maps.frontends
+            .contains_key(&key("192.168.1.10", 30080, ServiceScope::External)),
+        "without its Node object, the node's own addresses"
     );
 }
 
