@@ -2,7 +2,7 @@
 //! packets and ICMP errors about the connection find it whichever way they travel.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use dataplane_abi::{Addr, CtEntry, CtKey, Direction, ct_flags, ct_timeout};
+use dataplane_abi::{Addr, CtEntry, CtKey, Direction, ct_flags, ct_timeout, proto};
 
 use crate::CONNTRACK;
 use crate::parse::{Packet, tcp_flag};
@@ -80,6 +80,7 @@ fn key(local: Addr, remote: Addr, local_port_h: u16, remote_port_h: u16, proto: 
 }
 
 /// A live entry, found by [`lookup`].
+#[derive(Clone, Copy)]
 pub struct Tracked {
     entry: *mut CtEntry,
     pub origin: Direction,
@@ -150,7 +151,8 @@ impl Tracked {
 }
 
 /// Keeps a Service entry alive as long as the translated flow it leads to, with the same
-/// state (answered, closing), so that both expire together.
+/// state (answered, closing) and policy generation, so that both expire together and the
+/// client's next packets may take [`service_entry_suffices`]'s short way.
 #[inline(always)]
 pub fn follow(service: &Tracked, translated: &Tracked) {
     // SAFETY: see `lookup`.
@@ -162,6 +164,23 @@ pub fn follow(service: &Tracked, translated: &Tracked) {
     if t.last_seen_ns > s.last_seen_ns {
         s.last_seen_ns = t.last_seen_ns;
     }
+    if s.policy_epoch != t.policy_epoch {
+        s.policy_epoch = t.policy_epoch;
+    }
+}
+
+/// Whether a client's packet of a Service connection needs its Service entry only, and not
+/// the translated flow's: an answered TCP connection, judged under the current policy
+/// generation, and a packet that changes no state (no SYN, FIN or RST). The translated entry
+/// is then kept alive by the backend's packets, which TCP makes acknowledge the client's; a
+/// policy change, a teardown or UDP (one-way flows) take the whole way.
+#[inline(always)]
+pub fn service_entry_suffices(service: &Tracked, pkt: &Packet, policy_epoch: u32) -> bool {
+    let e = service.entry();
+    pkt.proto == proto::TCP
+        && pkt.tcp_flags & (tcp_flag::SYN | tcp_flag::FIN | tcp_flag::RST) == 0
+        && e.flags & ct_flags::REPLIED != 0
+        && e.policy_epoch == policy_epoch
 }
 
 /// Records a packet of a tracked connection: refreshes its timestamp (at most once a second,

@@ -403,6 +403,12 @@ fn to_backend(
     epoch: u32,
     trace: &mut Trace,
 ) -> Result<PassReason, DropReason> {
+    if let Some(service_entry) = wire_tracked
+        && conntrack::service_entry_suffices(service_entry, pkt, epoch)
+    {
+        conntrack::touch(service_entry, Direction::Egress, pkt.tcp_flags, epoch);
+        return Ok(PassReason::Established);
+    }
     *translated = Flow::of_packet(pkt, Direction::Egress);
     // A new Service connection owns its translated tuple: an entry already there belongs to an
     // earlier connection of the client's source port to another Service with the same backend
@@ -413,9 +419,6 @@ fn to_backend(
     } else {
         conntrack::lookup(&translated.key)
     };
-    if let (Some(service_entry), Some(translated_entry)) = (wire_tracked, &tracked) {
-        conntrack::follow(service_entry, translated_entry);
-    }
     let peer = policy::remote_peer(&pkt.dst, local);
     let outcome = judge(
         ctx,
@@ -429,6 +432,9 @@ fn to_backend(
         trace,
     );
     if outcome.is_ok() {
+        if let (Some(service_entry), Some(translated_entry)) = (wire_tracked, &tracked) {
+            conntrack::follow(service_entry, translated_entry);
+        }
         if nat.translation.new {
             conntrack::create_service(&wire.key, pkt.tcp_flags, epoch, nat);
         }
