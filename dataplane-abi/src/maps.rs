@@ -300,6 +300,11 @@ pub mod ct_flags {
     /// to a local backend, not yet judged by policy. The pod's programs judge its first packet
     /// as a new connection's, and rewrite the entry as their own once policy allows it.
     pub const UNJUDGED: u8 = 1 << 6;
+    /// With [`REV_NAT`]: a connection from outside the node to a local backend. The frontend
+    /// written back on replies may be one of the node's own addresses (a node port), which the
+    /// node's IP input would drop as a martian source: replies leave by a route lookup instead
+    /// (a redirect).
+    pub const FROM_OUTSIDE: u8 = 1 << 7;
 }
 
 /// Value of `WEIR_CT_V2`.

@@ -133,6 +133,13 @@ impl Tracked {
         self.entry().flags & ct_flags::UNJUDGED != 0
     }
 
+    /// A connection from outside the node to this local pod: its replies leave by a route
+    /// lookup (`forward`).
+    #[inline(always)]
+    pub fn is_from_outside(&self) -> bool {
+        self.entry().flags & ct_flags::FROM_OUTSIDE != 0
+    }
+
     /// A hairpin flow: replies also get the pod itself back as destination.
     #[inline(always)]
     pub fn is_hairpin(&self) -> bool {
@@ -211,6 +218,9 @@ pub fn create(key: &CtKey, origin: Direction, tcp_flags: u8, policy_epoch: u32, 
     let mut entry = new_entry(origin, tcp_flags, policy_epoch);
     if let Some(nat) = nat {
         entry.flags |= ct_flags::REV_NAT;
+        if nat.from_outside {
+            entry.flags |= ct_flags::FROM_OUTSIDE;
+        }
         entry.nat_addr = nat.frontend;
         entry.nat_port_h = nat.frontend_port_h;
         entry.service = nat.translation.service;
@@ -263,6 +273,8 @@ pub struct Nat {
     pub frontend: Addr,
     pub frontend_port_h: u16,
     pub translation: Translation,
+    /// A connection from outside the node, translated at the uplink.
+    pub from_outside: bool,
 }
 
 impl Nat {
@@ -280,6 +292,7 @@ impl Nat {
                 service: entry.service,
                 new: false,
             },
+            from_outside: true,
         }
     }
 }

@@ -10,6 +10,7 @@
 )]
 
 mod conntrack;
+mod forward;
 mod fragment;
 mod nat;
 mod nodeport;
@@ -79,6 +80,10 @@ pub struct Work {
     pub answer: reject::Answer,
     /// The uplink program's own.
     pub nodeport: nodeport::Scratch,
+    /// The route lookup of a packet sent out by [`forward::by_fib`].
+    pub fib: forward::FibParams,
+    /// This run redirected its packet ([`forward::by_fib`]); reset by each run's first stage.
+    pub redirected: bool,
 }
 
 #[map]
@@ -293,6 +298,7 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
     let Some(work) = SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }) else {
         return Err(DropReason::Malformed);
     };
+    work.redirected = false;
     let Work {
         pkt,
         wire,
@@ -361,6 +367,7 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
         frontend: pkt.dst,
         frontend_port_h: pkt.dst_port_h,
         translation,
+        from_outside: false,
     };
     nat::rewrite(
         ctx,
@@ -512,7 +519,11 @@ fn translate_icmp_error(
     let entry = tracked.entry();
     let (addr, port_h) = (entry.nat_addr, entry.nat_port_h);
     if tracked.is_rev_nat() && dir != tracked.origin {
-        nat::rewrite_icmp_error(ctx, pkt, End::Destination, &addr, port_h)
+        nat::rewrite_icmp_error(ctx, pkt, End::Destination, &addr, port_h)?;
+        if tracked.is_from_outside() {
+            forward::by_fib(ctx);
+        }
+        Ok(())
     } else if tracked.is_service() && dir == Direction::Egress {
         nat::rewrite_icmp_error(ctx, pkt, End::Source, &addr, port_h)
     } else {
@@ -555,11 +566,14 @@ fn judge(
             let entry = tracked.entry();
             trace.service = entry.service;
             let (frontend, port_h) = (entry.nat_addr, entry.nat_port_h);
-            let hairpin = tracked.is_hairpin();
+            let (hairpin, from_outside) = (tracked.is_hairpin(), tracked.is_from_outside());
             nat::rewrite(ctx, pkt, End::Source, &frontend, port_h)?;
             if hairpin {
                 let client_port_h = pkt.dst_port_h;
                 nat::rewrite(ctx, pkt, End::Destination, &flow.key.local, client_port_h)?;
+            }
+            if from_outside {
+                forward::by_fib(ctx);
             }
         }
         return Ok(reason);

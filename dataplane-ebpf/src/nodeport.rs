@@ -25,11 +25,11 @@ use dataplane_abi::{
     nodeport_kind, proto, service_flags,
 };
 
-use crate::conntrack;
 use crate::nat::{self, End};
 use crate::observe::Trace;
 use crate::parse::{self, Packet, Parsed, tcp_flag};
 use crate::{CONNTRACK, NODEPORT_NAT, SCRATCH, SERVICES, UPLINK_CONFIG, fragment, service};
+use crate::{conntrack, forward};
 
 /// The outcome of a packet on the uplink: `Ok(None)` for a packet that is none of Weir's
 /// business (passed untouched, not counted).
@@ -53,6 +53,7 @@ pub fn process(ctx: &TcContext, trace: &mut Trace) -> Outcome {
     let Some(work) = SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }) else {
         return Ok(None);
     };
+    work.redirected = false;
     let crate::Work {
         pkt,
         nodeport: scratch,
@@ -144,7 +145,8 @@ fn connect(
 }
 
 /// Rewrites a client's packet as its connection's forward entry says: to the backend, and
-/// from this node when masqueraded.
+/// from this node when masqueraded (then sent out by a route lookup: the node's IP input would
+/// drop a packet from its own address).
 #[inline(always)]
 fn translate(ctx: &TcContext, pkt: &mut Packet, forward: &NodePortEntry) -> Result<(), DropReason> {
     nat::rewrite(
@@ -156,6 +158,7 @@ fn translate(ctx: &TcContext, pkt: &mut Packet, forward: &NodePortEntry) -> Resu
     )?;
     if forward.port_b_h != 0 {
         nat::rewrite(ctx, pkt, End::Source, &forward.addr_b, forward.port_b_h)?;
+        forward::by_fib(ctx);
     }
     Ok(())
 }
@@ -247,6 +250,8 @@ fn from_backend(ctx: &TcContext, pkt: &mut Packet, reply: &mut NodePortEntry) ->
     touch(reply, pkt.tcp_flags, Direction::Ingress);
     nat::rewrite(ctx, pkt, End::Source, &reply.addr_b, reply.port_b_h)?;
     nat::rewrite(ctx, pkt, End::Destination, &reply.addr_a, reply.port_a_h)?;
+    // From the frontend, which may be the node's own address: by a route lookup.
+    forward::by_fib(ctx);
     Ok(Some(PassReason::Established))
 }
 
@@ -277,6 +282,7 @@ fn icmp_error(
         if let Some(reply) = live_entry(key, nodeport_kind::REPLY) {
             nat::rewrite_icmp_error(ctx, pkt, End::Source, &reply.addr_a, reply.port_a_h)?;
             nat::rewrite_icmp_error(ctx, pkt, End::Destination, &reply.addr_b, reply.port_b_h)?;
+            forward::by_fib(ctx);
             return Ok(Some(PassReason::Established));
         }
     }
@@ -300,6 +306,7 @@ fn icmp_error(
             &forward.addr_b,
             forward.port_b_h,
         )?;
+        forward::by_fib(ctx);
     }
     Ok(Some(PassReason::Established))
 }

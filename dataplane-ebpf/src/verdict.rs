@@ -1,14 +1,14 @@
 //! Verdict: the one place a stage's outcome becomes a TC action, is counted, and is reported
 //! as a flow event.
 
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::debug;
 use dataplane_abi::{Direction, DropReason, PassReason, config_flags};
 
 use crate::observe::{self, Trace};
-use crate::reject;
 use crate::{CONFIG, DROP_COUNTERS, PASS_COUNTERS, SCRATCH};
+use crate::{forward, reject};
 
 /// Rejects a connection to a Service with no endpoint: the packet, turned into its answer, goes
 /// back to the pod (counted and reported as the drop it also is).
@@ -50,7 +50,11 @@ pub fn finish(
     let action = match outcome {
         Ok(reason) => {
             count(&PASS_COUNTERS, reason as u32);
-            TC_ACT_OK
+            if forward::redirected() {
+                TC_ACT_REDIRECT
+            } else {
+                TC_ACT_OK
+            }
         }
         Err(reason) => {
             count(&DROP_COUNTERS, reason as u32);
