@@ -43,7 +43,9 @@ mod selftest;
 pub use agent::{Agent, AgentOptions, Launch, Status, http_get, weir_binary};
 pub use cgroup::{Cgroup, SOCKET_HOOKS, cgroup2_root, reap_orphan_cgroups};
 pub use netns::{Netns, RunTag, netns_path, reap_orphans};
-pub use probe::{CONNECT_TIMEOUT, Case, Family, Proto, REPLY_TIMEOUT, Session, request};
+pub use probe::{
+    Answer, CONNECT_TIMEOUT, Case, Family, Proto, REPLY_TIMEOUT, Session, exchange, request,
+};
 pub use reachability::{NODE, Peer, Reachability, TruthTable};
 pub use rng::Rng;
 pub use servers::{NAME_MARK, PROBE_PORTS};
