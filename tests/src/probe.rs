@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::io::{self, Read as _, Write as _};
-use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -128,6 +128,15 @@ pub fn exchange(dst: SocketAddr, proto: Proto) -> io::Result<Answer> {
     }
 }
 
+/// [`exchange`] from source address `src` of the calling thread's namespace: what a client
+/// with several addresses (one inside a Service's source ranges, one outside) sends. One
+/// request on a new connection or flow, as [`Session::exchange`] sends it.
+pub fn exchange_from(src: IpAddr, dst: SocketAddr, proto: Proto) -> io::Result<Answer> {
+    Session::open_from(src, dst, proto)
+        .map_err(|(_, e)| e)?
+        .exchange()
+}
+
 /// A pod's answer to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
@@ -234,18 +243,29 @@ impl Session {
     /// then connects (TCP within [`CONNECT_TIMEOUT`]). A failed connect still names the port
     /// it was made from, so that what the dataplane reported about it can be found.
     pub fn open(dst: SocketAddr, proto: Proto) -> Result<Self, (SocketAddr, io::Error)> {
+        Self::open_from(unspecified(dst).ip(), dst, proto)
+    }
+
+    /// [`Session::open`] from source address `src` (one of the namespace's addresses, or the
+    /// wildcard for the kernel's choice), on an ephemeral port.
+    pub fn open_from(
+        src: IpAddr,
+        dst: SocketAddr,
+        proto: Proto,
+    ) -> Result<Self, (SocketAddr, io::Error)> {
         let (ty, protocol) = match proto {
             Proto::Tcp => (Type::STREAM, Protocol::TCP),
             Proto::Udp => (Type::DGRAM, Protocol::UDP),
         };
+        let bind_at = SocketAddr::new(src, 0);
         let socket = Socket::new(Domain::for_address(dst), ty, Some(protocol))
-            .and_then(|s| s.bind(&unspecified(dst).into()).map(|()| s))
-            .map_err(|e| (unspecified(dst), e))?;
+            .and_then(|s| s.bind(&bind_at.into()).map(|()| s))
+            .map_err(|e| (bind_at, e))?;
         let local = socket
             .local_addr()
             .ok()
             .and_then(|a| a.as_socket())
-            .unwrap_or_else(|| unspecified(dst));
+            .unwrap_or(bind_at);
         let connected = match proto {
             Proto::Tcp => socket.connect_timeout(&dst.into(), CONNECT_TIMEOUT),
             Proto::Udp => socket.connect(&dst.into()),
