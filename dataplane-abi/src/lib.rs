@@ -13,11 +13,13 @@
 
 pub mod event;
 pub mod maps;
+pub mod nodeport;
 pub mod reason;
 pub mod service;
 
 pub use event::*;
 pub use maps::*;
+pub use nodeport::*;
 pub use reason::*;
 pub use service::*;
 

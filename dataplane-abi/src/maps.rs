@@ -12,7 +12,13 @@ pub mod names {
     /// Hash of [`crate::Slotted`] [`crate::PolicyKey`] to [`crate::PolicyValue`].
     pub const POLICY: &str = "WEIR_POL_V2";
     /// Names of earlier layouts, whose pins a new agent removes.
-    pub const RETIRED: [&str; 4] = ["WEIR_EP_V1", "WEIR_CIDR_V1", "WEIR_POL_V1", "WEIR_CT_V1"];
+    pub const RETIRED: [&str; 5] = [
+        "WEIR_EP_V1",
+        "WEIR_CIDR_V1",
+        "WEIR_POL_V1",
+        "WEIR_CT_V1",
+        "WEIR_PASS_V1",
+    ];
     /// LRU hash of [`crate::CtKey`] to [`crate::CtEntry`]; the programs own it.
     pub const CONNTRACK: &str = "WEIR_CT_V2";
     /// LRU hash of [`crate::FragKey`] to [`crate::FragPorts`]; the programs own it.
@@ -20,7 +26,7 @@ pub mod names {
     /// The single [`crate::Config`] entry.
     pub const CONFIG: &str = "WEIR_CFG_V1";
     /// Per-CPU packet counters indexed by [`crate::PassReason`].
-    pub const PASS_COUNTERS: &str = "WEIR_PASS_V1";
+    pub const PASS_COUNTERS: &str = "WEIR_PASS_V2";
     /// Per-CPU packet counters indexed by [`crate::DropReason`].
     pub const DROP_COUNTERS: &str = "WEIR_DROP_V1";
     /// Ring buffer of [`crate::FlowEvent`]s.
@@ -49,6 +55,11 @@ pub mod names {
     pub const SOCK_NAT: &str = "WEIR_SKNAT_V1";
     /// The single [`crate::SockConfig`] entry.
     pub const SOCK_CONFIG: &str = "WEIR_SOCK_V1";
+    /// LRU hash of [`crate::CtKey`] to [`crate::NodePortEntry`]: connections from outside the
+    /// node to its Services; the uplink program owns it.
+    pub const NODEPORT_NAT: &str = "WEIR_NPNAT_V1";
+    /// The single [`crate::UplinkConfig`] entry.
+    pub const UPLINK_CONFIG: &str = "WEIR_UPLINK_V1";
 }
 
 /// Names of the programs in the eBPF object.
@@ -59,6 +70,9 @@ pub mod programs {
     pub const TO_POD: &str = "weir_to_pod";
     /// Returns "pass" and nothing else: the benchmark's floor, measured in the same run.
     pub const FLOOR: &str = "weir_floor";
+    /// Attached to TC ingress of the node's uplinks: packets from outside the node to its
+    /// node ports, load-balancer and external IPs, and the replies of masqueraded ones.
+    pub const FROM_WORLD: &str = "weir_from_world";
     /// `connect()` of an IPv4 socket of the node: a frontend becomes a backend.
     pub const CONNECT4: &str = "weir_connect4";
     /// `connect()` of an IPv6 socket of the node.
@@ -120,6 +134,9 @@ pub mod capacity {
     pub const SOURCE_RANGES: u32 = 16_384;
     /// Entries of `WEIR_SKNAT_V1` (least recently used entries are evicted beyond it).
     pub const SOCK_NAT: u32 = 65_536;
+    /// Entries of `WEIR_NPNAT_V1` (least recently used entries are evicted beyond it): two
+    /// per masqueraded connection from outside, one per other.
+    pub const NODEPORT_NAT: u32 = 262_144;
 }
 
 /// An IPv6 address, or an IPv4 address mapped into IPv6, in network byte order.
@@ -279,6 +296,10 @@ pub mod ct_flags {
     /// flow came in from the frontend (`origin` ingress); the pod's replies get the frontend as
     /// source and the pod itself as destination, and go back in.
     pub const HAIRPIN: u8 = 1 << 5;
+    /// With [`REV_NAT`]: written by the uplink program for a connection from outside the node
+    /// to a local backend, not yet judged by policy. The pod's programs judge its first packet
+    /// as a new connection's, and rewrite the entry as their own once policy allows it.
+    pub const UNJUDGED: u8 = 1 << 6;
 }
 
 /// Value of `WEIR_CT_V2`.

@@ -19,11 +19,15 @@ pub enum PassReason {
     LinkLocal = 5,
     /// A pod reaching itself (through an address of its own): a pod cannot block itself.
     SelfTraffic = 6,
+    /// A new connection from outside the node to one of its Services (node port,
+    /// load-balancer or external IP), translated at the uplink; policy judges it where its
+    /// backend runs.
+    ExternalService = 7,
 }
 
 impl PassReason {
     /// Every variant, in number order; the length of the counter array.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Established,
         Self::PolicyAllowed,
         Self::NotIsolated,
@@ -31,6 +35,7 @@ impl PassReason {
         Self::NonIp,
         Self::LinkLocal,
         Self::SelfTraffic,
+        Self::ExternalService,
     ];
     /// Size of the counter array indexed by this enum.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -46,6 +51,7 @@ impl PassReason {
             Self::NonIp => "non_ip",
             Self::LinkLocal => "link_local",
             Self::SelfTraffic => "self_traffic",
+            Self::ExternalService => "external_service",
         }
     }
 }

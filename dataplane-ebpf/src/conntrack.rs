@@ -125,6 +125,13 @@ impl Tracked {
         self.entry().flags & ct_flags::REV_NAT != 0
     }
 
+    /// Written by the uplink for a connection from outside to this local pod, not yet judged
+    /// by policy: its first packet is judged as a new connection's.
+    #[inline(always)]
+    pub fn is_unjudged(&self) -> bool {
+        self.entry().flags & ct_flags::UNJUDGED != 0
+    }
+
     /// A hairpin flow: replies also get the pod itself back as destination.
     #[inline(always)]
     pub fn is_hairpin(&self) -> bool {
@@ -239,8 +246,39 @@ pub struct Nat {
     pub translation: Translation,
 }
 
+impl Nat {
+    /// The translation the uplink made for a connection from outside to a local pod, as its
+    /// `UNJUDGED` entry records it: the frontend to put back on replies.
+    #[inline(always)]
+    pub fn external(entry: &CtEntry, backend: &Addr, backend_port_h: u16) -> Self {
+        Self {
+            frontend: entry.nat_addr,
+            frontend_port_h: entry.nat_port_h,
+            translation: Translation {
+                backend: *backend,
+                backend_port_h,
+                backend_id: 0,
+                service: entry.service,
+                new: false,
+            },
+        }
+    }
+}
+
 #[inline(always)]
 fn new_entry(origin: Direction, tcp_flags: u8, policy_epoch: u32) -> CtEntry {
+    CtEntry {
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        policy_epoch,
+        origin: origin as u8,
+        flags: state_flags(tcp_flags),
+        ..CtEntry::default()
+    }
+}
+
+/// The state bits a connection's first packet sets, by its TCP flags (`SEEN_SYN`, `CLOSING`).
+#[inline(always)]
+pub fn state_flags(tcp_flags: u8) -> u8 {
     let mut flags = 0;
     if tcp_flags & tcp_flag::SYN != 0 {
         flags |= ct_flags::SEEN_SYN;
@@ -248,13 +286,7 @@ fn new_entry(origin: Direction, tcp_flags: u8, policy_epoch: u32) -> CtEntry {
     if tcp_flags & (tcp_flag::FIN | tcp_flag::RST) != 0 {
         flags |= ct_flags::CLOSING;
     }
-    CtEntry {
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
-        policy_epoch,
-        origin: origin as u8,
-        flags,
-        ..CtEntry::default()
-    }
+    flags
 }
 
 /// Forgets a connection policy no longer allows.

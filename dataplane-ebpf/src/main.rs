@@ -1,6 +1,7 @@
 //! Weir's TC programs: entry points and maps. The path of every packet:
 //! parse → fragment → conntrack → service (→ nat) → policy → verdict (→ observe), one module
-//! each.
+//! each. Connections from outside the node to its Services meet `nodeport` first, on the
+//! uplink, and then the same path at their backend's interface.
 #![no_std]
 #![no_main]
 #![expect(
@@ -11,6 +12,7 @@
 mod conntrack;
 mod fragment;
 mod nat;
+mod nodeport;
 mod observe;
 mod parse;
 mod policy;
@@ -26,9 +28,10 @@ use aya_ebpf::{
 };
 use dataplane_abi::{
     Addr, AffinityKey, AffinityValue, Backend, CidrInfo, Config, CtEntry, CtKey, Direction,
-    DropReason, EndpointInfo, FragKey, FragPorts, MaglevTable, ObserveConfig, ObserveCounter,
-    PassReason, PolicyKey, PolicyValue, ServiceKey, ServiceValue, Slotted, SockConfig, SockNatKey,
-    SockNatValue, SourceRangeKey, TokenBucket, capacity, maglev, slot_of,
+    DropReason, EndpointInfo, FragKey, FragPorts, MaglevTable, NodePortEntry, ObserveConfig,
+    ObserveCounter, PassReason, PolicyKey, PolicyValue, ServiceKey, ServiceValue, Slotted,
+    SockConfig, SockNatKey, SockNatValue, SourceRangeKey, TokenBucket, UplinkConfig, capacity,
+    maglev, slot_of,
 };
 
 use conntrack::{Flow, Nat};
@@ -60,7 +63,7 @@ static FRAGMENTS: LruHashMap<FragKey, FragPorts> =
 #[map(name = "WEIR_CFG_V1")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-#[map(name = "WEIR_PASS_V1")]
+#[map(name = "WEIR_PASS_V2")]
 static PASS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PassReason::COUNT, 0);
 
 /// Per-CPU working space for the packet being processed: the BPF stack is 512 bytes, and a
@@ -74,6 +77,8 @@ pub struct Work {
     pub nat: Nat,
     /// Where a rejected connection's answer is built.
     pub answer: reject::Answer,
+    /// The uplink program's own.
+    pub nodeport: nodeport::Scratch,
 }
 
 #[map]
@@ -131,6 +136,13 @@ static SOCK_CONFIG: Array<SockConfig> = Array::with_max_entries(1, 0);
 static SOCK_NAT: LruHashMap<SockNatKey, SockNatValue> =
     LruHashMap::with_max_entries(capacity::SOCK_NAT, 0);
 
+#[map(name = "WEIR_NPNAT_V1")]
+static NODEPORT_NAT: LruHashMap<CtKey, NodePortEntry> =
+    LruHashMap::with_max_entries(capacity::NODEPORT_NAT, 0);
+
+#[map(name = "WEIR_UPLINK_V1")]
+static UPLINK_CONFIG: Array<UplinkConfig> = Array::with_max_entries(1, 0);
+
 /// Packets the pod sends (TC ingress of its host-side veth).
 #[classifier]
 #[expect(
@@ -140,7 +152,13 @@ static SOCK_NAT: LruHashMap<SockNatKey, SockNatValue> =
 pub fn weir_from_pod(ctx: TcContext) -> i32 {
     let mut trace = Trace::new();
     let outcome = process(&ctx, Direction::Egress, &mut trace);
-    verdict::finish(&ctx, Direction::Egress, outcome, &trace)
+    verdict::finish(
+        &ctx,
+        Direction::Egress,
+        outcome,
+        &trace,
+        verdict::Rejects::Answer,
+    )
 }
 
 /// Packets delivered to the pod (TC egress of its host-side veth).
@@ -152,7 +170,35 @@ pub fn weir_from_pod(ctx: TcContext) -> i32 {
 pub fn weir_to_pod(ctx: TcContext) -> i32 {
     let mut trace = Trace::new();
     let outcome = process(&ctx, Direction::Ingress, &mut trace);
-    verdict::finish(&ctx, Direction::Ingress, outcome, &trace)
+    verdict::finish(
+        &ctx,
+        Direction::Ingress,
+        outcome,
+        &trace,
+        verdict::Rejects::Drop,
+    )
+}
+
+/// Packets arriving from outside the node (TC ingress of an uplink).
+#[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the classifier macro passes the context by value"
+)]
+pub fn weir_from_world(ctx: TcContext) -> i32 {
+    let mut trace = Trace::new();
+    let outcome = match nodeport::process(&ctx, &mut trace) {
+        Ok(None) => return aya_ebpf::bindings::TC_ACT_OK,
+        Ok(Some(reason)) => Ok(reason),
+        Err(reason) => Err(reason),
+    };
+    verdict::finish(
+        &ctx,
+        Direction::Ingress,
+        outcome,
+        &trace,
+        verdict::Rejects::Answer,
+    )
 }
 
 /// An empty classifier: the cost of running any TC program at all, for the benchmark.
@@ -285,7 +331,15 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
     }
 
     *wire = Flow::of_packet(pkt, dir);
-    let wire_tracked = conntrack::lookup(&wire.key);
+    let mut wire_tracked = conntrack::lookup(&wire.key);
+    if let Some(tracked) = wire_tracked.as_ref().filter(|t| t.is_unjudged()) {
+        if dir == Direction::Ingress {
+            *nat = Nat::external(tracked.entry(), &pkt.dst, pkt.dst_port_h);
+            return from_outside(ctx, pkt, wire, &local, &wire_peer, nat, epoch, trace);
+        }
+        // The pod speaks first on that flow: its own new connection.
+        wire_tracked = None;
+    }
     let translation = match dir {
         Direction::Egress => service::for_client(pkt, &wire.key, wire_tracked.as_ref(), trace)?,
         Direction::Ingress => None,
@@ -318,7 +372,38 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
     if nat.translation.backend == pkt.src {
         return hairpin(ctx, pkt, wire, nat, epoch);
     }
-    *translated = Flow::of_packet(pkt, dir);
+    to_backend(
+        ctx,
+        pkt,
+        wire,
+        wire_tracked.as_ref(),
+        translated,
+        &local,
+        nat,
+        epoch,
+        trace,
+    )
+}
+
+/// A pod's packet to a frontend, now addressed to the backend: judged as the translated flow,
+/// which a new connection tracks under both keys (as sent, and as translated).
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into one program: a struct would only move the same values through the stack"
+)]
+fn to_backend(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    wire: &Flow,
+    wire_tracked: Option<&conntrack::Tracked>,
+    translated: &mut Flow,
+    local: &Local,
+    nat: &Nat,
+    epoch: u32,
+    trace: &mut Trace,
+) -> Result<PassReason, DropReason> {
+    *translated = Flow::of_packet(pkt, Direction::Egress);
     // A new Service connection owns its translated tuple: an entry already there belongs to an
     // earlier connection of the client's source port to another Service with the same backend
     // (the kernel reuses source ports across destinations), closing or gone; left alone, its
@@ -328,16 +413,16 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
     } else {
         conntrack::lookup(&translated.key)
     };
-    if let (Some(service_entry), Some(translated_entry)) = (&wire_tracked, &tracked) {
+    if let (Some(service_entry), Some(translated_entry)) = (wire_tracked, &tracked) {
         conntrack::follow(service_entry, translated_entry);
     }
-    let peer = policy::remote_peer(&pkt.dst, &local);
+    let peer = policy::remote_peer(&pkt.dst, local);
     let outcome = judge(
         ctx,
         pkt,
         translated,
         tracked,
-        &local,
+        local,
         &peer,
         Some(nat),
         epoch,
@@ -350,6 +435,32 @@ fn process(ctx: &TcContext, dir: Direction, trace: &mut Trace) -> Result<PassRea
         if pkt.fragment.is_first() {
             fragment::remember(pkt, &nat.frontend);
         }
+    }
+    outcome
+}
+
+/// The first packet of a connection from outside the node that the uplink sent to this pod (a
+/// backend of the Service it reached): judged by policy as a new connection from its client,
+/// and tracked with the frontend to put back on the replies.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into one program: a struct would only move the same values through the stack"
+)]
+fn from_outside(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    wire: &Flow,
+    local: &Local,
+    peer: &Remote,
+    nat: &Nat,
+    epoch: u32,
+    trace: &mut Trace,
+) -> Result<PassReason, DropReason> {
+    trace.service = nat.translation.service;
+    let outcome = judge(ctx, pkt, wire, None, local, peer, Some(nat), epoch, trace);
+    if outcome.is_ok() && pkt.fragment.is_first() {
+        fragment::remember(pkt, &pkt.dst);
     }
     outcome
 }

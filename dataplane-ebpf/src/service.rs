@@ -203,13 +203,14 @@ fn remember_affinity(frontend: &ServiceValue, client: &Addr, backend: u32, now: 
 
 /// Whether backend `id` is still in its set at `addr` (ids are per set and endpoint).
 #[inline(always)]
-fn backend_alive(id: u32, addr: &Addr) -> bool {
+pub fn backend_alive(id: u32, addr: &Addr) -> bool {
     // SAFETY: the value is read before the program run ends.
     unsafe { BACKENDS.get(id) }.is_some_and(|b| b.addr == *addr)
 }
 
+/// Whether `client` lies in the `loadBalancerSourceRanges` of `frontend`'s Service.
 #[inline(always)]
-fn source_allowed(frontend: &ServiceValue, client: &Addr) -> bool {
+pub fn source_allowed(frontend: &ServiceValue, client: &Addr) -> bool {
     let key = Key::new(
         160,
         SourceRangeKey {

@@ -28,6 +28,15 @@ pub fn count(counters: &aya_ebpf::maps::PerCpuArray<u64>, index: u32) {
     }
 }
 
+/// What a rejected connection (`no_endpoints`) gets where a program sees it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Rejects {
+    /// The program sees the client's packets: the answer goes back to the client.
+    Answer,
+    /// The program sees packets towards a pod: nothing to answer, the packet is dropped.
+    Drop,
+}
+
 /// Counts the outcome, reports it when it deserves a flow event, and turns it into the TC
 /// return code.
 #[inline(always)]
@@ -36,6 +45,7 @@ pub fn finish(
     dir: Direction,
     outcome: Result<PassReason, DropReason>,
     trace: &Trace,
+    rejects: Rejects,
 ) -> i32 {
     let action = match outcome {
         Ok(reason) => {
@@ -44,7 +54,7 @@ pub fn finish(
         }
         Err(reason) => {
             count(&DROP_COUNTERS, reason as u32);
-            if reason == DropReason::NoEndpoints && dir == Direction::Egress {
+            if reason == DropReason::NoEndpoints && rejects == Rejects::Answer {
                 answer(ctx).unwrap_or(TC_ACT_SHOT)
             } else {
                 TC_ACT_SHOT

@@ -40,6 +40,8 @@ pub struct Config {
     /// reach Services at the socket level; `None` turns the socket programs off, and
     /// detaches those an earlier agent pinned.
     pub socket_cgroup: Option<PathBuf>,
+    /// The interfaces traffic from outside the node arrives on.
+    pub uplinks: node::UplinkChoice,
     /// Forward the programs' per-packet debug logs (aya-log) to `tracing`.
     pub ebpf_debug_log: bool,
 }
@@ -78,6 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %anyhow::Error::new(err), "flow events unavailable");
     }
     attach_sockets(&mut dataplane, config.socket_cgroup.as_deref())?;
+    attach_uplinks(&mut dataplane, &config.uplinks)?;
     if config.ebpf_debug_log {
         let log = dataplane
             .enable_debug_log(crate::dataplane::TracingLog)
@@ -112,6 +115,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         pins = %config.pins.root().display(),
         "agent stopping; pinned programs keep enforcing (weir uninstall removes them)"
+    );
+    Ok(())
+}
+
+/// Attaches the uplink program to the uplinks `choice` names (detaching it from any other an
+/// earlier agent left), and sets the masquerade addresses from theirs.
+fn attach_uplinks(dataplane: &mut Dataplane, choice: &node::UplinkChoice) -> anyhow::Result<()> {
+    let uplinks = node::uplinks(choice).context("finding the uplinks (see --uplink)")?;
+    let ifindexes: Vec<u32> = uplinks.interfaces.iter().map(|(i, _)| *i).collect();
+    dataplane
+        .attach_uplinks(&ifindexes)
+        .context("attaching to the uplinks")?;
+    dataplane
+        .set_masquerade(uplinks.masquerade_v4, uplinks.masquerade_v6)
+        .context("setting the masquerade addresses")?;
+    let names: Vec<&str> = uplinks.interfaces.iter().map(|(_, n)| n.as_str()).collect();
+    tracing::info!(
+        uplinks = ?names,
+        masquerade_v4 = ?uplinks.masquerade_v4,
+        masquerade_v6 = ?uplinks.masquerade_v6,
+        "Services answer from outside the node on these uplinks"
     );
     Ok(())
 }

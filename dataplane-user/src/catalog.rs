@@ -211,6 +211,10 @@ impl Catalog {
             Ok(PassReason::SelfTraffic) => "a pod reaching itself: always allowed".to_owned(),
             Ok(PassReason::LinkLocal) => "link-local or multicast: never blocked".to_owned(),
             Ok(PassReason::NonIp) => "not IP: never blocked".to_owned(),
+            Ok(PassReason::ExternalService) => {
+                "from outside the node to a Service: translated to a backend, judged where it runs"
+                    .to_owned()
+            }
             Err(DropReason::PolicyDenied) => {
                 because.isolated_by = self.isolated_by(ifindex, dir);
                 format!(

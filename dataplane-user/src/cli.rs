@@ -86,6 +86,33 @@ impl SocketLbArgs {
     }
 }
 
+/// `weir run`'s options for Services reached from outside the node.
+#[derive(Args, Debug)]
+pub struct UplinkArgs {
+    /// Interface traffic from outside the node arrives on (repeatable): node ports,
+    /// load-balancer and external IPs are answered there, and connections to backends on
+    /// other nodes are masqueraded to its first address of each family. Default: the
+    /// interfaces of the default routes.
+    #[arg(long = "uplink", value_name = "IFACE")]
+    pub uplinks: Vec<String>,
+    /// Attach to no uplink (and detach what an earlier agent left): Services are then reached
+    /// from inside the node only.
+    #[arg(long, conflicts_with = "uplinks")]
+    pub no_uplink: bool,
+}
+
+impl UplinkArgs {
+    /// The uplinks asked for.
+    pub fn choice(&self) -> crate::node::UplinkChoice {
+        use crate::node::UplinkChoice;
+        match (self.no_uplink, self.uplinks.is_empty()) {
+            (true, _) => UplinkChoice::Off,
+            (false, true) => UplinkChoice::DefaultRoutes,
+            (false, false) => UplinkChoice::Named(self.uplinks.clone()),
+        }
+    }
+}
+
 /// `weir run`'s default `--cgroup`: where cgroup v2 is mounted on a unified host.
 pub const DEFAULT_CGROUP: &str = "/sys/fs/cgroup";
 

@@ -13,8 +13,9 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachType};
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use dataplane_abi::{
-    Addr, CidrInfo, Config, CtEntry, CtKey, DropReason, EndpointInfo, PassReason, PolicyKey,
-    PolicyValue, SLOT_PREFIX_BITS, Slotted, capacity, ct_timeout, names, programs, slot_of,
+    Addr, CidrInfo, Config, CtEntry, CtKey, DropReason, EndpointInfo, NodePortEntry, PassReason,
+    PolicyKey, PolicyValue, SLOT_PREFIX_BITS, Slotted, capacity, ct_timeout, names, programs,
+    slot_of,
 };
 
 use crate::compile::MapSet;
@@ -25,6 +26,7 @@ mod debug_log;
 mod observe;
 mod services;
 mod sockets;
+mod uplinks;
 pub use debug_log::{DebugLog, TracingLog};
 pub use observe::{FlowEvents, FlowRing, MapReader};
 use services::ServiceDiff;
@@ -203,6 +205,8 @@ pub struct Dataplane {
     /// reading the slot it left, which is not rewritten before `FLIP_GRACE` has passed.
     last_flip: Option<Instant>,
     links: BTreeMap<u32, [Held; 2]>,
+    /// The uplink program's links, by interface.
+    uplinks: BTreeMap<u32, Held>,
     /// Cgroup links of the socket programs, when attached with pins.
     sockets: Vec<Held>,
     epoch: u32,
@@ -246,7 +250,12 @@ impl Dataplane {
     }
 
     fn with_programs(mut ebpf: Ebpf, pins: Option<Pins>) -> Result<Self, DataplaneError> {
-        for name in [programs::FROM_POD, programs::TO_POD, programs::FLOOR] {
+        for name in [
+            programs::FROM_POD,
+            programs::TO_POD,
+            programs::FROM_WORLD,
+            programs::FLOOR,
+        ] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DataplaneError::Program { name, source })?;
@@ -257,6 +266,7 @@ impl Dataplane {
             standby: MapSet::default(),
             last_flip: None,
             links: BTreeMap::new(),
+            uplinks: BTreeMap::new(),
             sockets: Vec::new(),
             epoch: 0,
             config_flags: 0,
@@ -341,6 +351,9 @@ impl Dataplane {
         let mut by_ifindex: BTreeMap<u32, Vec<(Hook, Held)>> = BTreeMap::new();
         for (ifindex, hook, path) in pinned {
             match self.adopt_link(hook, &path) {
+                Ok(held) if hook == Hook::FromWorld => {
+                    self.uplinks.insert(ifindex, held);
+                }
                 Ok(held) => by_ifindex.entry(ifindex).or_default().push((hook, held)),
                 Err(err) => {
                     tracing::warn!(path = %path.display(), error = %err, "dropping a stale link pin");
@@ -372,6 +385,7 @@ impl Dataplane {
         let name = match hook {
             Hook::FromPod => programs::FROM_POD,
             Hook::ToPod => programs::TO_POD,
+            Hook::FromWorld => programs::FROM_WORLD,
         };
         let prog = program(&mut self.ebpf, name)?;
         let id = prog
@@ -593,6 +607,7 @@ impl Dataplane {
         let (name, attach_type) = match hook {
             Hook::FromPod => (programs::FROM_POD, TcAttachType::Ingress),
             Hook::ToPod => (programs::TO_POD, TcAttachType::Egress),
+            Hook::FromWorld => (programs::FROM_WORLD, TcAttachType::Ingress),
         };
         let prog = program(&mut self.ebpf, name)?;
         let id = prog
@@ -680,28 +695,22 @@ impl Dataplane {
     }
 
     /// Deletes the connection-tracking entries whose timeout has passed (the programs only
-    /// notice expiry when a connection's next packet comes, which for most never does).
+    /// notice expiry when a connection's next packet comes, which for most never does), and
+    /// those of the uplink's table of connections from outside (same timeouts; they are not
+    /// counted in the figures, which are conntrack's).
     pub fn collect_conntrack(&mut self) -> Result<ConntrackStats, DataplaneError> {
         let now = monotonic_ns();
-        let mut map: HashMap<&mut MapData, CtKey, CtEntry> =
-            typed_map(&mut self.ebpf, names::CONNTRACK, HashMap::try_from)?;
-        let mut live = 0;
-        let mut expired = Vec::new();
-        // Entries may vanish while we walk (LRU eviction, the programs' own expiry).
-        for (key, entry) in map.iter().flatten() {
-            let timeout = ct_timeout::for_entry(key.proto, entry.flags);
-            if now.saturating_sub(entry.last_seen_ns) > timeout {
-                expired.push(key);
-            } else {
-                live += 1;
-            }
-        }
-        for key in &expired {
-            remove_existing(map.remove(key)).map_err(map_err(names::CONNTRACK))?;
-        }
+        let (live, collected) =
+            collect_expired::<CtEntry>(&mut self.ebpf, names::CONNTRACK, |key, entry| {
+                now.saturating_sub(entry.last_seen_ns)
+                    > ct_timeout::for_entry(key.proto, entry.flags)
+            })?;
+        collect_expired::<NodePortEntry>(&mut self.ebpf, names::NODEPORT_NAT, |key, entry| {
+            now.saturating_sub(entry.last_seen_ns) > ct_timeout::for_entry(key.proto, entry.flags)
+        })?;
         Ok(ConntrackStats {
             live,
-            collected: expired.len(),
+            collected,
             capacity: capacity::CONNTRACK,
         })
     }
@@ -752,6 +761,30 @@ impl Dataplane {
     ) -> Result<LpmTrie<&mut MapData, Slotted<Addr>, CidrInfo>, DataplaneError> {
         typed_map(&mut self.ebpf, names::CIDRS, LpmTrie::try_from)
     }
+}
+
+/// Deletes the entries of connection table `name` that `expired` says are: the live and the
+/// deleted entries' counts.
+fn collect_expired<V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    expired: impl Fn(&CtKey, &V) -> bool,
+) -> Result<(usize, usize), DataplaneError> {
+    let mut map: HashMap<&mut MapData, CtKey, V> = typed_map(ebpf, name, HashMap::try_from)?;
+    let mut live = 0;
+    let mut gone = Vec::new();
+    // Entries may vanish while we walk (LRU eviction, the programs' own expiry).
+    for (key, entry) in map.iter().flatten() {
+        if expired(&key, &entry) {
+            gone.push(key);
+        } else {
+            live += 1;
+        }
+    }
+    for key in &gone {
+        remove_existing(map.remove(key)).map_err(map_err(name))?;
+    }
+    Ok((live, gone.len()))
 }
 
 fn typed_map<'a, T>(

@@ -57,6 +57,8 @@ enum Command {
         flow_events: cli::FlowEventArgs,
         #[command(flatten)]
         socket_lb: cli::SocketLbArgs,
+        #[command(flatten)]
+        uplinks: cli::UplinkArgs,
         /// Log every packet's outcome from the eBPF programs (aya-log, at debug level, target
         /// `weir::ebpf`; see `RUST_LOG`). For debugging: it costs far more than the packet.
         #[arg(long)]
@@ -133,6 +135,7 @@ fn main() -> ExitCode {
             pin_path,
             flow_events,
             socket_lb,
+            uplinks,
             ebpf_debug_log,
         } => run(source, node_name, |source, node_name| agent::Config {
             source,
@@ -142,6 +145,7 @@ fn main() -> ExitCode {
             flow_events: flow_events.events(),
             node_name,
             socket_cgroup: socket_lb.cgroup(),
+            uplinks: uplinks.choice(),
             ebpf_debug_log,
         }),
         Command::Flows(args) => cli::run(|| cli::flows(&args)),

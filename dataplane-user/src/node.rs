@@ -19,24 +19,139 @@ pub fn read() -> io::Result<NodeView> {
 
 /// Every address of every interface of this network namespace.
 fn host_addresses() -> io::Result<BTreeSet<IpAddr>> {
+    Ok(interface_addresses()?
+        .into_iter()
+        .map(|(_, ip)| ip)
+        .collect())
+}
+
+/// Every address of this network namespace with its interface's name, in the kernel's order.
+fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
     if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut out = BTreeSet::new();
+    let mut out = Vec::new();
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: `cur` is a node of the list getifaddrs returned.
         let ifa = unsafe { &*cur };
         if let Some(ip) = unsafe { sockaddr_ip(ifa.ifa_addr) } {
-            out.insert(ip);
+            // SAFETY: a node's name is a NUL-terminated string.
+            let name = unsafe { CStr::from_ptr(ifa.ifa_name) };
+            out.push((name.to_string_lossy().into_owned(), ip));
         }
         cur = ifa.ifa_next;
     }
     // SAFETY: `head` came from getifaddrs.
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
+}
+
+/// Which interfaces are the node's uplinks, where traffic from outside arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UplinkChoice {
+    /// The interfaces of the default routes (IPv4 and IPv6), as Cilium detects its devices.
+    DefaultRoutes,
+    /// These interfaces, by name.
+    Named(Vec<String>),
+    /// None: Services are reached from inside the node only.
+    Off,
+}
+
+/// The node's uplinks, resolved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Uplinks {
+    /// Interface indexes and names, in the order chosen.
+    pub interfaces: Vec<(u32, String)>,
+    /// The first global IPv4 address of the uplinks, in that order: connections from
+    /// outside to backends on other nodes come from it (masquerade).
+    pub masquerade_v4: Option<Ipv4Addr>,
+    /// The same for IPv6.
+    pub masquerade_v6: Option<Ipv6Addr>,
+}
+
+/// Errors resolving the uplinks.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// An interface named with `--uplink` does not exist in this network namespace.
+    #[error("uplink {0}: no such interface in this network namespace")]
+    NoSuchInterface(String),
+    /// Reading the routes or addresses failed.
+    #[error("reading the uplinks' routes and addresses: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Resolves `choice` in this network namespace.
+pub fn uplinks(choice: &UplinkChoice) -> Result<Uplinks, UplinkError> {
+    let names = match choice {
+        UplinkChoice::Off => return Ok(Uplinks::default()),
+        UplinkChoice::Named(names) => names.clone(),
+        UplinkChoice::DefaultRoutes => default_route_interfaces()?,
+    };
+    let mut out = Uplinks::default();
+    for name in names {
+        let index = ifindex(&name).ok_or_else(|| UplinkError::NoSuchInterface(name.clone()))?;
+        if !out.interfaces.iter().any(|(i, _)| *i == index) {
+            out.interfaces.push((index, name));
+        }
+    }
+    let addresses = interface_addresses()?;
+    let on_uplinks = out.interfaces.iter().flat_map(|(_, uplink)| {
+        addresses
+            .iter()
+            .filter(move |(name, _)| name == uplink)
+            .map(|(_, ip)| *ip)
+    });
+    out.masquerade_v4 = on_uplinks.clone().find_map(|ip| match ip {
+        IpAddr::V4(v4) if is_global_v4(v4) => Some(v4),
+        _ => None,
+    });
+    out.masquerade_v6 = on_uplinks.clone().find_map(|ip| match ip {
+        IpAddr::V6(v6) if is_global_v6(v6) => Some(v6),
+        _ => None,
+    });
+    Ok(out)
+}
+
+fn is_global_v4(ip: Ipv4Addr) -> bool {
+    !(ip.is_loopback() || ip.is_link_local() || ip.is_unspecified() || ip.is_multicast())
+}
+
+fn is_global_v6(ip: Ipv6Addr) -> bool {
+    !(ip.is_loopback() || ip.is_unicast_link_local() || ip.is_unspecified() || ip.is_multicast())
+}
+
+/// The interfaces of this namespace's default routes, IPv4 first.
+fn default_route_interfaces() -> io::Result<Vec<String>> {
+    let v4 = std::fs::read_to_string("/proc/thread-self/net/route")?;
+    let v6 = std::fs::read_to_string("/proc/thread-self/net/ipv6_route").unwrap_or_default();
+    let mut out = parse_default_routes(&v4, &v6);
+    out.dedup();
+    Ok(out)
+}
+
+/// Interfaces of the default routes in `/proc/net/route` (destination and mask zero) and
+/// `/proc/net/ipv6_route` (`::/0`), in that order.
+fn parse_default_routes(v4: &str, v6: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let v4_defaults = v4.lines().skip(1).filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (dev, dst, mask) = (f.first()?, f.get(1)?, f.get(7)?);
+        (*dst == "00000000" && *mask == "00000000").then(|| (*dev).to_owned())
+    });
+    let v6_defaults = v6.lines().filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (dst, len, dev) = (f.first()?, f.get(1)?, f.get(9)?);
+        (dst.chars().all(|c| c == '0') && *len == "00" && *dev != "lo").then(|| (*dev).to_owned())
+    });
+    for dev in v4_defaults.chain(v6_defaults) {
+        if !out.contains(&dev) {
+            out.push(dev);
+        }
+    }
+    out
 }
 
 /// # Safety
@@ -138,6 +253,19 @@ fn ifindex(dev: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn default_routes_of_both_families_name_their_interfaces_once() {
+        let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                  eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                  eth0\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 \
+                  fd000000000000000000000000000001 00000400 00000001 00000000 00000003 eth1\n\
+                  00000000000000000000000000000000 00 00000000000000000000000000000000 00 \
+                  00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo\n";
+        assert_eq!(super::parse_default_routes(v4, v6), ["eth0", "eth1"]);
+        assert!(super::parse_default_routes("Iface\n", "").is_empty());
+    }
+
     use super::*;
 
     #[test]

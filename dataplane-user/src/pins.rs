@@ -6,6 +6,7 @@
 //!                               counters)
 //!   links/<ifindex>-from_pod    TCX links of each local pod's interface
 //!   links/<ifindex>-to_pod
+//!   links/<ifindex>-from_world  TCX link of each uplink (Services from outside the node)
 //!   sockets/<program>           cgroup links of the socket programs (Services for the
 //!                               node's own processes)
 //! ```
@@ -29,7 +30,7 @@ const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 
 /// The maps pinned so that state, connections, Service balancing (tables, backends, client
 /// affinity) and counters survive the agent.
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 19] = [
     names::ENDPOINTS,
     names::CIDRS,
     names::POLICY,
@@ -47,6 +48,8 @@ pub const PINNED_MAPS: [&str; 17] = [
     names::SOURCE_RANGES,
     names::SOCK_NAT,
     names::SOCK_CONFIG,
+    names::NODEPORT_NAT,
+    names::UPLINK_CONFIG,
 ];
 
 /// Which program a pinned link holds.
@@ -56,6 +59,8 @@ pub enum Hook {
     FromPod,
     /// `weir_to_pod`, on TC egress of the pod's host-side veth.
     ToPod,
+    /// `weir_from_world`, on TC ingress of an uplink.
+    FromWorld,
 }
 
 impl Hook {
@@ -63,6 +68,7 @@ impl Hook {
         match self {
             Self::FromPod => "from_pod",
             Self::ToPod => "to_pod",
+            Self::FromWorld => "from_world",
         }
     }
 }
@@ -144,6 +150,7 @@ impl Pins {
             let hook = match suffix {
                 "from_pod" => Hook::FromPod,
                 "to_pod" => Hook::ToPod,
+                "from_world" => Hook::FromWorld,
                 _ => continue,
             };
             if let Ok(ifindex) = ifindex.parse() {

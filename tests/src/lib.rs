@@ -37,6 +37,7 @@ mod reachability;
 mod rng;
 mod servers;
 mod tempdir;
+pub mod testrun;
 mod topology;
 mod traffic;
 
