@@ -378,19 +378,25 @@ fn echo_backends(entry: &str, local: bool) -> Vec<(&'static str, &'static str)> 
         .collect()
 }
 
-/// Panics unless every connection was answered, only by pods of `expected`, each seeing the
-/// address `expected` gives it, and every pod of `expected` answered at least once.
-fn assert_answers(
+/// Whether every connection was answered, only by pods of `expected`, each seeing the address
+/// `expected` gives it, and every pod of `expected` answered at least once. The error tells
+/// every way the outcomes went wrong, not only the first.
+fn check_answers(
     outcomes: &[Result<Answer, String>],
     expected: &BTreeMap<String, IpAddr>,
     what: &str,
-) {
+) -> Result<(), String> {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let mut wrong = BTreeSet::new();
+    let mut failed = Vec::new();
     for outcome in outcomes {
-        let answer = outcome
-            .as_ref()
-            .unwrap_or_else(|e| panic!("{what}: a connection failed: {e}"));
+        let answer = match outcome {
+            Ok(answer) => answer,
+            Err(e) => {
+                failed.push(e.as_str());
+                continue;
+            }
+        };
         *counts.entry(&answer.pod).or_default() += 1;
         match expected.get(&answer.pod) {
             None => {
@@ -406,61 +412,103 @@ fn assert_answers(
             Some(_) => {}
         }
     }
-    eprintln!("{what}: answered by {counts:?}");
-    assert!(wrong.is_empty(), "{what}: {wrong:#?}\ncounts: {counts:?}");
+    eprintln!(
+        "{what}: answered by {counts:?}, {} of {} failed",
+        failed.len(),
+        outcomes.len()
+    );
     let silent: Vec<&String> = expected
         .keys()
         .filter(|pod| !counts.contains_key(pod.as_str()))
         .collect();
-    assert!(
-        silent.is_empty(),
-        "{what}: {silent:?} never answered in {} connections; counts: {counts:?}",
-        outcomes.len()
-    );
+    if failed.is_empty() && wrong.is_empty() && silent.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{what}: {} of {} connections failed (first ones: {:?}); wrong answers: {wrong:?}; \
+         never answered: {silent:?}; answered by: {counts:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(3)],
+    ))
 }
 
-/// Connections from the client's first address to `dst`, reaching node `entry`, must be
+/// Whether connections from the client's first address to `dst`, reaching node `entry`, are
 /// answered as [`expected_peers`] says for the backends `backends`.
-fn assert_served(
+fn check_served(
     cluster: &Cluster,
     dst: SocketAddr,
     (family, proto): (Family, Proto),
     entry: &str,
     backends: &[(&str, &str)],
     what: &str,
-) {
+) -> Result<(), String> {
     let client = cluster.client_ip(family, 0);
     let outcomes = connections(cluster, client, dst, proto, CONNECTIONS);
     let expected = expected_peers(cluster, backends, entry, client, family);
-    assert_answers(
+    check_answers(
         &outcomes,
         &expected,
         &format!("{what}, {family} {proto} to {dst}"),
-    );
+    )
 }
 
-/// Panics unless each of [`FAILED_ATTEMPTS`] requests from `src` to `dst` fails as `fits`
-/// accepts (`wanted` describes it).
-fn assert_each_attempt_fails(
+/// Whether each of [`FAILED_ATTEMPTS`] requests from `src` to `dst` fails as `fits` accepts
+/// (`wanted` describes it).
+fn check_each_attempt_fails(
     cluster: &Cluster,
     src: IpAddr,
     dst: SocketAddr,
     proto: Proto,
     wanted: &str,
     fits: impl Fn(io::ErrorKind) -> bool,
-) {
+) -> Result<(), String> {
+    let what = format!("{proto} {src} → {dst}");
     for i in 1..=FAILED_ATTEMPTS {
         match attempt(cluster, src, dst, proto) {
-            Ok(answer) => panic!(
-                "{proto} {src} → {dst}, attempt {i}: answered by {} (seeing {}); expected {wanted}",
-                answer.pod, answer.peer
-            ),
-            Err(e) => assert!(
-                fits(e.kind()),
-                "{proto} {src} → {dst}, attempt {i}: {e} ({:?}); expected {wanted}",
-                e.kind()
-            ),
+            Ok(answer) => {
+                return Err(format!(
+                    "{what}, attempt {i}: answered by {} (seeing {}); expected {wanted}",
+                    answer.pod, answer.peer
+                ));
+            }
+            Err(e) if !fits(e.kind()) => {
+                return Err(format!(
+                    "{what}, attempt {i}: {e} ({:?}); expected {wanted}",
+                    e.kind()
+                ));
+            }
+            Err(_) => {}
         }
+    }
+    eprintln!("{what}: {wanted}, {FAILED_ATTEMPTS} times");
+    Ok(())
+}
+
+/// The verdicts of every case of a test. Every case runs, and the test fails at the end with
+/// all those that went wrong: one failure does not hide the state of the others.
+#[derive(Debug, Default)]
+struct Verdicts {
+    passed: usize,
+    failures: Vec<String>,
+}
+
+impl Verdicts {
+    fn record(&mut self, verdict: Result<(), String>) {
+        match verdict {
+            Ok(()) => self.passed += 1,
+            Err(failure) => self.failures.push(failure),
+        }
+    }
+
+    fn assert_all_passed(self) {
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            self.failures.len(),
+            self.failures.len() + self.passed,
+            self.failures.join("\n")
+        );
     }
 }
 
@@ -497,19 +545,21 @@ fn node_port_with_cluster_policy_reaches_every_backend_and_translates_only_for_r
     let cluster = cluster();
     let dir = TempDir::new("manifests");
     let _agents = start(&cluster, &dir);
+    let mut verdicts = Verdicts::default();
     for entry in testbed::NODES {
         for (family, proto) in cases() {
             let dst = SocketAddr::new(cluster.node(entry).ip(family), NP_CLUSTER);
-            assert_served(
+            verdicts.record(check_served(
                 &cluster,
                 dst,
                 (family, proto),
                 entry,
                 &echo_backends(entry, false),
                 &format!("np/cluster through {entry}"),
-            );
+            ));
         }
     }
+    verdicts.assert_all_passed();
 }
 
 /// `externalTrafficPolicy: Local` on a node port: only the receiving node's backends answer,
@@ -521,19 +571,21 @@ fn node_port_with_local_policy_reaches_only_local_backends_which_see_the_client(
     let cluster = cluster();
     let dir = TempDir::new("manifests");
     let _agents = start(&cluster, &dir);
+    let mut verdicts = Verdicts::default();
     for entry in testbed::NODES {
         for (family, proto) in cases() {
             let dst = SocketAddr::new(cluster.node(entry).ip(family), NP_LOCAL);
-            assert_served(
+            verdicts.record(check_served(
                 &cluster,
                 dst,
                 (family, proto),
                 entry,
                 &echo_backends(entry, true),
                 &format!("np/local through {entry}"),
-            );
+            ));
         }
     }
+    verdicts.assert_all_passed();
 }
 
 /// `externalTrafficPolicy: Local` on a node without local backends: the packet is dropped,
@@ -546,27 +598,29 @@ fn node_port_with_local_policy_drops_on_a_node_without_local_backends() {
     let cluster = cluster();
     let dir = TempDir::new("manifests");
     let _agents = start(&cluster, &dir);
+    let mut verdicts = Verdicts::default();
     for (family, proto) in cases() {
         let served = SocketAddr::new(cluster.node("node1").ip(family), NP_LONE);
-        assert_served(
+        verdicts.record(check_served(
             &cluster,
             served,
             (family, proto),
             "node1",
             &[("lone", "node1")],
             "np/lone through node1",
-        );
+        ));
         let client = cluster.client_ip(family, 0);
         let dropped = SocketAddr::new(cluster.node("node2").ip(family), NP_LONE);
-        assert_each_attempt_fails(
+        verdicts.record(check_each_attempt_fails(
             &cluster,
             client,
             dropped,
             proto,
-            "a drop (timeout)",
+            "a drop (timeout) by node2, which has no backend of np/lone",
             is_silence,
-        );
+        ));
     }
+    verdicts.assert_all_passed();
 }
 
 /// A load-balancer IP follows its Service's traffic policy on whichever node the client's
@@ -585,7 +639,8 @@ fn load_balancer_ips_follow_the_traffic_policy_on_the_node_they_are_routed_to() 
             ("np/lb-cluster", LB_CLUSTER, false),
             ("np/lb-local", LB_LOCAL, true),
         ],
-    );
+    )
+    .assert_all_passed();
 }
 
 /// External IPs behave as load-balancer IPs: the traffic policy on the node they reach.
@@ -602,29 +657,32 @@ fn external_ips_follow_the_traffic_policy_on_the_node_they_are_routed_to() {
             ("np/ext-cluster", EXT_CLUSTER, false),
             ("np/ext-local", EXT_LOCAL, true),
         ],
-    );
+    )
+    .assert_all_passed();
 }
 
 /// For each node in turn, routes every address of `vips` (Service id, addresses, whether its
 /// policy is `Local`) through it, and checks who answers and whom they see.
-fn check_routed_vips(cluster: &Cluster, vips: [(&str, Vip, bool); 2]) {
+fn check_routed_vips(cluster: &Cluster, vips: [(&str, Vip, bool); 2]) -> Verdicts {
+    let mut verdicts = Verdicts::default();
     for entry in testbed::NODES {
         for (_, vip, _) in vips {
             vip.route_via(cluster, entry);
         }
         for (what, vip, local) in vips {
             for (family, proto) in cases() {
-                assert_served(
+                verdicts.record(check_served(
                     cluster,
                     vip.addr(family),
                     (family, proto),
                     entry,
                     &echo_backends(entry, local),
                     &format!("{what} routed through {entry}"),
-                );
+                ));
             }
         }
     }
+    verdicts
 }
 
 /// `loadBalancerSourceRanges` holding the client's first address: that address is served,
@@ -637,25 +695,27 @@ fn load_balancer_source_ranges_admit_only_clients_inside_them() {
     let dir = TempDir::new("manifests");
     let _agents = start(&cluster, &dir);
     LB_RANGED.route_via(&cluster, "node1");
+    let mut verdicts = Verdicts::default();
     for (family, proto) in cases() {
-        assert_served(
+        verdicts.record(check_served(
             &cluster,
             LB_RANGED.addr(family),
             (family, proto),
             "node1",
             &echo_backends("node1", false),
             "np/lb-ranged from inside its source ranges",
-        );
+        ));
         let outside = cluster.client_ip(family, 1);
-        assert_each_attempt_fails(
+        verdicts.record(check_each_attempt_fails(
             &cluster,
             outside,
             LB_RANGED.addr(family),
             proto,
             "no answer (outside loadBalancerSourceRanges)",
             |_| true,
-        );
+        ));
     }
+    verdicts.assert_all_passed();
 }
 
 /// With `Local`, the backend sees the client's own address, so an ingress `NetworkPolicy`
@@ -670,14 +730,18 @@ fn network_policy_ip_blocks_see_the_client_through_a_local_node_port() {
     let dir = TempDir::new("manifests");
     let mut agents = start(&cluster, &dir);
     let guarded = [("g1", "node1")];
-    for (family, proto) in cases() {
+    let mut verdicts = Verdicts::default();
+    let check_reaches = |verdicts: &mut Verdicts, family, proto, n, when: &str| {
         let dst = SocketAddr::new(cluster.node("node1").ip(family), NP_GUARDED);
+        let client = cluster.client_ip(family, n);
+        let outcomes = connections(&cluster, client, dst, proto, PARALLEL);
+        let expected = expected_peers(&cluster, &guarded, "node1", client, family);
+        let what = format!("np/guarded {when}, {family} {proto} from {client}");
+        verdicts.record(check_answers(&outcomes, &expected, &what));
+    };
+    for (family, proto) in cases() {
         for n in 0..2 {
-            let client = cluster.client_ip(family, n);
-            let outcomes = connections(&cluster, client, dst, proto, PARALLEL);
-            let expected = expected_peers(&cluster, &guarded, "node1", client, family);
-            let what = format!("np/guarded before the policy, {family} {proto} from {client}");
-            assert_answers(&outcomes, &expected, &what);
+            check_reaches(&mut verdicts, family, proto, n, "before the policy");
         }
     }
     let policy = format!(
@@ -690,22 +754,18 @@ fn network_policy_ip_blocks_see_the_client_through_a_local_node_port() {
     );
     apply(&mut agents, dir.path(), "policy.yaml", &policy);
     for (family, proto) in cases() {
+        check_reaches(&mut verdicts, family, proto, 0, "under the policy");
         let dst = SocketAddr::new(cluster.node("node1").ip(family), NP_GUARDED);
-        let admitted = cluster.client_ip(family, 0);
-        let outcomes = connections(&cluster, admitted, dst, proto, PARALLEL);
-        let expected = expected_peers(&cluster, &guarded, "node1", admitted, family);
-        let what = format!("np/guarded under the policy, {family} {proto} from {admitted}");
-        assert_answers(&outcomes, &expected, &what);
-        let denied = cluster.client_ip(family, 1);
-        assert_each_attempt_fails(
+        verdicts.record(check_each_attempt_fails(
             &cluster,
-            denied,
+            cluster.client_ip(family, 1),
             dst,
             proto,
             "a policy drop (timeout)",
             is_silence,
-        );
+        ));
     }
+    verdicts.assert_all_passed();
 }
 
 /// A node port of a Service without endpoints refuses at once (TCP reset, ICMP port
@@ -730,20 +790,22 @@ fn node_port_without_endpoints_refuses_instead_of_reaching_the_node() {
             node.netns().run(|| decoy(&addrs))
         })
         .collect();
+    let mut verdicts = Verdicts::default();
     for entry in testbed::NODES {
         for (family, proto) in cases() {
             let client = cluster.client_ip(family, 0);
             let dst = SocketAddr::new(cluster.node(entry).ip(family), NP_EMPTY);
-            assert_each_attempt_fails(
+            verdicts.record(check_each_attempt_fails(
                 &cluster,
                 client,
                 dst,
                 proto,
                 "a refusal (TCP reset or ICMP port unreachable)",
                 |kind| kind == io::ErrorKind::ConnectionRefused,
-            );
+            ));
         }
     }
+    verdicts.assert_all_passed();
 }
 
 /// Sockets bound at `addrs` in the calling thread's namespace, TCP listening and UDP, that
@@ -782,17 +844,19 @@ fn without_uplink_flag_the_default_route_interface_serves_node_ports() {
     for agent in &mut agents {
         agent.wait_ready();
     }
+    let mut verdicts = Verdicts::default();
     for (family, proto) in cases() {
         let dst = SocketAddr::new(cluster.node("node1").ip(family), NP_CLUSTER);
-        assert_served(
+        verdicts.record(check_served(
             &cluster,
             dst,
             (family, proto),
             "node1",
             &echo_backends("node1", false),
             "np/cluster through node1, uplink from the default route",
-        );
+        ));
     }
+    verdicts.assert_all_passed();
 }
 
 /// The Services of this file are what the agent reads them as: `weir check` compiles them,
