@@ -62,14 +62,18 @@ pub fn process(ctx: &TcContext, trace: &mut Trace) -> Outcome {
     let Ok(Parsed::Ip) = parse::parse(ctx, pkt) else {
         return Ok(None);
     };
+    if parse::is_link_scope(&pkt.src) || parse::is_link_scope(&pkt.dst) {
+        return Ok(None);
+    }
+    let masquerade = masquerade_addr(pkt);
+    if pkt.is_icmp_error {
+        return icmp_error(ctx, pkt, masquerade, &mut scratch.key);
+    }
     if !matches!(pkt.proto, proto::TCP | proto::UDP | proto::SCTP)
-        || parse::is_link_scope(&pkt.src)
-        || parse::is_link_scope(&pkt.dst)
         || fragment::resolve_ports(pkt).is_err()
     {
         return Ok(None);
     }
-    let masquerade = masquerade_addr(pkt);
     // The masquerade address may also be a node port's: a miss here is not the end.
     if masquerade.is_some_and(|m| *m == pkt.dst) {
         scratch.key = reply_key(pkt);
@@ -243,6 +247,60 @@ fn from_backend(ctx: &TcContext, pkt: &mut Packet, reply: &mut NodePortEntry) ->
     touch(reply, pkt.tcp_flags, Direction::Ingress);
     nat::rewrite(ctx, pkt, End::Source, &reply.addr_b, reply.port_b_h)?;
     nat::rewrite(ctx, pkt, End::Destination, &reply.addr_a, reply.port_a_h)?;
+    Ok(Some(PassReason::Established))
+}
+
+/// An ICMP error about a connection from outside, made to read as about the connection each
+/// end knows (as on the pods' side, `translate_icmp_error`): from a masqueraded backend's side
+/// (it quotes the packet this node sent it), it goes to the client, about the client's packet
+/// to the frontend; from the client's side (it quotes a reply from the frontend: a
+/// fragmentation-needed about it is how path MTU discovery reaches the backend), it goes to the
+/// backend, about the backend's own reply. Any other error is the node's.
+#[inline(always)]
+fn icmp_error(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    masquerade: Option<&Addr>,
+    key: &mut CtKey,
+) -> Outcome {
+    let inner = pkt.embedded;
+    if masquerade.is_some_and(|m| *m == inner.src) {
+        *key = CtKey {
+            local: inner.src,
+            remote: inner.dst,
+            local_port_h: inner.src_port_h,
+            remote_port_h: inner.dst_port_h,
+            proto: inner.proto,
+            _pad: [0; 3],
+        };
+        // The masquerade address may be the frontend too: a miss here is not the end.
+        if let Some(reply) = live_entry(key, nodeport_kind::REPLY) {
+            nat::rewrite_icmp_error(ctx, pkt, End::Source, &reply.addr_a, reply.port_a_h)?;
+            nat::rewrite_icmp_error(ctx, pkt, End::Destination, &reply.addr_b, reply.port_b_h)?;
+            return Ok(Some(PassReason::Established));
+        }
+    }
+    *key = CtKey {
+        local: inner.dst,
+        remote: inner.src,
+        local_port_h: inner.dst_port_h,
+        remote_port_h: inner.src_port_h,
+        proto: inner.proto,
+        _pad: [0; 3],
+    };
+    let Some(forward) = live_entry(key, nodeport_kind::FORWARD) else {
+        return Ok(None);
+    };
+    nat::rewrite_icmp_error(ctx, pkt, End::Source, &forward.addr_a, forward.port_a_h)?;
+    if forward.port_b_h != 0 {
+        nat::rewrite_icmp_error(
+            ctx,
+            pkt,
+            End::Destination,
+            &forward.addr_b,
+            forward.port_b_h,
+        )?;
+    }
     Ok(Some(PassReason::Established))
 }
 

@@ -56,6 +56,8 @@ struct Status {
     last_error: Option<String>,
     last_sync: Option<SystemTime>,
     local_pods: Vec<String>,
+    /// The uplinks (names) the uplink program is attached to.
+    uplinks: Vec<String>,
     summary: String,
     counters: Option<crate::dataplane::Counters>,
     /// What the source reads, and how its connection is doing.
@@ -80,7 +82,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %anyhow::Error::new(err), "flow events unavailable");
     }
     attach_sockets(&mut dataplane, config.socket_cgroup.as_deref())?;
-    attach_uplinks(&mut dataplane, &config.uplinks)?;
+    let uplinks = attach_uplinks(&mut dataplane, &config.uplinks)?;
+    status
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .uplinks = uplinks;
     if config.ebpf_debug_log {
         let log = dataplane
             .enable_debug_log(crate::dataplane::TracingLog)
@@ -120,8 +126,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Attaches the uplink program to the uplinks `choice` names (detaching it from any other an
-/// earlier agent left), and sets the masquerade addresses from theirs.
-fn attach_uplinks(dataplane: &mut Dataplane, choice: &node::UplinkChoice) -> anyhow::Result<()> {
+/// earlier agent left), and sets the masquerade addresses from theirs: the uplinks' names.
+fn attach_uplinks(
+    dataplane: &mut Dataplane,
+    choice: &node::UplinkChoice,
+) -> anyhow::Result<Vec<String>> {
     let uplinks = node::uplinks(choice).context("finding the uplinks (see --uplink)")?;
     let ifindexes: Vec<u32> = uplinks.interfaces.iter().map(|(i, _)| *i).collect();
     dataplane
@@ -130,14 +139,14 @@ fn attach_uplinks(dataplane: &mut Dataplane, choice: &node::UplinkChoice) -> any
     dataplane
         .set_masquerade(uplinks.masquerade_v4, uplinks.masquerade_v6)
         .context("setting the masquerade addresses")?;
-    let names: Vec<&str> = uplinks.interfaces.iter().map(|(_, n)| n.as_str()).collect();
+    let names: Vec<String> = uplinks.interfaces.into_iter().map(|(_, n)| n).collect();
     tracing::info!(
         uplinks = ?names,
         masquerade_v4 = ?uplinks.masquerade_v4,
         masquerade_v6 = ?uplinks.masquerade_v6,
         "Services answer from outside the node on these uplinks"
     );
-    Ok(())
+    Ok(names)
 }
 
 /// Reads the programs' debug log whenever records wait, until the agent exits.
@@ -471,6 +480,7 @@ fn status_json(s: &Status, observer: &Observer) -> String {
         "last_error": s.last_error,
         "last_sync_unix": last_sync,
         "local_pods": s.local_pods,
+        "uplinks": s.uplinks,
         "source": s.source,
         "source_health": s.source_health,
         "summary": s.summary,

@@ -334,6 +334,18 @@ fn render_status(addr: SocketAddr, s: &serde_json::Value) -> String {
         "last error: {}",
         s["last_error"].as_str().unwrap_or("none")
     );
+    if let Some(uplinks) = s["uplinks"].as_array() {
+        let names: Vec<&str> = uplinks
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
+        let shown = if names.is_empty() {
+            "none (Services answer inside the node only)".to_owned()
+        } else {
+            names.join(", ")
+        };
+        let _ = writeln!(out, "uplinks: {shown}");
+    }
     render_interfaces(&mut out, s);
     render_maps(&mut out, s);
     render_counters(&mut out, s);

@@ -379,3 +379,78 @@ pub fn checksums(frame: &[u8]) -> Result<Tuple, String> {
         dst_port: u16::from_be_bytes([l4[2], l4[3]]),
     })
 }
+
+/// An ICMP(v6) error read back from a frame: its own addresses and the quoted packet's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpError {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub quoted_src: (IpAddr, u16),
+    pub quoted_dst: (IpAddr, u16),
+}
+
+/// `error` (an ICMP(v6) destination unreachable built by [`Packet`], which leaves its checksum
+/// zero) as a frame with its ICMP checksum right.
+pub fn icmp_frame(error: &Packet) -> Vec<u8> {
+    let mut frame = error.frame();
+    let v6 = error.src.is_ipv6();
+    let ip_len = if v6 { 40 } else { 20 };
+    let seed = icmp_seed(&frame[14..], v6);
+    let icmp = &mut frame[14 + ip_len..];
+    let sum = !fold(sum16(icmp, u32::from(seed)));
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    frame
+}
+
+/// The sum an ICMP checksum starts from: nothing for ICMP, the IPv6 pseudo-header for
+/// `ICMPv6`. `l3` is the IP packet.
+fn icmp_seed(l3: &[u8], v6: bool) -> u16 {
+    if !v6 {
+        return 0;
+    }
+    let mut pseudo = l3[8..40].to_vec();
+    let len = u32::try_from(l3.len() - 40).expect("short");
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    fold(sum16(&pseudo, 0))
+}
+
+/// Reads an ICMP error frame back, checking every checksum it carries: the IPv4 header, the
+/// ICMP(v6) message, and the quoted IPv4 header.
+pub fn read_icmp_error(frame: &[u8]) -> IcmpError {
+    let l3 = &frame[14..];
+    let v6 = frame[12..14] == [0x86, 0xdd];
+    let addr = |bytes: &[u8]| -> IpAddr {
+        if v6 {
+            <[u8; 16]>::try_from(bytes).expect("16 bytes").into()
+        } else {
+            <[u8; 4]>::try_from(bytes).expect("4 bytes").into()
+        }
+    };
+    let (ip_len, src_at, dst_at) = if v6 { (40, 8, 24) } else { (20, 12, 16) };
+    let alen = if v6 { 16 } else { 4 };
+    if !v6 {
+        assert_eq!(fold(sum16(&l3[..20], 0)), 0xffff, "IPv4 header checksum");
+    }
+    let icmp = &l3[ip_len..];
+    assert_eq!(
+        fold(sum16(icmp, u32::from(icmp_seed(l3, v6)))),
+        0xffff,
+        "ICMP checksum"
+    );
+    let quoted = &icmp[8..];
+    if !v6 {
+        assert_eq!(
+            fold(sum16(&quoted[..20], 0)),
+            0xffff,
+            "quoted IPv4 header checksum"
+        );
+    }
+    let port = |at: usize| u16::from_be_bytes([quoted[ip_len + at], quoted[ip_len + at + 1]]);
+    IcmpError {
+        src: addr(&l3[src_at..src_at + alen]),
+        dst: addr(&l3[dst_at..dst_at + alen]),
+        quoted_src: (addr(&quoted[src_at..src_at + alen]), port(0)),
+        quoted_dst: (addr(&quoted[dst_at..dst_at + alen]), port(2)),
+    }
+}

@@ -18,6 +18,15 @@
 //! | `svc/manual` | (no selector) | 80, hand-written slices    | removal by `EndpointSlice` edit     |
 //! | `svc/closed` | `app: echo`   | 82, where nothing listens  | a backend's refusal                 |
 //!
+//! The tests that need them add more (the agent runs with `--node-name node-a`):
+//!
+//! | Service       | selects       | what it has                                | what it is for                    |
+//! |---------------|---------------|--------------------------------------------|-----------------------------------|
+//! | `svc/near`    | (no selector) | `b1` on `node-a`, one on `node-b`          | `internalTrafficPolicy: Local`    |
+//! | `svc/far`     | (no selector) | the same, `internalTrafficPolicy: Cluster` | the control of `svc/near`         |
+//! | `svc/ranged`  | `app: echo`   | `LoadBalancer`, ranges admitting `c1` only | `loadBalancerSourceRanges`        |
+//! | `svc/rollout` | (no selector) | ready, serving, terminating, by phase      | the serving-terminating fallback  |
+//!
 //! Only pods' traffic is translated here (at their interfaces); the node's own sockets are not
 //! part of these tests. Every probe has a timeout, every loop a bound; the namespaces are the
 //! test's own and go away on every path. Needs root; skips otherwise. Builds `weir` with cargo
@@ -102,6 +111,37 @@ const CLOSED: Svc = Svc {
     v4: "10.99.100.16",
     v6: "fd99::100:16",
 };
+const NEAR: Svc = Svc {
+    name: "near",
+    v4: "10.99.100.17",
+    v6: "fd99::100:17",
+};
+const FAR: Svc = Svc {
+    name: "far",
+    v4: "10.99.100.18",
+    v6: "fd99::100:18",
+};
+const RANGED: Svc = Svc {
+    name: "ranged",
+    v4: "10.99.100.19",
+    v6: "fd99::100:19",
+};
+/// The load-balancer IPs of `svc/ranged` (`status.loadBalancer.ingress`).
+const RANGED_LB: [&str; 2] = ["10.99.101.19", "fd99::101:19"];
+const ROLLOUT: Svc = Svc {
+    name: "rollout",
+    v4: "10.99.100.20",
+    v6: "fd99::100:20",
+};
+
+/// This node's name (`weir run --node-name`).
+const NODE_NAME: &str = "node-a";
+/// Another node's name, for endpoints that are not this node's.
+const OTHER_NODE: &str = "node-b";
+/// An endpoint on [`OTHER_NODE`]: no pod has these addresses and the node namespace has no
+/// route to them, so a packet sent there ends in the node namespace with an ICMP unreachable
+/// (what a one-node test bed can offer of a pod elsewhere).
+const ELSEWHERE: [&str; 2] = ["10.99.200.1", "fd99::200:1"];
 
 impl Svc {
     /// `svc/<name>`, as flows name it.
@@ -111,12 +151,17 @@ impl Svc {
 
     /// The cluster IP of `family` and the Service port.
     fn addr(self, family: Family) -> SocketAddr {
-        let ip = match family {
-            Family::V4 => self.v4,
-            Family::V6 => self.v6,
-        };
-        SocketAddr::new(ip.parse().expect("a literal address"), SERVICE_PORT)
+        SocketAddr::new(by_family([self.v4, self.v6], family), SERVICE_PORT)
     }
+}
+
+/// The address of `family` of a pair written [IPv4, IPv6].
+fn by_family([v4, v6]: [&str; 2], family: Family) -> IpAddr {
+    let ip = match family {
+        Family::V4 => v4,
+        Family::V6 => v6,
+    };
+    ip.parse().expect("a literal address")
 }
 
 /// `ns/name` of a pod of namespace `svc`.
@@ -199,25 +244,94 @@ fn services_yaml() -> String {
 
 /// The hand-written slices of `svc/manual`, one per family, listing the backends `members`.
 fn manual_slices_yaml(topology: &Topology, members: &[&str]) -> String {
+    let endpoints: Vec<SliceEndpoint> = members
+        .iter()
+        .map(|m| SliceEndpoint::pod(topology, &backend(m)))
+        .collect();
+    slices_yaml(MANUAL, &endpoints)
+}
+
+/// One `endpoints` entry of a hand-written `EndpointSlice`.
+#[derive(Clone, Copy, Debug)]
+struct SliceEndpoint {
+    /// Its addresses, [IPv4, IPv6].
+    addrs: [IpAddr; 2],
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    /// `nodeName`; `None`: not set.
+    node: Option<&'static str>,
+}
+
+impl SliceEndpoint {
+    /// Pod `id` of `topology`, ready, without `nodeName`.
+    fn pod(topology: &Topology, id: &str) -> Self {
+        Self::at(topology.pod(id).ips())
+    }
+
+    /// An endpoint at `addrs` ([IPv4, IPv6]), ready, without `nodeName`.
+    fn at(addrs: [IpAddr; 2]) -> Self {
+        Self {
+            addrs,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node: None,
+        }
+    }
+
+    /// On node `node`.
+    fn on(self, node: &'static str) -> Self {
+        Self {
+            node: Some(node),
+            ..self
+        }
+    }
+
+    /// Terminating (so not ready), and still `serving` or not, as during a pod's grace period.
+    fn terminating(self, serving: bool) -> Self {
+        Self {
+            ready: false,
+            serving,
+            terminating: true,
+            ..self
+        }
+    }
+}
+
+/// The hand-written slices of `svc` (without a selector), one per family, listing `endpoints`
+/// with their conditions, on ports `tcp` and `udp` (80).
+fn slices_yaml(svc: Svc, endpoints: &[SliceEndpoint]) -> String {
     Family::ALL
         .iter()
         .map(|family| {
-            let (suffix, address_type) = match family {
-                Family::V4 => ("ipv4", "IPv4"),
-                Family::V6 => ("ipv6", "IPv6"),
+            let (suffix, address_type, index) = match family {
+                Family::V4 => ("ipv4", "IPv4", 0),
+                Family::V6 => ("ipv6", "IPv6", 1),
             };
-            let mut endpoints = String::new();
-            for m in members {
-                let ip = topology.pod(&backend(m)).ip(*family);
-                writeln!(endpoints, "  - addresses:\n      - \"{ip}\"")
-                    .expect("writing to a String");
+            let mut listed = String::new();
+            for e in endpoints {
+                writeln!(
+                    listed,
+                    "  - addresses:\n      - \"{ip}\"\n    conditions:\n      ready: {ready}\n      \
+                     serving: {serving}\n      terminating: {terminating}",
+                    ip = e.addrs[index],
+                    ready = e.ready,
+                    serving = e.serving,
+                    terminating = e.terminating,
+                )
+                .expect("writing to a String");
+                if let Some(node) = e.node {
+                    writeln!(listed, "    nodeName: {node}").expect("writing to a String");
+                }
             }
             format!(
                 "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
-                 name: manual-{suffix}\n  namespace: {NS}\n  labels:\n    \
-                 kubernetes.io/service-name: manual\naddressType: {address_type}\nports:\n  \
+                 name: {name}-{suffix}\n  namespace: {NS}\n  labels:\n    \
+                 kubernetes.io/service-name: {name}\naddressType: {address_type}\nports:\n  \
                  - name: tcp\n    protocol: TCP\n    port: 80\n  \
-                 - name: udp\n    protocol: UDP\n    port: 80\nendpoints:\n{endpoints}"
+                 - name: udp\n    protocol: UDP\n    port: 80\nendpoints:\n{listed}",
+                name = svc.name,
             )
         })
         .collect::<Vec<_>>()
@@ -233,7 +347,10 @@ fn start<'t>(topology: &'t Topology, dir: &TempDir) -> Agent<'t> {
         "manual-slices.yaml",
         &manual_slices_yaml(topology, &BACKENDS),
     );
-    let mut agent = Agent::start(topology, dir.path());
+    let mut agent = Agent::options()
+        .arg("--node-name")
+        .arg(NODE_NAME)
+        .start(topology, dir.path());
     agent.wait_ready();
     agent
 }
@@ -1171,4 +1288,285 @@ fn flows_name_the_service_of_translated_connections() {
     let text = String::from_utf8(out.stdout).expect("UTF-8 output");
     eprintln!("$ weir flows --pod cl/c1\n{text}");
     assert!(text.contains(" via service svc/echo "), "{text}");
+}
+
+/// Panics unless `attempt` failed the way a dropped packet makes it fail: no answer within the
+/// probe's timeout, rather than a refusal.
+fn assert_unanswered(attempt: &Attempt, what: &str) {
+    match &attempt.answer {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!(
+            "{what}, from port {}: expected no answer (dropped), got {other:?}",
+            attempt.port
+        ),
+    }
+}
+
+/// What to look for in the flows: a new connection from `client_ip`:`port` to `dst`, dropped
+/// with `reason` at the client's interface, naming `svc`.
+fn dropped_via(
+    what: String,
+    (client_ip, port): (IpAddr, u16),
+    dst: IpAddr,
+    reason: &'static str,
+    svc: Svc,
+) -> (String, impl Fn(&FlowRecord) -> bool) {
+    let service = svc.id();
+    (what, move |r: &FlowRecord| {
+        r.src.ip == Some(client_ip)
+            && r.src.port == Some(port)
+            && r.dst.ip == Some(dst)
+            && r.verdict == Verdict::Dropped
+            && r.reason == reason
+            && r.direction == "egress"
+            && r.service.as_deref() == Some(service.as_str())
+    })
+}
+
+/// `svc/near` (`internalTrafficPolicy: Local`) and `svc/far` (`Cluster`), without selectors,
+/// each with slices listing `b1` on this node (when `local_endpoint`) and an endpoint on
+/// another node ([`ELSEWHERE`]).
+fn traffic_policy_yaml(topology: &Topology, local_endpoint: bool) -> String {
+    let by_number = ("80", "80");
+    let elsewhere = Family::ALL.map(|family| by_family(ELSEWHERE, family));
+    let mut endpoints = vec![SliceEndpoint::at(elsewhere).on(OTHER_NODE)];
+    if local_endpoint {
+        endpoints.push(SliceEndpoint::pod(topology, &backend("b1")).on(NODE_NAME));
+    }
+    [
+        service_yaml(NEAR, "", by_number, "  internalTrafficPolicy: Local\n"),
+        slices_yaml(NEAR, &endpoints),
+        service_yaml(FAR, "", by_number, "  internalTrafficPolicy: Cluster\n"),
+        slices_yaml(FAR, &endpoints),
+    ]
+    .join("---\n")
+}
+
+/// `internalTrafficPolicy: Local`: a pod's connections to the `ClusterIP` go only to the
+/// endpoints on its node (`nodeName` is `--node-name`), never to those listed on another;
+/// the same slices behind `Cluster` send some to the other node. When no endpoint is left on
+/// this node, connections are dropped (no answer, not a refusal: another node may have one,
+/// as kube-proxy reasons), and the drops are flows with reason `no_local_endpoints`.
+#[test]
+fn internal_traffic_policy_local_reaches_only_this_nodes_endpoints() {
+    // Behind `Cluster`, each connection reaches b1 with probability about 1/2: 30 all do with
+    // probability about 10⁻⁹, so the control below cannot pass by chance.
+    const CONNECTIONS: usize = 30;
+    testbed::require_root!();
+    let _slot = ONE_AGENT_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let topology = topology();
+    let dir = TempDir::new("manifests");
+    let mut agent = start(&topology, &dir);
+    let yaml = traffic_policy_yaml(&topology, true);
+    apply(&mut agent, dir.path(), "traffic-policy.yaml", &yaml);
+    let b1 = backend("b1");
+    for (family, proto) in cases() {
+        let what = format!("{family} {proto} from cl/c1 to {}", NEAR.id());
+        let near = attempts(&topology, "cl/c1", NEAR.addr(family), proto, CONNECTIONS);
+        let counts = answered_by(&near, &what);
+        assert_eq!(
+            counts.keys().collect::<Vec<_>>(),
+            [&b1],
+            "{what}: {counts:?}"
+        );
+
+        let what = format!("{family} {proto} from cl/c1 to {}", FAR.id());
+        let far = attempts(&topology, "cl/c1", FAR.addr(family), proto, CONNECTIONS);
+        let (reached, elsewhere): (Vec<&Attempt>, Vec<&Attempt>) =
+            far.iter().partition(|a| a.answer.is_ok());
+        eprintln!(
+            "{what}: {} answered by b1, {} sent to the other node",
+            reached.len(),
+            elsewhere.len()
+        );
+        assert!(
+            !reached.is_empty() && !elsewhere.is_empty(),
+            "{what} (Cluster): expected connections both to b1 and to the other node: {far:?}"
+        );
+        for a in reached {
+            assert_eq!(a.answer.as_ref().ok(), Some(&b1), "{what}: port {}", a.port);
+        }
+    }
+
+    let yaml = traffic_policy_yaml(&topology, false);
+    apply(&mut agent, dir.path(), "traffic-policy.yaml", &yaml);
+    let mut wanted = Vec::new();
+    for (family, proto) in cases() {
+        let what = format!(
+            "{family} {proto} from cl/c1 to {} (no endpoint on this node)",
+            NEAR.id()
+        );
+        let attempt = attempts(&topology, "cl/c1", NEAR.addr(family), proto, 1)
+            .pop()
+            .expect("one attempt");
+        assert_unanswered(&attempt, &what);
+        let client = (topology.pod("cl/c1").ip(family), attempt.port);
+        wanted.push(dropped_via(
+            format!("{what}: dropped no_local_endpoints"),
+            client,
+            NEAR.addr(family).ip(),
+            "no_local_endpoints",
+            NEAR,
+        ));
+    }
+    wait_for_flows(&topology, &mut agent, &wanted);
+}
+
+/// `svc/ranged`: a `LoadBalancer` Service over the echo backends whose load-balancer IPs
+/// ([`RANGED_LB`]) admit only `c1` (`loadBalancerSourceRanges`: its /32 and /128).
+fn source_ranges_yaml(topology: &Topology) -> String {
+    let [c1_v4, c1_v6] = topology.pod("cl/c1").ips();
+    let [lb_v4, lb_v6] = RANGED_LB;
+    service_yaml(
+        RANGED,
+        "  selector:\n    app: echo\n",
+        ("80", "80"),
+        &format!(
+            "  type: LoadBalancer\n  loadBalancerSourceRanges:\n    - {c1_v4}/32\n    - \
+             {c1_v6}/128\nstatus:\n  loadBalancer:\n    ingress:\n      - ip: {lb_v4}\n      \
+             - ip: \"{lb_v6}\"\n"
+        ),
+    )
+}
+
+/// `loadBalancerSourceRanges` hold for pods reaching the load-balancer IP (kube-proxy checks
+/// every client of that IP): `c1`, inside the ranges, reaches the backends through it; `c2`,
+/// outside, is dropped (no answer; flows with reason `source_range`), and still reaches the
+/// same Service through its `ClusterIP`, which the ranges do not guard.
+#[test]
+fn load_balancer_source_ranges_admit_only_pods_inside_them() {
+    testbed::require_root!();
+    let _slot = ONE_AGENT_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let topology = topology();
+    let dir = TempDir::new("manifests");
+    let mut agent = start(&topology, &dir);
+    apply(
+        &mut agent,
+        dir.path(),
+        "source-ranges.yaml",
+        &source_ranges_yaml(&topology),
+    );
+    let backends = echo_backends();
+    let mut wanted = Vec::new();
+    for (family, proto) in cases() {
+        let lb = SocketAddr::new(by_family(RANGED_LB, family), SERVICE_PORT);
+        let what = format!("{family} {proto} from cl/c1 (inside the ranges) to {lb}");
+        let inside = attempts(&topology, "cl/c1", lb, proto, 10);
+        let counts = answered_by(&inside, &what);
+        assert!(
+            counts.keys().all(|pod| backends.contains(pod)),
+            "{what}: answered by {counts:?}"
+        );
+
+        let what = format!("{family} {proto} from cl/c2 (outside the ranges) to {lb}");
+        let outside = attempts(&topology, "cl/c2", lb, proto, 1)
+            .pop()
+            .expect("one attempt");
+        assert_unanswered(&outside, &what);
+        let client = (topology.pod("cl/c2").ip(family), outside.port);
+        wanted.push(dropped_via(
+            format!("{what}: dropped source_range"),
+            client,
+            lb.ip(),
+            "source_range",
+            RANGED,
+        ));
+
+        let what = format!("{family} {proto} from cl/c2 to {}'s ClusterIP", RANGED.id());
+        let cluster_ip = attempts(&topology, "cl/c2", RANGED.addr(family), proto, 10);
+        let counts = answered_by(&cluster_ip, &what);
+        assert!(
+            counts.keys().all(|pod| backends.contains(pod)),
+            "{what}: answered by {counts:?}"
+        );
+    }
+    wait_for_flows(&topology, &mut agent, &wanted);
+}
+
+/// `EndpointSlice` conditions during a rollout, as kube-proxy reads them: new connections go
+/// to the ready endpoints; when none is ready, to those still serving while terminating; an
+/// endpoint that is terminating and no longer serving never gets one, and with only such
+/// endpoints left the Service refuses (`ECONNREFUSED` at once, as with no endpoints at all).
+/// `svc/rollout` has no selector: its slices are written here, phase by phase.
+#[test]
+fn terminating_endpoints_serve_only_when_none_is_ready() {
+    // Each phase with two candidates: 30 connections all reach one of them with probability
+    // 2 (1/2)^30, about 2·10⁻⁹.
+    const CONNECTIONS: usize = 30;
+    testbed::require_root!();
+    let _slot = ONE_AGENT_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let topology = topology();
+    let dir = TempDir::new("manifests");
+    let mut agent = start(&topology, &dir);
+    let [b1, b2, b3] = BACKENDS.map(|b| SliceEndpoint::pod(&topology, &backend(b)));
+    let phase = |agent: &mut Agent<'_>, endpoints: &[SliceEndpoint]| {
+        let yaml = [
+            service_yaml(ROLLOUT, "", ("80", "80"), ""),
+            slices_yaml(ROLLOUT, endpoints),
+        ]
+        .join("---\n");
+        apply(agent, dir.path(), "rollout.yaml", &yaml);
+    };
+    let phases = [
+        (
+            "b1 ready, b2 serving and terminating, b3 terminating",
+            vec![b1, b2.terminating(true), b3.terminating(false)],
+            vec![backend("b1")],
+        ),
+        (
+            "none ready: b1 and b2 serving and terminating, b3 terminating",
+            vec![
+                b1.terminating(true),
+                b2.terminating(true),
+                b3.terminating(false),
+            ],
+            vec![backend("b1"), backend("b2")],
+        ),
+    ];
+    for (what, endpoints, expected) in phases {
+        phase(&mut agent, &endpoints);
+        for (family, proto) in cases() {
+            let what = format!("{family} {proto} to {} ({what})", ROLLOUT.id());
+            let all = attempts(&topology, "cl/c1", ROLLOUT.addr(family), proto, CONNECTIONS);
+            let counts = answered_by(&all, &what);
+            eprintln!("{what}: {counts:?}");
+            assert_eq!(
+                counts.keys().collect::<Vec<_>>(),
+                expected.iter().collect::<Vec<_>>(),
+                "{what}: answered by {counts:?}"
+            );
+        }
+    }
+
+    phase(
+        &mut agent,
+        &[
+            b1.terminating(false),
+            b2.terminating(false),
+            b3.terminating(false),
+        ],
+    );
+    for (family, proto) in cases() {
+        for a in attempts(&topology, "cl/c1", ROLLOUT.addr(family), proto, 3) {
+            match &a.answer {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                other => panic!(
+                    "{family} {proto} from port {} to {} (every endpoint terminating, none \
+                     serving): expected ECONNREFUSED, got {other:?}",
+                    a.port,
+                    ROLLOUT.id()
+                ),
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! turning its replies around, a remote backend's replies coming back to the uplink from the
 //! masquerade address. Checksums are verified on every frame a program leaves.
 //!
-//! The node has 10.0.255.1 and fd00:ff::1 (its node-port and masquerade addresses); the local
+//! The node has `10.0.255.1` and `fd00:ff::1` (its node-port and masquerade addresses); the local
 //! pod `x/l` sits behind ifindex 1 (`BPF_PROG_TEST_RUN` runs on loopback), `x/r` is a pod of
 //! another node. Clients are outside the cluster.
 
@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use dataplane_abi::{DropReason, PassReason, masquerade_ports, programs};
 use ipnetwork::IpNetwork;
 use testbed::fixtures::{TC_ACT_OK, TC_ACT_SHOT, ip, labels};
-use testbed::packet::{ACK, SYN};
+use testbed::packet::{ACK, IcmpError, L4, Packet, SYN, icmp_frame, read_icmp_error};
 use testbed::testrun::{Ran, TC_ACT_REDIRECT, run, run_frame, tcp, udp};
 use weir::compile::{self, NodeView};
 use weir::dataplane::Dataplane;
@@ -517,5 +517,98 @@ fn other_traffic_on_the_uplink_is_left_alone() {
                 "{pkt:?}: passed untouched, no counter"
             );
         }
+    }
+}
+
+/// ICMP errors about connections from outside: a masqueraded backend's port unreachable
+/// reaches the client as about its datagram to the node port; the client's error about a
+/// reply from the node port (path MTU discovery's fragmentation-needed travels this way)
+/// reaches the backend as about its own datagram, for a local and a masqueraded one.
+#[test]
+fn icmp_errors_about_connections_from_outside_are_translated() {
+    testbed::require_root!();
+    for f in [V4, V6] {
+        let mut dp = loaded(&state());
+        let datagram = |dp: &mut Dataplane, sport| {
+            let out = run(
+                dp,
+                programs::FROM_WORLD,
+                &udp(f.client, sport, f.node, CLUSTER_PORT),
+            );
+            out.expect(TC_ACT_OK, EXTERNAL, "UDP to a Cluster node port");
+            out.tuple()
+        };
+        let (mut masqueraded, mut direct) = (None, None);
+        for sport in 46_000..46_064 {
+            let t = datagram(&mut dp, sport);
+            if t.dst == ip(f.remote) {
+                masqueraded.get_or_insert((sport, t));
+            } else {
+                direct.get_or_insert((sport, t));
+            }
+        }
+        let (sport, sent) = masqueraded.expect("a datagram went to the remote backend");
+        let error = Packet::new(
+            ip(f.remote),
+            ip(f.node),
+            L4::Unreachable {
+                quoted: Box::new(udp(&sent.src.to_string(), sent.src_port, f.remote, 5353)),
+            },
+        );
+        let ran = run_frame(&mut dp, programs::FROM_WORLD, &icmp_frame(&error));
+        ran.expect(
+            TC_ACT_OK,
+            ESTABLISHED,
+            "the remote backend's port unreachable",
+        );
+        assert_eq!(
+            read_icmp_error(&ran.out),
+            IcmpError {
+                src: ip(f.node),
+                dst: ip(f.client),
+                quoted_src: (ip(f.client), sport),
+                quoted_dst: (ip(f.node), CLUSTER_PORT),
+            },
+            "{}: to the client, about its datagram to the node port",
+            f.client
+        );
+
+        let about_reply = |sport| {
+            icmp_frame(&Packet::new(
+                ip(f.client),
+                ip(f.node),
+                L4::Unreachable {
+                    quoted: Box::new(udp(f.node, CLUSTER_PORT, f.client, sport)),
+                },
+            ))
+        };
+        let ran = run_frame(&mut dp, programs::FROM_WORLD, &about_reply(sport));
+        ran.expect(TC_ACT_OK, ESTABLISHED, "the client's error, masqueraded");
+        assert_eq!(
+            read_icmp_error(&ran.out),
+            IcmpError {
+                src: ip(f.node),
+                dst: ip(f.remote),
+                quoted_src: (ip(f.remote), 5353),
+                quoted_dst: (ip(f.node), sent.src_port),
+            },
+            "{}: to the remote backend, about its datagram to the masquerade address",
+            f.client
+        );
+
+        let (sport, _) = direct.expect("a datagram went to the local backend");
+        let ran = run_frame(&mut dp, programs::FROM_WORLD, &about_reply(sport));
+        ran.expect(TC_ACT_OK, ESTABLISHED, "the client's error, local backend");
+        assert_eq!(
+            read_icmp_error(&ran.out),
+            IcmpError {
+                src: ip(f.client),
+                dst: ip(f.local),
+                quoted_src: (ip(f.local), 5353),
+                quoted_dst: (ip(f.client), sport),
+            },
+            "{}: to the local backend, about its datagram to the client",
+            f.client
+        );
     }
 }

@@ -21,7 +21,8 @@
 //!      in-cluster clients of those addresses to every endpoint).
 //! 5. Flags: External entries with policy `Cluster` masquerade; entries with policy `Local`
 //!    drop when the set is empty (another node may have endpoints); load-balancer IPs of a
-//!    Service with `loadBalancerSourceRanges` check the client against them.
+//!    Service with `loadBalancerSourceRanges` check the client against them (an IPv6 range
+//!    never admits an IPv4 client, `::/0` included).
 //! 6. Two Services claiming one frontend: the first by namespace, then name, keeps it, and
 //!    the other is warned about.
 //!
@@ -45,7 +46,7 @@ use self::build::{NodePortAddrs, ServiceCompiler, SetIdentity};
 use self::ids::{Hints, Ids};
 use super::maglev::Table;
 use super::{CompileError, NodeView};
-use crate::model::{DesiredState, EndpointSlice, Service};
+use crate::model::{DesiredState, EndpointSlice, Node, Service};
 
 /// One prefix of `WEIR_LBSRC_V1`: a `loadBalancerSourceRanges` entry of one Service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -181,10 +182,10 @@ struct NodeFacts {
 }
 
 impl NodeFacts {
-    fn of(node: &NodeView) -> Self {
+    fn of(node: &NodeView, nodes: &[Node]) -> Self {
         Self {
             name: node.node_name.clone(),
-            node_port_addrs: NodePortAddrs::of(node).0,
+            node_port_addrs: NodePortAddrs::of(node, nodes).0,
             routed: node.local_routes.keys().copied().collect(),
         }
     }
@@ -370,7 +371,7 @@ pub(super) fn compile(
     node: &NodeView,
     previous: &ServiceMaps,
 ) -> Result<(ServiceMaps, Vec<String>), CompileError> {
-    let facts = NodeFacts::of(node);
+    let facts = NodeFacts::of(node, &state.nodes);
     let slices = SliceIndex::new(&state.endpoint_slices);
     let previous_units: Vec<&CompiledService> = previous.units.values().map(|u| &**u).collect();
     let hints = previous.units.get(RECOVERED).map(|u| Hints::of(u));

@@ -13,7 +13,7 @@ use super::ids::{Ids, Kind};
 use super::{CompiledService, CompiledSet, SourceRange};
 use crate::compile::maglev::{Member, Table};
 use crate::compile::{CompileError, NodeView, to_addr, to_prefix};
-use crate::model::{EndpointSlice, Protocol, Service, ServiceKind, ServicePort};
+use crate::model::{EndpointSlice, Node, Protocol, Service, ServiceKind, ServicePort};
 
 /// Which endpoints a backend set holds: a Kubernetes traffic policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -40,12 +40,13 @@ pub(super) struct SetIdentity {
     policy: TrafficPolicy,
 }
 
-/// Addresses of this node where node ports answer: all but loopback, link-local, multicast
-/// and unspecified ones.
+/// Addresses of this node where node ports answer: its `Node`'s `status.addresses` when the
+/// desired state has it (as kube-proxy's `nodePortAddresses: primary`), else every address of
+/// the node's network namespace; never loopback, link-local, multicast or unspecified ones.
 pub(super) struct NodePortAddrs(pub(super) Vec<IpAddr>);
 
 impl NodePortAddrs {
-    pub(super) fn of(node: &NodeView) -> Self {
+    pub(super) fn of(node: &NodeView, nodes: &[Node]) -> Self {
         let usable = |ip: &&IpAddr| match ip {
             IpAddr::V4(v4) => {
                 !(v4.is_loopback()
@@ -60,7 +61,18 @@ impl NodePortAddrs {
                     || v6.is_unspecified())
             }
         };
-        Self(node.host_addrs.iter().filter(usable).copied().collect())
+        let declared = nodes
+            .iter()
+            .find(|n| Some(&n.name) == node.node_name.as_ref())
+            .map(|n| &n.addresses)
+            .filter(|addresses| !addresses.is_empty());
+        let mut addrs: Vec<IpAddr> = match declared {
+            Some(addresses) => addresses.iter().filter(usable).copied().collect(),
+            None => node.host_addrs.iter().filter(usable).copied().collect(),
+        };
+        addrs.sort_unstable();
+        addrs.dedup();
+        Self(addrs)
     }
 }
 
@@ -170,7 +182,7 @@ impl ServiceCompiler<'_> {
                 .service
                 .load_balancer_source_ranges
                 .iter()
-                .map(|r| source_range(unit.id, *r))
+                .flat_map(|r| source_range(unit.id, *r))
                 .collect();
             unit.source_ranges.sort_unstable();
             unit.source_ranges.dedup();
@@ -436,12 +448,65 @@ pub(super) fn is_v4_mapped(addr: &Addr) -> bool {
     addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
 }
 
-fn source_range(service: u32, range: IpNetwork) -> SourceRange {
+/// The trie prefixes of one `loadBalancerSourceRanges` entry of Service `service`.
+///
+/// The trie holds IPv4 addresses in the IPv4-mapped block (`::ffff:0:0/96`) of its 16-byte
+/// addresses, so an IPv6 range written as it is would admit the IPv4 clients of that block it
+/// covers: `::/0`, meant as every IPv6 client, would admit every IPv4 one too, whatever the
+/// Service's IPv4 ranges say. An IPv6 range is therefore kept out of the block: one inside it
+/// matches no IPv6 client and is left out; one around it becomes the prefixes that cover it
+/// without the block (one per bit between its length and the block's, at most 96).
+fn source_range(service: u32, range: IpNetwork) -> Vec<SourceRange> {
     let (prefix_len, addr) = to_prefix(range);
-    SourceRange {
-        service,
-        prefix_len,
-        addr,
+    let prefixes = match range {
+        IpNetwork::V4(_) => vec![(prefix_len, addr)],
+        IpNetwork::V6(_) => outside_v4_mapped(prefix_len, addr),
+    };
+    prefixes
+        .into_iter()
+        .map(|(prefix_len, addr)| SourceRange {
+            service,
+            prefix_len,
+            addr,
+        })
+        .collect()
+}
+
+/// Prefix length of the IPv4-mapped block `::ffff:0:0/96`.
+const V4_MAPPED_LEN: u32 = 96;
+
+/// The prefixes that cover what prefix `addr`/`len` covers outside the IPv4-mapped block.
+fn outside_v4_mapped(len: u32, addr: Addr) -> Vec<(u32, Addr)> {
+    let mut block: Addr = [0; 16];
+    block[10..12].copy_from_slice(&[0xff, 0xff]);
+    if (0..len.min(V4_MAPPED_LEN)).any(|i| bit(&addr, i) != bit(&block, i)) {
+        return vec![(len, addr)];
+    }
+    // Around the block: for each bit from `len` on, the block's bits before it and the other
+    // value of that bit.
+    (len..V4_MAPPED_LEN)
+        .map(|flipped| {
+            let mut prefix: Addr = [0; 16];
+            for i in 0..flipped {
+                set_bit(&mut prefix, i, bit(&block, i));
+            }
+            set_bit(&mut prefix, flipped, !bit(&block, flipped));
+            (flipped + 1, prefix)
+        })
+        .collect()
+}
+
+/// Bit `i` of `addr`, counted from the most significant bit of its first byte.
+fn bit(addr: &Addr, i: u32) -> bool {
+    addr[(i / 8) as usize] & (0x80 >> (i % 8)) != 0
+}
+
+fn set_bit(addr: &mut Addr, i: u32, value: bool) {
+    let mask = 0x80 >> (i % 8);
+    if value {
+        addr[(i / 8) as usize] |= mask;
+    } else {
+        addr[(i / 8) as usize] &= !mask;
     }
 }
 

@@ -47,7 +47,7 @@ fn compile_with(
     let flat = maps.services.flatten();
     Ok(Compiled { maps, flat })
 }
-use crate::model::{Endpoint, EndpointPort, Origin, TargetPort};
+use crate::model::{Endpoint, EndpointPort, Node, Origin, TargetPort};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -594,6 +594,64 @@ fn source_ranges_guard_load_balancer_ips_only() {
     );
 }
 
+/// Whether source range `range` holds `client` (as the programs' trie lookup decides).
+fn admits(range: &SourceRange, client: &str) -> bool {
+    let client = addr(client);
+    (0..range.prefix_len).all(|i| {
+        let (byte, mask) = ((i / 8) as usize, 0x80 >> (i % 8));
+        client[byte] & mask == range.addr[byte] & mask
+    })
+}
+
+#[test]
+fn an_ipv6_source_range_admits_no_ipv4_client() {
+    let v4_clients = ["10.0.0.1", "0.0.0.0", "255.255.255.255", "192.0.2.9"];
+    let v6_clients = [
+        "fd00::1",
+        "2001:db8::1",
+        "::1",
+        "::fffe:0:1",
+        "::1:0:0:0",
+        "ff02::1",
+    ];
+    let everyone = load_balancer(false, &["::/0"]);
+    assert_eq!(
+        everyone.source_ranges.len(),
+        96,
+        "one prefix per bit above /96"
+    );
+    for client in v6_clients {
+        assert!(
+            everyone.source_ranges.iter().any(|r| admits(r, client)),
+            "::/0 admits {client}"
+        );
+    }
+    let inside_block = load_balancer(false, &["::ffff:10.0.0.0/104", "2001:db8::/32"]);
+    for maps in [&everyone, &inside_block] {
+        for client in v4_clients {
+            let admitted: Vec<&SourceRange> = maps
+                .source_ranges
+                .iter()
+                .filter(|r| admits(r, client))
+                .collect();
+            assert!(admitted.is_empty(), "{client} admitted by {admitted:?}");
+        }
+    }
+    let kept: Vec<u32> = inside_block
+        .source_ranges
+        .iter()
+        .map(|r| r.prefix_len)
+        .collect();
+    assert_eq!(
+        kept,
+        [32],
+        "2001:db8::/32 as written, the range inside the block left out"
+    );
+    let with_v4 = load_balancer(false, &["10.0.0.0/8", "::/0"]);
+    assert!(with_v4.source_ranges.iter().any(|r| admits(r, "10.0.0.1")));
+    assert!(!with_v4.source_ranges.iter().any(|r| admits(r, "192.0.2.9")));
+}
+
 #[test]
 fn node_ports_only_for_node_port_and_load_balancer_services() {
     let mut svc = service("x", "web", "10.96.0.1");
@@ -614,6 +672,46 @@ fn node_ports_only_for_node_port_and_load_balancer_services() {
             key("192.168.1.10", 30080, ServiceScope::Internal),
             key("192.168.1.10", 30080, ServiceScope::External),
         ])
+    );
+}
+
+#[test]
+fn node_ports_answer_on_the_addresses_of_this_nodes_node_object() {
+    let mut svc = service("x", "web", "10.96.0.1");
+    svc.ports = vec![service_port("http", 80, Some(30080))];
+    svc.kind = ServiceKind::NodePort;
+    let node_object = |name: &str, addresses: &[&str]| Node {
+        name: name.into(),
+        addresses: addresses.iter().map(|a| ip(a)).collect(),
+        pod_cidrs: vec![],
+        origin: Origin::default(),
+    };
+    let mut desired = state(vec![svc], vec![]);
+    desired.nodes = vec![
+        node_object("node-b", &["192.168.1.11"]),
+        node_object("node-a", &["192.168.1.20", "fe80::20"]),
+    ];
+    let maps = compile(&desired, &node()).unwrap();
+    let node_ports: BTreeSet<ServiceKey> = maps
+        .frontends
+        .keys()
+        .filter(|k| k.port_h == 30080)
+        .copied()
+        .collect();
+    assert_eq!(
+        node_ports,
+        BTreeSet::from([
+            key("192.168.1.20", 30080, ServiceScope::Internal),
+            key("192.168.1.20", 30080, ServiceScope::External),
+        ]),
+        "this node's Node addresses (link-local left out), not the host's nor another node's"
+    );
+    desired.nodes.retain(|n| n.name != "node-a");
+    let maps = compile(&desired, &node()).unwrap();
+    assert!(
+        maps.frontends
+            .contains_key(&key("192.168.1.10", 30080, ServiceScope::External)),
+        "without its Node object, the node's own addresses"
     );
 }
 
