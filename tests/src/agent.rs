@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::netns::Netns;
 use crate::tempdir::TempDir;
 use crate::topology::Topology;
 
@@ -136,14 +137,24 @@ impl AgentOptions {
 
     /// Starts `weir run` in the node namespace of `topology`, reading `manifests`.
     pub fn start<'t>(&self, topology: &'t Topology, manifests: &Path) -> Agent<'t> {
-        Agent::spawn(topology, manifests, self)
+        Agent::spawn(topology.node(), manifests, self)
+    }
+
+    /// Starts `weir run` in the node namespace `node` (one node of a [`crate::Cluster`]),
+    /// reading `manifests`. Agents of different nodes clash on nothing: each has its own
+    /// network namespace for its health port, and with [`Launch::Private`] its own mount
+    /// namespace for its pins; with [`Launch::Pinned`] give each its own pin path and
+    /// cgroup.
+    pub fn start_in<'t>(&self, node: &'t Netns, manifests: &Path) -> Agent<'t> {
+        Agent::spawn(node, manifests, self)
     }
 }
 
-/// A running `weir run`. Borrows the topology so that it stops before the namespaces go.
+/// A running `weir run`. Borrows its node's namespace so that it stops before the
+/// namespaces go.
 #[derive(Debug)]
 pub struct Agent<'t> {
-    topology: &'t Topology,
+    node: &'t Netns,
     child: Child,
     /// The `weir` process: the child, once `ip netns exec` or `nsenter` has exec'd into it.
     pid: u32,
@@ -178,9 +189,9 @@ impl<'t> Agent<'t> {
         AgentOptions::default()
     }
 
-    fn spawn(topology: &'t Topology, manifests: &Path, options: &AgentOptions) -> Self {
+    fn spawn(node: &'t Netns, manifests: &Path, options: &AgentOptions) -> Self {
         let binary = options.binary.as_deref().unwrap_or_else(|| weir_binary());
-        let port = topology.node().run(free_loopback_port);
+        let port = node.run(free_loopback_port);
         let health = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let log_dir = TempDir::new("agent-log");
         let log = log_dir.path().join("weir.log");
@@ -188,12 +199,12 @@ impl<'t> Agent<'t> {
         let mut command = match &options.launch {
             Launch::Private => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", topology.node().name()]);
+                c.args(["netns", "exec", node.name()]);
                 c
             }
             Launch::Pinned { .. } => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", topology.node().path().display()));
+                c.arg(format!("--net={}", node.path().display()));
                 c
             }
         };
@@ -239,7 +250,7 @@ impl<'t> Agent<'t> {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
         let mut agent = Self {
-            topology,
+            node,
             pid: child.id(),
             child,
             health,
@@ -396,7 +407,7 @@ impl<'t> Agent<'t> {
     /// A GET to the health endpoint, from inside the node namespace where it listens.
     fn get(&self, path: &str) -> io::Result<(u16, String)> {
         let addr = self.health;
-        self.topology.node().run(|| http_get(addr, path))
+        self.node.run(|| http_get(addr, path))
     }
 }
 

@@ -3,6 +3,8 @@
 //! - [`Netns`]: a namespace that exists as long as its guard, and threads that run inside it;
 //! - [`Topology`]: a node namespace and pods joined to it by veth pairs, as a CNI wires them,
 //!   with TCP and UDP echo servers in every pod and parallel probes between them;
+//! - [`Cluster`]: two such nodes on a bridged underlay, with an outside client, for node
+//!   ports, load-balancer and external IPs;
 //! - [`Reachability`]: expected connectivity, compared with probes in upstream's format;
 //! - [`Agent`]: the `weir` binary running in the node namespace;
 //! - [`Cgroup`]: a cgroup v2 of the test's own, for the socket programs and the processes
@@ -24,6 +26,7 @@
 
 mod agent;
 mod cgroup;
+mod cluster;
 pub mod fakeapi;
 pub mod fixtures;
 pub mod manifests;
@@ -39,12 +42,21 @@ mod topology;
 mod traffic;
 
 #[cfg(test)]
+mod cluster_selftest;
+#[cfg(test)]
 mod selftest;
 
 pub use agent::{Agent, AgentOptions, Launch, Status, http_get, weir_binary};
 pub use cgroup::{Cgroup, SOCKET_HOOKS, cgroup2_root, reap_orphan_cgroups};
+pub use cluster::{
+    CLIENT_IPV4, CLIENT_IPV6, Cluster, ClusterBuilder, ClusterNode, EXTERNAL_V4, EXTERNAL_V6,
+    NODES, UPLINK,
+};
 pub use netns::{Netns, RunTag, netns_path, reap_orphans};
-pub use probe::{CONNECT_TIMEOUT, Case, Family, Proto, REPLY_TIMEOUT, Session, request};
+pub use probe::{
+    Answer, CONNECT_TIMEOUT, Case, Family, Proto, REPLY_TIMEOUT, Session, exchange, exchange_from,
+    request,
+};
 pub use reachability::{NODE, Peer, Reachability, TruthTable};
 pub use rng::Rng;
 pub use servers::{NAME_MARK, PROBE_PORTS};

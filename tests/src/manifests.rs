@@ -65,17 +65,24 @@ pub fn namespace_yaml(name: &str, labels: &Labels) -> String {
     )
 }
 
-/// A running `v1` Pod with its addresses in `status.podIPs` and a named container port for
-/// every port and protocol its probe servers answer (`serve-<port>-<proto>` unless the spec
-/// names it otherwise).
+/// A running `v1` Pod with its addresses in `status.podIPs`, its node in `spec.nodeName` when
+/// the spec names one, and a named container port for every port and protocol its probe
+/// servers answer (`serve-<port>-<proto>` unless the spec names it otherwise).
 pub fn pod_yaml(spec: &PodSpec, ips: &[IpAddr]) -> String {
     let mut yaml = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:{}\n\
-         spec:\n  containers:\n    - name: probe\n      image: {IMAGE}\n      ports:\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {}\n  labels:{}\nspec:\n",
         quote(&spec.name),
         quote(&spec.namespace),
         labels_yaml(&spec.labels, "    ")
     );
+    if let Some(node) = &spec.node_name {
+        writeln!(yaml, "  nodeName: {}", quote(node)).expect("writing to a String");
+    }
+    writeln!(
+        yaml,
+        "  containers:\n    - name: probe\n      image: {IMAGE}\n      ports:"
+    )
+    .expect("writing to a String");
     for proto in Proto::ALL {
         for &port in &spec.ports {
             let name = spec.container_port_name(port, proto);
@@ -137,6 +144,22 @@ mod tests {
         ] {
             assert!(yaml.contains(expected), "missing {expected:?} in\n{yaml}");
         }
+    }
+
+    #[test]
+    fn pod_manifest_names_its_node_when_it_has_one() {
+        let ips = ["10.98.2.1".parse().unwrap()];
+        let spec = PodSpec::new("x", "a");
+        assert!(!pod_yaml(&spec, &ips).contains("nodeName"));
+        let placed = PodSpec {
+            node_name: Some("node2".to_owned()),
+            ..spec
+        };
+        assert!(
+            pod_yaml(&placed, &ips).contains("spec:\n  nodeName: \"node2\"\n  containers:\n"),
+            "{}",
+            pod_yaml(&placed, &ips)
+        );
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //!
 //! A probe runs on a thread that is already inside the source namespace (see
 //! `Topology::probe_all`), so the sockets here are created where the traffic starts. Every
-//! answer names the pod that gave it (see `servers`): [`request`] and [`Session::ask`]
-//! return that name, [`send`] only whether the echo came back.
+//! answer names the pod that gave it and the source address it saw (see `servers`):
+//! [`exchange`] and [`Session::exchange`] return both as an [`Answer`], [`request`] and
+//! [`Session::ask`] the pod's name alone, [`send`] only whether the echo came back.
 
 use std::fmt;
 use std::io::{self, Read as _, Write as _};
-use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -110,15 +111,40 @@ pub fn send(dst: SocketAddr, proto: Proto) -> bool {
 
 /// Sends one request to `dst` from the calling thread's namespace, on a socket of its own
 /// (a new connection, a new flow), and returns the id (`namespace/name`) of the pod that
-/// answered. A refused connection or port (TCP reset, ICMP unreachable) is
-/// `ConnectionRefused`; silence is `TimedOut` or `WouldBlock`; an answer that is not this
-/// request's echo is `InvalidData`.
+/// answered. Errors as [`exchange`]'s.
 pub fn request(dst: SocketAddr, proto: Proto) -> io::Result<String> {
+    exchange(dst, proto).map(|answer| answer.pod)
+}
+
+/// Sends one request to `dst` from the calling thread's namespace, on a socket of its own
+/// (a new connection, a new flow), and returns who answered and whom it saw. A refused
+/// connection or port (TCP reset, ICMP unreachable) is `ConnectionRefused`; silence is
+/// `TimedOut` or `WouldBlock`; an answer that is not this request's echo is `InvalidData`.
+pub fn exchange(dst: SocketAddr, proto: Proto) -> io::Result<Answer> {
     let token = unique_token(dst, proto);
     match proto {
         Proto::Tcp => tcp_exchange(dst, &token),
         Proto::Udp => udp_exchange(dst, &token),
     }
+}
+
+/// [`exchange`] from source address `src` of the calling thread's namespace: what a client
+/// with several addresses (one inside a Service's source ranges, one outside) sends. One
+/// request on a new connection or flow, as [`Session::exchange`] sends it.
+pub fn exchange_from(src: IpAddr, dst: SocketAddr, proto: Proto) -> io::Result<Answer> {
+    Session::open_from(src, dst, proto)
+        .map_err(|(_, e)| e)?
+        .exchange()
+}
+
+/// A pod's answer to one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The id (`namespace/name`) of the pod that answered.
+    pub pod: String,
+    /// The source address and port of the request as the pod received it: the client's own,
+    /// or the address a source NAT on the way put in its place.
+    pub peer: SocketAddr,
 }
 
 /// A payload no other probe sends, so that a stray or late reply cannot be mistaken for
@@ -129,33 +155,47 @@ fn unique_token(dst: SocketAddr, proto: Proto) -> String {
     format!("weir-probe {n} {proto} {dst}")
 }
 
+/// The longest socket address a server writes: `[` an IPv6 address with a zone `%` name `]:`
+/// and a port.
+const PEER_LIMIT: usize = 1 + 45 + 1 + 15 + 2 + 5;
+
 /// The longest answer a server gives to `token`: the echo, the mark, a pod id (a namespace
-/// and a name of at most 253 bytes each, and the slash) and the newline.
+/// and a name of at most 253 bytes each, and the slash), a space, the peer and the newline.
 fn answer_limit(token: &str) -> usize {
-    token.len() + NAME_MARK.len_utf8() + 253 + 1 + 253 + 1
+    token.len() + NAME_MARK.len_utf8() + 253 + 1 + 253 + 1 + PEER_LIMIT + 1
 }
 
-/// The pod that signed `answer`, when `answer` is the echo of `token` (see `servers`).
-fn signer(answer: &[u8], token: &str) -> io::Result<String> {
+/// The pod that signed `answer` and the peer it saw, when `answer` is the echo of `token`
+/// (see `servers`).
+fn signer(answer: &[u8], token: &str) -> io::Result<Answer> {
     let invalid = || {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "answer {:?} to {token:?} is not its echo and a pod's name",
+                "answer {:?} to {token:?} is not its echo, a pod's name and the peer it saw",
                 String::from_utf8_lossy(answer)
             ),
         )
     };
     let text = std::str::from_utf8(answer).map_err(|_| invalid())?;
-    text.strip_prefix(token)
+    let signature = text
+        .strip_prefix(token)
         .and_then(|rest| rest.strip_prefix(NAME_MARK))
         .and_then(|rest| rest.strip_suffix('\n'))
-        .filter(|name| !name.is_empty() && !name.contains('\n'))
-        .map(str::to_owned)
-        .ok_or_else(invalid)
+        .filter(|signature| !signature.contains('\n'))
+        .ok_or_else(invalid)?;
+    let (pod, peer) = signature.rsplit_once(' ').ok_or_else(invalid)?;
+    let peer = peer.parse().map_err(|_| invalid())?;
+    if pod.is_empty() || pod.contains(' ') {
+        return Err(invalid());
+    }
+    Ok(Answer {
+        pod: pod.to_owned(),
+        peer,
+    })
 }
 
-fn tcp_exchange(dst: SocketAddr, token: &str) -> io::Result<String> {
+fn tcp_exchange(dst: SocketAddr, token: &str) -> io::Result<Answer> {
     let mut stream = TcpStream::connect_timeout(&dst, CONNECT_TIMEOUT)?;
     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
     stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
@@ -168,7 +208,7 @@ fn tcp_exchange(dst: SocketAddr, token: &str) -> io::Result<String> {
     signer(&reply, token)
 }
 
-fn udp_exchange(dst: SocketAddr, token: &str) -> io::Result<String> {
+fn udp_exchange(dst: SocketAddr, token: &str) -> io::Result<Answer> {
     let socket = UdpSocket::bind(unspecified(dst))?;
     // Connected, so that an ICMP port unreachable ends the wait at once instead of timing out.
     socket.connect(dst)?;
@@ -203,18 +243,29 @@ impl Session {
     /// then connects (TCP within [`CONNECT_TIMEOUT`]). A failed connect still names the port
     /// it was made from, so that what the dataplane reported about it can be found.
     pub fn open(dst: SocketAddr, proto: Proto) -> Result<Self, (SocketAddr, io::Error)> {
+        Self::open_from(unspecified(dst).ip(), dst, proto)
+    }
+
+    /// [`Session::open`] from source address `src` (one of the namespace's addresses, or the
+    /// wildcard for the kernel's choice), on an ephemeral port.
+    pub fn open_from(
+        src: IpAddr,
+        dst: SocketAddr,
+        proto: Proto,
+    ) -> Result<Self, (SocketAddr, io::Error)> {
         let (ty, protocol) = match proto {
             Proto::Tcp => (Type::STREAM, Protocol::TCP),
             Proto::Udp => (Type::DGRAM, Protocol::UDP),
         };
+        let bind_at = SocketAddr::new(src, 0);
         let socket = Socket::new(Domain::for_address(dst), ty, Some(protocol))
-            .and_then(|s| s.bind(&unspecified(dst).into()).map(|()| s))
-            .map_err(|e| (unspecified(dst), e))?;
+            .and_then(|s| s.bind(&bind_at.into()).map(|()| s))
+            .map_err(|e| (bind_at, e))?;
         let local = socket
             .local_addr()
             .ok()
             .and_then(|a| a.as_socket())
-            .unwrap_or_else(|| unspecified(dst));
+            .unwrap_or(bind_at);
         let connected = match proto {
             Proto::Tcp => socket.connect_timeout(&dst.into(), CONNECT_TIMEOUT),
             Proto::Udp => socket.connect(&dst.into()),
@@ -237,8 +288,14 @@ impl Session {
     }
 
     /// Sends one request and returns the id of the pod that answered it; errors as
-    /// [`request`]'s.
+    /// [`exchange`]'s.
     pub fn ask(&mut self) -> io::Result<String> {
+        self.exchange().map(|answer| answer.pod)
+    }
+
+    /// Sends one request and returns who answered it and whom it saw; errors as
+    /// [`exchange`]'s.
+    pub fn exchange(&mut self) -> io::Result<Answer> {
         let token = unique_token(self.dst, self.proto);
         let sent = self.socket.send(token.as_bytes())?;
         if sent != token.len() {
@@ -275,5 +332,42 @@ impl Session {
             line.extend_from_slice(&buf[..len]);
         }
         Ok(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_names_the_pod_and_the_peer_it_saw() {
+        let token = "weir-probe 7 TCP 10.100.0.1:30080";
+        let v4 = format!("{token}{NAME_MARK}svc/b1 10.100.0.100:40000\n");
+        assert_eq!(
+            signer(v4.as_bytes(), token).unwrap(),
+            Answer {
+                pod: "svc/b1".to_owned(),
+                peer: "10.100.0.100:40000".parse().unwrap(),
+            }
+        );
+        let v6 = format!("{token}{NAME_MARK}svc/b2 [fd00:100::1]:51000\n");
+        assert_eq!(
+            signer(v6.as_bytes(), token).unwrap().peer,
+            "[fd00:100::1]:51000".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn an_answer_without_a_peer_or_to_another_request_is_invalid() {
+        let token = "weir-probe 8 UDP 10.100.0.1:30080";
+        for answer in [
+            format!("{token}{NAME_MARK}svc/b1\n"),
+            format!("{token}{NAME_MARK} 10.100.0.100:40000\n"),
+            format!("weir-probe 9 UDP 10.100.0.1:30080{NAME_MARK}svc/b1 10.0.0.1:1\n"),
+            format!("{token}{NAME_MARK}svc/b1 10.100.0.100:40000"),
+        ] {
+            let error = signer(answer.as_bytes(), token).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{answer:?}");
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! Probe servers: in each pod, TCP and UDP echo servers on the probe ports, both families.
 //!
-//! Every answer names the pod that gives it: the request (one TCP read, or one datagram),
-//! then [`NAME_MARK`], the pod's id (`namespace/name`) and a newline. A client of a Service
-//! learns from it which backend its connection reached; a client of a pod, that the pod it
-//! addressed answered.
+//! Every answer names the pod that gives it and the client it saw: the request (one TCP
+//! read, or one datagram), then [`NAME_MARK`], the pod's id (`namespace/name`), a space, the
+//! source address and port of the connection or datagram as the pod received it, and a
+//! newline. A client of a Service learns from it which backend its connection reached and
+//! whether its address arrived intact or translated (source NAT); a client of a pod, that the
+//! pod it addressed answered.
 //!
 //! One thread per pod multiplexes all its sockets with `poll(2)`, so a client that stalls
 //! (its packets dropped half-way through a connection) cannot hold up the others.
@@ -49,10 +51,10 @@ impl EchoServers {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread_stop = Arc::clone(&stop);
-        let signature = format!("{NAME_MARK}{name}\n").into_bytes();
+        let name = name.to_owned();
         let thread = netns.spawn(
             format!("echo-{}", netns.name()),
-            move || match Sockets::bind(&addrs, &ports, signature) {
+            move || match Sockets::bind(&addrs, &ports, name) {
                 Ok(sockets) => {
                     ready_tx.send(Ok(())).ok();
                     sockets.serve(&thread_stop);
@@ -85,23 +87,30 @@ impl Drop for EchoServers {
     }
 }
 
-/// The sockets of one pod and its open TCP connections, each with the time it last
-/// carried a request.
+/// An accepted TCP connection: its stream, the client's address as the pod saw it, and when
+/// it last carried a request.
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    last_active: Instant,
+}
+
+/// The sockets of one pod and its open TCP connections.
 struct Sockets {
     listeners: Vec<TcpListener>,
     udp: Vec<UdpSocket>,
-    connections: Vec<(TcpStream, Instant)>,
-    /// What follows every echo: [`NAME_MARK`], the pod's id, a newline.
-    signature: Vec<u8>,
+    connections: Vec<Connection>,
+    /// The pod's id, which signs every echo.
+    name: String,
 }
 
 impl Sockets {
-    fn bind(addrs: &[IpAddr], ports: &[u16], signature: Vec<u8>) -> io::Result<Self> {
+    fn bind(addrs: &[IpAddr], ports: &[u16], name: String) -> io::Result<Self> {
         let mut sockets = Self {
             listeners: Vec::new(),
             udp: Vec::new(),
             connections: Vec::new(),
-            signature,
+            name,
         };
         // Bound to the pod's own addresses rather than the wildcard: a v6 wildcard socket
         // is dual-stack by default and would collide with the v4 one.
@@ -128,20 +137,20 @@ impl Sockets {
             // accepting appends new ones.
             let now = Instant::now();
             let mut flags = connections.iter();
-            let signature = &self.signature;
-            self.connections.retain_mut(|(stream, last_active)| {
+            let name = &self.name;
+            self.connections.retain_mut(|connection| {
                 let readable = *flags.next().expect("one flag per polled connection");
                 if readable {
-                    *last_active = now;
-                    return echo_stream(stream, signature);
+                    connection.last_active = now;
+                    return echo_stream(connection, name);
                 }
-                now.duration_since(*last_active) < IDLE_TIMEOUT
+                now.duration_since(connection.last_active) < IDLE_TIMEOUT
             });
             for (listener, _) in self.listeners.iter().zip(listeners).filter(|(_, r)| **r) {
                 accept_all(listener, &mut self.connections);
             }
             for (socket, _) in self.udp.iter().zip(udp).filter(|(_, r)| **r) {
-                echo_datagrams(socket, signature);
+                echo_datagrams(socket, name);
             }
         }
     }
@@ -154,7 +163,7 @@ impl Sockets {
             .iter()
             .map(AsRawFd::as_raw_fd)
             .chain(self.udp.iter().map(AsRawFd::as_raw_fd))
-            .chain(self.connections.iter().map(|(s, _)| s.as_raw_fd()))
+            .chain(self.connections.iter().map(|c| c.stream.as_raw_fd()))
             .collect();
         let mut pollfds: Vec<libc::pollfd> = fds
             .iter()
@@ -176,36 +185,45 @@ impl Sockets {
     }
 }
 
-fn accept_all(listener: &TcpListener, connections: &mut Vec<(TcpStream, Instant)>) {
-    while let Ok((stream, _)) = listener.accept() {
+fn accept_all(listener: &TcpListener, connections: &mut Vec<Connection>) {
+    while let Ok((stream, peer)) = listener.accept() {
         if stream.set_nonblocking(true).is_ok() {
-            connections.push((stream, Instant::now()));
+            connections.push(Connection {
+                stream,
+                peer,
+                last_active: Instant::now(),
+            });
         }
     }
 }
 
-fn echo_datagrams(socket: &UdpSocket, signature: &[u8]) {
+fn echo_datagrams(socket: &UdpSocket, name: &str) {
     let mut buf = [0u8; MAX_MESSAGE];
     while let Ok((len, from)) = socket.recv_from(&mut buf) {
         // A lost echo is the client's timeout to notice, as with a real server.
-        socket.send_to(&signed(&buf[..len], signature), from).ok();
+        socket.send_to(&signed(&buf[..len], name, from), from).ok();
     }
 }
 
 /// Echoes what the client sent; returns whether the connection stays open (a probe closes
 /// its side after its request, and we close ours after the echo; a longer-lived client sends
 /// one request at a time and waits for each answer).
-fn echo_stream(stream: &mut TcpStream, signature: &[u8]) -> bool {
+fn echo_stream(connection: &mut Connection, name: &str) -> bool {
     let mut buf = [0u8; MAX_MESSAGE];
-    match stream.read(&mut buf) {
+    match connection.stream.read(&mut buf) {
         Ok(0) => false,
         // The reply is about as small as the request and the send buffer is empty: it fits.
-        Ok(len) => stream.write_all(&signed(&buf[..len], signature)).is_ok(),
+        Ok(len) => connection
+            .stream
+            .write_all(&signed(&buf[..len], name, connection.peer))
+            .is_ok(),
         Err(e) => e.kind() == io::ErrorKind::WouldBlock,
     }
 }
 
-/// The answer to `request`: the request, then the pod's signature.
-fn signed(request: &[u8], signature: &[u8]) -> Vec<u8> {
-    [request, signature].concat()
+/// The answer to `request` from pod `name` to the client seen as `peer`: the request, then
+/// [`NAME_MARK`], the pod's id, a space, the peer and a newline.
+fn signed(request: &[u8], name: &str, peer: SocketAddr) -> Vec<u8> {
+    let signature = format!("{NAME_MARK}{name} {peer}\n");
+    [request, signature.as_bytes()].concat()
 }

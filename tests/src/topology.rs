@@ -53,6 +53,9 @@ pub struct PodSpec {
     /// Container port names other than the default `serve-<port>-<proto>`, by port and
     /// protocol: what a Service's named `targetPort` looks up.
     pub port_names: BTreeMap<(u16, Proto), String>,
+    /// `spec.nodeName`: the node the pod runs on; `None` in a one-node topology, whose
+    /// manifests leave it out.
+    pub node_name: Option<String>,
 }
 
 impl PodSpec {
@@ -65,6 +68,7 @@ impl PodSpec {
             addresses: None,
             ports: PROBE_PORTS.to_vec(),
             port_names: BTreeMap::new(),
+            node_name: None,
         }
     }
 
@@ -239,21 +243,10 @@ impl TopologyBuilder {
             node,
         };
         for (index, spec) in self.pods.into_iter().enumerate() {
-            let pod = add_pod(&tag, &topology.node, index, spec);
+            let pod = add_pod(&tag, &topology.node, index, spec, one_node_addresses(index));
             topology.pods.push(pod);
         }
-        topology.servers = topology
-            .pods
-            .iter()
-            .map(|pod| {
-                EchoServers::start(
-                    &pod.netns,
-                    &pod.id(),
-                    pod.ips().to_vec(),
-                    pod.spec.ports.clone(),
-                )
-            })
-            .collect();
+        topology.servers = topology.pods.iter().map(start_servers).collect();
         topology
     }
 }
@@ -484,32 +477,53 @@ const PROBE_STACK: usize = 128 * 1024;
 
 /// Sysctls and addresses of the node namespace.
 fn configure_node(node: &Netns) {
-    node.sysctl("net/ipv4/ip_forward", "1");
-    node.sysctl("net/ipv6/conf/all/forwarding", "1");
-    disable_dad(node);
+    configure_router(node);
     // This kernel has no dummy driver (CONFIG_DUMMY off), so the node address lives on
     // `lo`, as many routing daemons keep their router id: it is global and always up.
     node.ip_batch(&format!(
+        "addr add {NODE_IPV4}/32 dev lo\n\
+         addr add {NODE_IPV6}/128 dev lo nodad\n"
+    ));
+}
+
+/// What makes a namespace a node that routes for its pods: forwarding on, `lo` up, and the
+/// route that lets it answer ARP for the pods' gateway.
+pub(crate) fn configure_router(node: &Netns) {
+    node.sysctl("net/ipv4/ip_forward", "1");
+    node.sysctl("net/ipv6/conf/all/forwarding", "1");
+    disable_dad(node);
+    node.ip_batch(&format!(
         "link set lo up\n\
-         addr add {NODE_IPV4}/32 dev lo\n\
-         addr add {NODE_IPV6}/128 dev lo nodad\n\
          route add {POD_GATEWAY_V4}/32 dev lo\n"
     ));
     // Proxy ARP answers only for addresses the node has a route to through another device:
     // the route above stands for a real node's uplink (Calico relies on its default route).
 }
 
-/// Creates the pod namespace and its veth pair, addresses both ends and routes them.
-fn add_pod(tag: &RunTag, node: &Netns, index: usize, spec: PodSpec) -> Pod {
+/// The addresses of the `index`th pod (from 0) of a one-node topology: 10.99.0.0/16 and
+/// `fd99::/112`, below the node's own range.
+fn one_node_addresses(index: usize) -> (Ipv4Addr, Ipv6Addr) {
     let n = u16::try_from(index + 1)
         .ok()
         .filter(|n| *n < 0xff00)
         .expect("the node address range (10.99.255.0/24) is not for pods");
     let [hi, lo] = n.to_be_bytes();
-    let (ipv4, ipv6) = spec.addresses.unwrap_or((
+    (
         Ipv4Addr::new(10, 99, hi, lo),
         Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, n),
-    ));
+    )
+}
+
+/// Creates the pod namespace and the veth pair `wv<index>` in `node`, gives the pod the
+/// spec's addresses (or `addresses` when it names none), and routes them.
+pub(crate) fn add_pod(
+    tag: &RunTag,
+    node: &Netns,
+    index: usize,
+    spec: PodSpec,
+    addresses: (Ipv4Addr, Ipv6Addr),
+) -> Pod {
+    let (ipv4, ipv6) = spec.addresses.unwrap_or(addresses);
     let host_veth = format!("wv{index}");
     let netns = Netns::new(tag, &format!("{}-{}", spec.namespace, spec.name));
     // Before the veth exists: its IPv6 settings are copied from `default` when it appears.
@@ -524,6 +538,16 @@ fn add_pod(tag: &RunTag, node: &Netns, index: usize, spec: PodSpec) -> Pod {
     wire_host_side(node, &pod);
     wire_pod_side(&pod);
     pod
+}
+
+/// The echo servers of `pod`, on both its addresses and every port of its spec.
+pub(crate) fn start_servers(pod: &Pod) -> EchoServers {
+    EchoServers::start(
+        &pod.netns,
+        &pod.id(),
+        pod.ips().to_vec(),
+        pod.spec.ports.clone(),
+    )
 }
 
 fn wire_host_side(node: &Netns, pod: &Pod) {
@@ -566,7 +590,7 @@ fn wire_pod_side(pod: &Pod) {
 
 /// Duplicate address detection would hold new IPv6 addresses (link-local ones included)
 /// tentative for about a second; nothing else can claim them in a namespace we own.
-fn disable_dad(netns: &Netns) {
+pub(crate) fn disable_dad(netns: &Netns) {
     netns.sysctl("net/ipv6/conf/all/accept_dad", "0");
     netns.sysctl("net/ipv6/conf/default/accept_dad", "0");
 }
