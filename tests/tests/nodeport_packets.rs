@@ -7,6 +7,13 @@
 //! The node has `10.0.255.1` and `fd00:ff::1` (its node-port and masquerade addresses); the local
 //! pod `x/l` sits behind ifindex 1 (`BPF_PROG_TEST_RUN` runs on loopback), `x/r` is a pod of
 //! another node. Clients are outside the cluster.
+//!
+//! Packets that leave with the node's own address as source go out by a route lookup and a
+//! redirect (`forward.rs`): `BPF_PROG_TEST_RUN` looks routes up in the namespace of the thread
+//! that runs it, so every test runs in a namespace of its own, with forwarding on, a route to
+//! the other node's pods through a neighbour whose MAC address is known (a lookup that gives
+//! the next hop's addresses) and a route to the clients through one that is not (a lookup that
+//! leaves the neighbour to the kernel).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -16,6 +23,7 @@ use ipnetwork::IpNetwork;
 use testbed::fixtures::{TC_ACT_OK, TC_ACT_SHOT, ip, labels};
 use testbed::packet::{ACK, IcmpError, L4, Packet, SYN, icmp_frame, read_icmp_error};
 use testbed::testrun::{Ran, TC_ACT_REDIRECT, run, run_frame, tcp, udp};
+use testbed::{Netns, RunTag};
 use weir::compile::{self, NodeView};
 use weir::dataplane::Dataplane;
 use weir::model::{
@@ -211,6 +219,33 @@ fn node() -> NodeView {
     }
 }
 
+/// The MAC address of the next hop towards the other node's pods.
+const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// Runs `test` in a namespace of its own whose routes send the other node's pods through a
+/// known neighbour and the clients through an unresolved one.
+fn in_bed(test: impl FnOnce() + Send) {
+    let bed = Netns::new(&RunTag::random(), "nodeport");
+    bed.sysctl("net/ipv4/ip_forward", "1");
+    bed.sysctl("net/ipv6/conf/all/forwarding", "1");
+    bed.ip_batch(
+        "link set lo up\n\
+         link add up0 type veth peer name up1\n\
+         link set up0 up\n\
+         link set up1 up\n\
+         addr add 10.0.2.1/24 dev up0\n\
+         addr add fd00:2::1/64 dev up0 nodad\n\
+         neigh add 10.0.2.2 lladdr 02:00:00:00:00:02 dev up0 nud permanent\n\
+         neigh add fd00:2::2 lladdr 02:00:00:00:00:02 dev up0 nud permanent\n\
+         route add 10.0.1.0/24 via 10.0.2.2\n\
+         route add fd00:1::/64 via fd00:2::2\n\
+         route add 198.51.100.0/24 via 10.0.2.3\n\
+         route add 203.0.113.0/24 via 10.0.2.3\n\
+         route add 2001:db8::/32 via fd00:2::3\n",
+    );
+    bed.run(test);
+}
+
 fn loaded(state: &DesiredState) -> Dataplane {
     let mut dp = Dataplane::load().expect("loading the eBPF object (verifier)");
     let maps = compile::compile(state, &node()).expect("compiling");
@@ -221,6 +256,16 @@ fn loaded(state: &DesiredState) -> Dataplane {
     )
     .expect("masquerade addresses");
     dp
+}
+
+/// The action of a client's translated packet at the uplink: masqueraded (from the node's
+/// address), it leaves by a route lookup; to a local backend, it goes to the node's stack.
+fn action_for(ran: &Ran, f: Family) -> i32 {
+    if ran.tuple().src == ip(f.node) {
+        TC_ACT_REDIRECT
+    } else {
+        TC_ACT_OK
+    }
 }
 
 /// Opens a TCP connection from `client`:`sport` to `frontend`:`port` through the uplink: the
@@ -285,7 +330,11 @@ fn cluster_policy(f: Family) {
         programs::FROM_POD,
         &tcp(f.local, TARGET, f.client, local[0], SYN | ACK),
     );
-    reply.expect(TC_ACT_OK, ESTABLISHED, "the local backend's reply");
+    reply.expect(
+        TC_ACT_REDIRECT,
+        ESTABLISHED,
+        "the local backend's reply, from the node's address: by a route lookup",
+    );
     let r = reply.tuple();
     assert_eq!(
         (r.src, r.src_port, r.dst, r.dst_port),
@@ -294,6 +343,16 @@ fn cluster_policy(f: Family) {
     );
 
     let out = syn(&mut dp, f.client, remote[0], f.node, CLUSTER_PORT);
+    out.expect(
+        TC_ACT_REDIRECT,
+        ESTABLISHED,
+        "masqueraded: out by a route lookup",
+    );
+    assert_eq!(
+        out.out[..6],
+        NEXT_HOP_MAC,
+        "sent to the next hop the routes give for the other node's pods"
+    );
     let t = out.tuple();
     assert_eq!(
         (t.src, t.dst, t.dst_port),
@@ -312,7 +371,7 @@ fn cluster_policy(f: Family) {
         programs::FROM_WORLD,
         &tcp(f.remote, TARGET, f.node, t.src_port, SYN | ACK),
     );
-    back.expect(TC_ACT_OK, ESTABLISHED, "the remote backend's reply");
+    back.expect(TC_ACT_REDIRECT, ESTABLISHED, "the remote backend's reply");
     let b = back.tuple();
     assert_eq!(
         (b.src, b.src_port, b.dst, b.dst_port),
@@ -324,7 +383,7 @@ fn cluster_policy(f: Family) {
         programs::FROM_WORLD,
         &tcp(f.client, remote[0], f.node, CLUSTER_PORT, ACK),
     );
-    ack.expect(TC_ACT_OK, ESTABLISHED, "the client's next packet");
+    ack.expect(TC_ACT_REDIRECT, ESTABLISHED, "the client's next packet");
     assert_eq!(
         ack.tuple(),
         t,
@@ -335,13 +394,17 @@ fn cluster_policy(f: Family) {
 #[test]
 fn ipv4_cluster_policy() {
     testbed::require_root!();
-    cluster_policy(V4);
+    in_bed(|| {
+        cluster_policy(V4);
+    });
 }
 
 #[test]
 fn ipv6_cluster_policy() {
     testbed::require_root!();
-    cluster_policy(V6);
+    in_bed(|| {
+        cluster_policy(V6);
+    });
 }
 
 /// `externalTrafficPolicy: Local`: only the local backend, with the client's address; a node
@@ -380,21 +443,26 @@ fn local_policy(f: Family) {
 #[test]
 fn ipv4_local_policy() {
     testbed::require_root!();
-    local_policy(V4);
+    in_bed(|| {
+        local_policy(V4);
+    });
 }
 
 #[test]
 fn ipv6_local_policy() {
     testbed::require_root!();
-    local_policy(V6);
+    in_bed(|| {
+        local_policy(V6);
+    });
 }
 
 /// A load-balancer IP with `loadBalancerSourceRanges`: a client inside them gets through, one
 /// outside is dropped.
 fn source_ranges(f: Family) {
     let mut dp = loaded(&state());
-    syn(&mut dp, f.client, 43_000, f.lb, 80).expect(
-        TC_ACT_OK,
+    let inside = syn(&mut dp, f.client, 43_000, f.lb, 80);
+    inside.expect(
+        action_for(&inside, f),
         EXTERNAL,
         "a client inside the source ranges",
     );
@@ -408,47 +476,53 @@ fn source_ranges(f: Family) {
 #[test]
 fn ipv4_source_ranges() {
     testbed::require_root!();
-    source_ranges(V4);
+    in_bed(|| {
+        source_ranges(V4);
+    });
 }
 
 #[test]
 fn ipv6_source_ranges() {
     testbed::require_root!();
-    source_ranges(V6);
+    in_bed(|| {
+        source_ranges(V6);
+    });
 }
 
 /// UDP to a node port: translated both ways, as TCP.
 #[test]
 fn udp_through_a_node_port() {
     testbed::require_root!();
-    for f in [V4, V6] {
-        let mut dp = loaded(&state());
-        let out = run(
-            &mut dp,
-            programs::FROM_WORLD,
-            &udp(f.client, 5000, f.node, LOCAL_PORT),
-        );
-        out.expect(TC_ACT_OK, EXTERNAL, "UDP to a Local node port");
-        let t = out.tuple();
-        assert_eq!((t.dst, t.dst_port), (ip(f.local), 5353), "UDP translated");
-        run_frame(&mut dp, programs::TO_POD, &out.out).expect(
-            TC_ACT_OK,
-            NOT_ISOLATED,
-            "the pod takes the datagram",
-        );
-        let answer = run(
-            &mut dp,
-            programs::FROM_POD,
-            &udp(f.local, 5353, f.client, 5000),
-        );
-        answer.expect(TC_ACT_OK, ESTABLISHED, "the answer");
-        let a = answer.tuple();
-        assert_eq!(
-            (a.src, a.src_port, a.dst, a.dst_port),
-            (ip(f.node), LOCAL_PORT, ip(f.client), 5000),
-            "the answer comes from the node port"
-        );
-    }
+    in_bed(|| {
+        for f in [V4, V6] {
+            let mut dp = loaded(&state());
+            let out = run(
+                &mut dp,
+                programs::FROM_WORLD,
+                &udp(f.client, 5000, f.node, LOCAL_PORT),
+            );
+            out.expect(TC_ACT_OK, EXTERNAL, "UDP to a Local node port");
+            let t = out.tuple();
+            assert_eq!((t.dst, t.dst_port), (ip(f.local), 5353), "UDP translated");
+            run_frame(&mut dp, programs::TO_POD, &out.out).expect(
+                TC_ACT_OK,
+                NOT_ISOLATED,
+                "the pod takes the datagram",
+            );
+            let answer = run(
+                &mut dp,
+                programs::FROM_POD,
+                &udp(f.local, 5353, f.client, 5000),
+            );
+            answer.expect(TC_ACT_REDIRECT, ESTABLISHED, "the answer");
+            let a = answer.tuple();
+            assert_eq!(
+                (a.src, a.src_port, a.dst, a.dst_port),
+                (ip(f.node), LOCAL_PORT, ip(f.client), 5000),
+                "the answer comes from the node port"
+            );
+        }
+    });
 }
 
 /// Policy is judged at the backend, on the client's own address (kept by `Local`): an ipBlock
@@ -456,44 +530,46 @@ fn udp_through_a_node_port() {
 #[test]
 fn policy_judges_external_clients_at_the_backend() {
     testbed::require_root!();
-    for f in [V4, V6] {
-        let mut state = state();
-        state.policies.push(Policy {
-            namespace: "x".into(),
-            name: "clients-only".into(),
-            pod_selector: LabelSelector {
-                match_labels: labels(&[("pod", "l")]),
-                ..LabelSelector::default()
-            },
-            ingress: Some(vec![Rule {
-                peers: vec![Peer::IpBlock {
-                    cidr: range(f.clients),
-                    except: vec![],
-                }],
-                ports: vec![PortMatch {
-                    protocol: Protocol::Tcp,
-                    port: None,
-                }],
-            }]),
-            egress: None,
-            origin: Origin::default(),
-        });
-        let mut dp = loaded(&state);
-        let allowed = syn(&mut dp, f.client, 44_000, f.node, LOCAL_PORT);
-        allowed.expect(TC_ACT_OK, EXTERNAL, "translated");
-        run_frame(&mut dp, programs::TO_POD, &allowed.out).expect(
-            TC_ACT_OK,
-            PassReason::PolicyAllowed.name(),
-            "a client the ipBlock allows",
-        );
-        let denied = syn(&mut dp, f.stranger, 44_000, f.node, LOCAL_PORT);
-        denied.expect(TC_ACT_OK, EXTERNAL, "translated alike");
-        run_frame(&mut dp, programs::TO_POD, &denied.out).expect(
-            TC_ACT_SHOT,
-            DropReason::PolicyDenied.name(),
-            "a client it does not",
-        );
-    }
+    in_bed(|| {
+        for f in [V4, V6] {
+            let mut state = state();
+            state.policies.push(Policy {
+                namespace: "x".into(),
+                name: "clients-only".into(),
+                pod_selector: LabelSelector {
+                    match_labels: labels(&[("pod", "l")]),
+                    ..LabelSelector::default()
+                },
+                ingress: Some(vec![Rule {
+                    peers: vec![Peer::IpBlock {
+                        cidr: range(f.clients),
+                        except: vec![],
+                    }],
+                    ports: vec![PortMatch {
+                        protocol: Protocol::Tcp,
+                        port: None,
+                    }],
+                }]),
+                egress: None,
+                origin: Origin::default(),
+            });
+            let mut dp = loaded(&state);
+            let allowed = syn(&mut dp, f.client, 44_000, f.node, LOCAL_PORT);
+            allowed.expect(TC_ACT_OK, EXTERNAL, "translated");
+            run_frame(&mut dp, programs::TO_POD, &allowed.out).expect(
+                TC_ACT_OK,
+                PassReason::PolicyAllowed.name(),
+                "a client the ipBlock allows",
+            );
+            let denied = syn(&mut dp, f.stranger, 44_000, f.node, LOCAL_PORT);
+            denied.expect(TC_ACT_OK, EXTERNAL, "translated alike");
+            run_frame(&mut dp, programs::TO_POD, &denied.out).expect(
+                TC_ACT_SHOT,
+                DropReason::PolicyDenied.name(),
+                "a client it does not",
+            );
+        }
+    });
 }
 
 /// What is not for a Service passes the uplink untouched and uncounted: the node's own
@@ -501,23 +577,25 @@ fn policy_judges_external_clients_at_the_backend() {
 #[test]
 fn other_traffic_on_the_uplink_is_left_alone() {
     testbed::require_root!();
-    let mut dp = loaded(&state());
-    for f in [V4, V6] {
-        for pkt in [
-            tcp(f.client, 45_000, f.node, 22, SYN),
-            tcp(f.remote, 45_000, f.local, TARGET, SYN),
-            tcp(f.client, 45_000, f.node, masquerade_ports::FIRST, ACK),
-            udp(f.stranger, 45_000, f.local, 5353),
-        ] {
-            let frame = pkt.frame();
-            let ran = run_frame(&mut dp, programs::FROM_WORLD, &frame);
-            assert_eq!(
-                (ran.action, ran.reason.as_str(), &ran.out),
-                (TC_ACT_OK, "", &frame),
-                "{pkt:?}: passed untouched, no counter"
-            );
+    in_bed(|| {
+        let mut dp = loaded(&state());
+        for f in [V4, V6] {
+            for pkt in [
+                tcp(f.client, 45_000, f.node, 22, SYN),
+                tcp(f.remote, 45_000, f.local, TARGET, SYN),
+                tcp(f.client, 45_000, f.node, masquerade_ports::FIRST, ACK),
+                udp(f.stranger, 45_000, f.local, 5353),
+            ] {
+                let frame = pkt.frame();
+                let ran = run_frame(&mut dp, programs::FROM_WORLD, &frame);
+                assert_eq!(
+                    (ran.action, ran.reason.as_str(), &ran.out),
+                    (TC_ACT_OK, "", &frame),
+                    "{pkt:?}: passed untouched, no counter"
+                );
+            }
         }
-    }
+    });
 }
 
 /// ICMP errors about connections from outside: a masqueraded backend's port unreachable
@@ -527,88 +605,94 @@ fn other_traffic_on_the_uplink_is_left_alone() {
 #[test]
 fn icmp_errors_about_connections_from_outside_are_translated() {
     testbed::require_root!();
-    for f in [V4, V6] {
-        let mut dp = loaded(&state());
-        let datagram = |dp: &mut Dataplane, sport| {
-            let out = run(
-                dp,
-                programs::FROM_WORLD,
-                &udp(f.client, sport, f.node, CLUSTER_PORT),
-            );
-            out.expect(TC_ACT_OK, EXTERNAL, "UDP to a Cluster node port");
-            out.tuple()
-        };
-        let (mut masqueraded, mut direct) = (None, None);
-        for sport in 46_000..46_064 {
-            let t = datagram(&mut dp, sport);
-            if t.dst == ip(f.remote) {
-                masqueraded.get_or_insert((sport, t));
-            } else {
-                direct.get_or_insert((sport, t));
+    in_bed(|| {
+        for f in [V4, V6] {
+            let mut dp = loaded(&state());
+            let datagram = |dp: &mut Dataplane, sport| {
+                let out = run(
+                    dp,
+                    programs::FROM_WORLD,
+                    &udp(f.client, sport, f.node, CLUSTER_PORT),
+                );
+                out.expect(action_for(&out, f), EXTERNAL, "UDP to a Cluster node port");
+                out.tuple()
+            };
+            let (mut masqueraded, mut direct) = (None, None);
+            for sport in 46_000..46_064 {
+                let t = datagram(&mut dp, sport);
+                if t.dst == ip(f.remote) {
+                    masqueraded.get_or_insert((sport, t));
+                } else {
+                    direct.get_or_insert((sport, t));
+                }
             }
-        }
-        let (sport, sent) = masqueraded.expect("a datagram went to the remote backend");
-        let error = Packet::new(
-            ip(f.remote),
-            ip(f.node),
-            L4::Unreachable {
-                quoted: Box::new(udp(&sent.src.to_string(), sent.src_port, f.remote, 5353)),
-            },
-        );
-        let ran = run_frame(&mut dp, programs::FROM_WORLD, &icmp_frame(&error));
-        ran.expect(
-            TC_ACT_OK,
-            ESTABLISHED,
-            "the remote backend's port unreachable",
-        );
-        assert_eq!(
-            read_icmp_error(&ran.out),
-            IcmpError {
-                src: ip(f.node),
-                dst: ip(f.client),
-                quoted_src: (ip(f.client), sport),
-                quoted_dst: (ip(f.node), CLUSTER_PORT),
-            },
-            "{}: to the client, about its datagram to the node port",
-            f.client
-        );
-
-        let about_reply = |sport| {
-            icmp_frame(&Packet::new(
-                ip(f.client),
+            let (sport, sent) = masqueraded.expect("a datagram went to the remote backend");
+            let error = Packet::new(
+                ip(f.remote),
                 ip(f.node),
                 L4::Unreachable {
-                    quoted: Box::new(udp(f.node, CLUSTER_PORT, f.client, sport)),
+                    quoted: Box::new(udp(&sent.src.to_string(), sent.src_port, f.remote, 5353)),
                 },
-            ))
-        };
-        let ran = run_frame(&mut dp, programs::FROM_WORLD, &about_reply(sport));
-        ran.expect(TC_ACT_OK, ESTABLISHED, "the client's error, masqueraded");
-        assert_eq!(
-            read_icmp_error(&ran.out),
-            IcmpError {
-                src: ip(f.node),
-                dst: ip(f.remote),
-                quoted_src: (ip(f.remote), 5353),
-                quoted_dst: (ip(f.node), sent.src_port),
-            },
-            "{}: to the remote backend, about its datagram to the masquerade address",
-            f.client
-        );
+            );
+            let ran = run_frame(&mut dp, programs::FROM_WORLD, &icmp_frame(&error));
+            ran.expect(
+                TC_ACT_REDIRECT,
+                ESTABLISHED,
+                "the remote backend's port unreachable",
+            );
+            assert_eq!(
+                read_icmp_error(&ran.out),
+                IcmpError {
+                    src: ip(f.node),
+                    dst: ip(f.client),
+                    quoted_src: (ip(f.client), sport),
+                    quoted_dst: (ip(f.node), CLUSTER_PORT),
+                },
+                "{}: to the client, about its datagram to the node port",
+                f.client
+            );
 
-        let (sport, _) = direct.expect("a datagram went to the local backend");
-        let ran = run_frame(&mut dp, programs::FROM_WORLD, &about_reply(sport));
-        ran.expect(TC_ACT_OK, ESTABLISHED, "the client's error, local backend");
-        assert_eq!(
-            read_icmp_error(&ran.out),
-            IcmpError {
-                src: ip(f.client),
-                dst: ip(f.local),
-                quoted_src: (ip(f.local), 5353),
-                quoted_dst: (ip(f.client), sport),
-            },
-            "{}: to the local backend, about its datagram to the client",
-            f.client
-        );
-    }
+            let about_reply = |sport| {
+                icmp_frame(&Packet::new(
+                    ip(f.client),
+                    ip(f.node),
+                    L4::Unreachable {
+                        quoted: Box::new(udp(f.node, CLUSTER_PORT, f.client, sport)),
+                    },
+                ))
+            };
+            let ran = run_frame(&mut dp, programs::FROM_WORLD, &about_reply(sport));
+            ran.expect(
+                TC_ACT_REDIRECT,
+                ESTABLISHED,
+                "the client's error, masqueraded",
+            );
+            assert_eq!(
+                read_icmp_error(&ran.out),
+                IcmpError {
+                    src: ip(f.node),
+                    dst: ip(f.remote),
+                    quoted_src: (ip(f.remote), 5353),
+                    quoted_dst: (ip(f.node), sent.src_port),
+                },
+                "{}: to the remote backend, about its datagram to the masquerade address",
+                f.client
+            );
+
+            let (sport, _) = direct.expect("a datagram went to the local backend");
+            let ran = run_frame(&mut dp, programs::FROM_WORLD, &about_reply(sport));
+            ran.expect(TC_ACT_OK, ESTABLISHED, "the client's error, local backend");
+            assert_eq!(
+                read_icmp_error(&ran.out),
+                IcmpError {
+                    src: ip(f.client),
+                    dst: ip(f.local),
+                    quoted_src: (ip(f.local), 5353),
+                    quoted_dst: (ip(f.client), sport),
+                },
+                "{}: to the local backend, about its datagram to the client",
+                f.client
+            );
+        }
+    });
 }
