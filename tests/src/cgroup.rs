@@ -20,6 +20,7 @@ use std::sync::Once;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::bpf_query;
 use crate::netns::RunTag;
 
 /// `statfs` magic of cgroup v2 (`CGROUP2_SUPER_MAGIC`).
@@ -98,10 +99,11 @@ impl Cgroup {
     pub fn attached_programs(&self, attach_types: &[u32]) -> u32 {
         let dir = File::open(&self.path)
             .unwrap_or_else(|e| panic!("opening {}: {e}", self.path.display()));
+        let fd = u32::try_from(dir.as_raw_fd()).expect("an open descriptor is not negative");
         attach_types
             .iter()
             .map(|&attach_type| {
-                query_programs(&dir, attach_type).unwrap_or_else(|e| {
+                bpf_query::attached_programs(fd, attach_type).unwrap_or_else(|e| {
                     panic!(
                         "BPF_PROG_QUERY of {} at hook {attach_type}: {e}",
                         self.path.display()
@@ -117,52 +119,6 @@ impl Cgroup {
 /// `UDP4_SENDMSG` (14), `UDP6_SENDMSG` (15), `UDP4_RECVMSG` (19), `UDP6_RECVMSG` (20),
 /// `INET4_GETPEERNAME` (29), `INET6_GETPEERNAME` (30).
 pub const SOCKET_HOOKS: [u32; 8] = [10, 11, 14, 15, 19, 20, 29, 30];
-
-/// `BPF_PROG_QUERY`, the `bpf(2)` command that lists what is attached to a target.
-const BPF_PROG_QUERY: libc::c_long = 16;
-
-/// The `query` member of `union bpf_attr` (uapi `linux/bpf.h`), trailing fields included so
-/// that the kernel reads zeros there.
-#[repr(C)]
-#[derive(Default)]
-struct ProgQueryAttr {
-    target_fd: u32,
-    attach_type: u32,
-    query_flags: u32,
-    attach_flags: u32,
-    prog_ids: u64,
-    prog_cnt: u32,
-    _pad: u32,
-    prog_attach_flags: u64,
-    link_ids: u64,
-    link_attach_flags: u64,
-    revision: u64,
-}
-
-/// The number of programs attached directly to the cgroup `dir` at `attach_type`: asked with
-/// no id buffer, the kernel answers only the count.
-fn query_programs(dir: &File, attach_type: u32) -> io::Result<u32> {
-    let mut attr = ProgQueryAttr {
-        target_fd: u32::try_from(dir.as_raw_fd()).map_err(io::Error::other)?,
-        attach_type,
-        ..ProgQueryAttr::default()
-    };
-    // SAFETY: `attr` is a live, zero-padded `bpf_attr.query` of the size passed; the kernel
-    // writes only `attach_flags`, `prog_cnt` and `revision` back into it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            &raw mut attr,
-            size_of::<ProgQueryAttr>(),
-        )
-    };
-    if rc == 0 {
-        Ok(attr.prog_cnt)
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
 
 impl Drop for Cgroup {
     fn drop(&mut self) {

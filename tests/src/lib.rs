@@ -25,6 +25,7 @@
 )]
 
 mod agent;
+mod bpf_query;
 mod cgroup;
 mod cluster;
 pub mod fakeapi;

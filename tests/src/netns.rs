@@ -3,6 +3,7 @@
 //! Everything the test bed builds lives in namespaces made here, never in the root namespace
 //! (shared GUIDE, section 3).
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read as _};
 use std::os::fd::AsRawFd as _;
@@ -10,6 +11,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Once;
 use std::thread;
+
+use crate::bpf_query;
 
 /// Where `ip netns add` bind-mounts a namespace so that it outlives its creating process.
 const NETNS_DIR: &str = "/var/run/netns";
@@ -128,6 +131,29 @@ impl Netns {
         let path = format!("/proc/sys/{key}");
         self.run(|| std::fs::write(&path, value))
             .unwrap_or_else(|e| panic!("sysctl {key}={value} in {}: {e}", self.name));
+    }
+
+    /// The index of interface `iface` of this namespace (what Weir names its link pins by).
+    pub fn ifindex(&self, iface: &str) -> u32 {
+        let name = CString::new(iface).expect("an interface name without NUL");
+        // SAFETY: `name` is a valid C string for the duration of the call; if_nametoindex
+        // asks the kernel through a socket of the calling thread's namespace.
+        let index = self.run(|| unsafe { libc::if_nametoindex(name.as_ptr()) });
+        assert_ne!(index, 0, "no interface {iface} in {}", self.name);
+        index
+    }
+
+    /// How many programs are attached to TC ingress of `iface` through TCX (where Weir's
+    /// uplink program goes), counted by the kernel (`BPF_PROG_QUERY`).
+    pub fn tcx_ingress_programs(&self, iface: &str) -> u32 {
+        let ifindex = self.ifindex(iface);
+        self.run(|| bpf_query::attached_programs(ifindex, bpf_query::TCX_INGRESS))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "BPF_PROG_QUERY of TCX ingress of {iface} in {}: {e}",
+                    self.name
+                )
+            })
     }
 
     /// Runs `f` on a fresh thread that has entered this namespace, and returns its result.

@@ -282,6 +282,14 @@ impl Session {
         })
     }
 
+    /// Waits up to `timeout` for each answer instead of [`REPLY_TIMEOUT`]: a long-lived
+    /// session is judged on whether it breaks, and one retransmission on a busy machine must
+    /// not end it.
+    pub fn set_reply_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.socket.set_read_timeout(Some(timeout))?;
+        self.socket.set_write_timeout(Some(timeout))
+    }
+
     /// The client's own address and port.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
