@@ -326,6 +326,10 @@ pub struct Service {
     /// `internalTrafficPolicy: Local`: traffic from inside the cluster only to endpoints on the
     /// client's node.
     pub internal_traffic_local: bool,
+    /// `spec.healthCheckNodePort` (a `LoadBalancer` Service with `externalTrafficPolicy:
+    /// Local`): the TCP port every node answers load balancers' health checks on, with 200
+    /// when it has a local endpoint and 503 when not.
+    pub health_check_node_port: Option<u16>,
     /// Where the Service was read from.
     pub origin: Origin,
 }

@@ -113,3 +113,24 @@ fn a_cluster_ip_or_node_port_of_a_service_in_another_file_is_an_error_of_the_lat
         "different ones are fine"
     );
 }
+
+#[test]
+fn a_health_check_node_port_of_a_service_in_another_file_is_an_error_of_the_later_file() {
+    let a = file("a.yaml", &service("one", "10.96.0.1", 30001));
+    let b = file(
+        "b.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: two, namespace: shop}\nspec:\n  \
+         type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 30001\n  \
+         clusterIP: 10.96.0.2\n  ports: [{port: 80, nodePort: 30002}]\n",
+    );
+    assert!(a.is_valid() && b.is_valid(), "each file is fine on its own");
+    let error = assemble(Vec::new(), [&a, &b]).unwrap_err();
+    let messages: Vec<String> = error.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        [
+            "b.yaml:1:1: spec.healthCheckNodePort: health check node port 30001/TCP is already \
+             allocated to Service shop/one (a.yaml:1)",
+        ]
+    );
+}

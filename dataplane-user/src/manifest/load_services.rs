@@ -82,6 +82,15 @@ pub(super) fn across_files(services: &[Service]) -> Vec<ManifestError> {
                 node_ports.insert(key, service);
             }
         }
+        if let Some(port) = service.health_check_node_port {
+            let key = (port, Protocol::Tcp);
+            if let Some(first) = node_ports.get(&key) {
+                let what = format!("health check node port {port}/TCP");
+                clash(service, first, "spec.healthCheckNodePort".to_owned(), what);
+            } else {
+                node_ports.insert(key, service);
+            }
+        }
     }
     errors
 }
@@ -144,6 +153,19 @@ impl Loader {
                 self.reject(object, path, message);
             } else {
                 self.allocations.node_ports.insert(key, owner.clone());
+            }
+        }
+        // The health check port is a TCP port of the same node port space: a Service's node
+        // port there would answer the load balancer's checks instead.
+        if let Some(port) = service.health_check_node_port {
+            let key = (port, Protocol::Tcp);
+            if let Some(first) = self.allocations.node_ports.get(&key) {
+                let path = spec.key("healthCheckNodePort");
+                let message =
+                    format!("health check node port {port}/TCP is already allocated to {first}");
+                self.reject(object, path, message);
+            } else {
+                self.allocations.node_ports.insert(key, owner);
             }
         }
     }

@@ -170,6 +170,7 @@ fn check_service(
         errors,
     );
     let external_name = external_name(spec, kind, &path, errors);
+    let health_check = health_check_node_port(spec, kind, ports.as_ref().ok(), node_ports, errors);
     labels?;
     let kind = match service_type? {
         ServiceType::Balanced(kind) => kind,
@@ -195,6 +196,7 @@ fn check_service(
         affinity_timeout_s: affinity?,
         external_traffic_local: external_local?,
         internal_traffic_local: internal_local?,
+        health_check_node_port: health_check?,
         origin: Origin::default(),
     }))
 }
@@ -694,6 +696,47 @@ fn external_traffic_local(
         return Err(errors.reject(path, message));
     }
     Ok(local)
+}
+
+/// `healthCheckNodePort`: 0 or absent is "not allocated"; otherwise, as the API server
+/// checks, only for a `LoadBalancer` Service with `externalTrafficPolicy: Local` (the only
+/// kind load balancers must steer to nodes with endpoints), within `range`, and not one of the
+/// Service's own TCP node ports (node ports and health check ports share one allocator).
+fn health_check_node_port(
+    spec: &core::ServiceSpec,
+    kind: Option<ServiceType>,
+    ports: Option<&Vec<ServicePort>>,
+    range: &RangeInclusive<u16>,
+    errors: &mut Errors,
+) -> Checked<Option<u16>> {
+    let Some(number) = spec.health_check_node_port.filter(|number| *number != 0) else {
+        return Ok(None);
+    };
+    let path = FieldPath::root().key("spec").key("healthCheckNodePort");
+    let local = spec.external_traffic_policy.as_deref() == Some("Local");
+    if kind.is_some_and(|kind| kind != LOAD_BALANCER) || !local {
+        let message = "healthCheckNodePort may only be set when type is LoadBalancer and \
+                       externalTrafficPolicy is Local";
+        return Err(errors.reject(path, message));
+    }
+    let port = port_number(number, &path, errors)?;
+    if !range.contains(&port) {
+        let message = format!(
+            "health check node port {port} is outside the node port range {}-{}",
+            range.start(),
+            range.end()
+        );
+        return Err(errors.reject(path, message));
+    }
+    let own = ports
+        .into_iter()
+        .flatten()
+        .position(|p| p.node_port == Some(port) && p.protocol == Protocol::Tcp);
+    if let Some(i) = own {
+        let message = format!("health check node port {port} is also the nodePort of ports[{i}]");
+        return Err(errors.reject(path, message));
+    }
+    Ok(Some(port))
 }
 
 /// `Cluster` (the default) or `Local`: whether the policy is `Local`.

@@ -85,6 +85,7 @@ fn a_minimal_service_gets_kubernetes_defaults() {
         affinity_timeout_s: None,
         external_traffic_local: false,
         internal_traffic_local: false,
+        health_check_node_port: None,
         origin: Origin {
             file: "test.yaml".into(),
             line: 1,
@@ -1146,6 +1147,114 @@ fn two_services_may_not_share_a_cluster_ip_or_node_port() {
              to Service default/a (test.yaml:1)",
             "test.yaml:21:28: spec.clusterIPs[1]: cluster IP fd00::10 is already allocated to \
              Service default/a (test.yaml:1)",
+        ]
+    );
+}
+
+#[test]
+fn a_local_load_balancer_keeps_its_health_check_node_port() {
+    let local = service(
+        "type: LoadBalancer\nexternalTrafficPolicy: Local\nhealthCheckNodePort: 32000\n\
+         ports: [{port: 80, nodePort: 30080}]",
+    );
+    assert_eq!(local.health_check_node_port, Some(32000));
+    // 0 is "not allocated", as for nodePort.
+    let unallocated = service(
+        "type: LoadBalancer\nexternalTrafficPolicy: Local\nhealthCheckNodePort: 0\n\
+         ports: [{port: 80}]",
+    );
+    assert_eq!(unallocated.health_check_node_port, None);
+}
+
+#[test]
+fn a_health_check_node_port_needs_a_local_load_balancer() {
+    let message = "spec.healthCheckNodePort: healthCheckNodePort may only be set when type is \
+                   LoadBalancer and externalTrafficPolicy is Local";
+    let errors =
+        service_errors("type: LoadBalancer\nhealthCheckNodePort: 32000\nports: [{port: 80}]");
+    assert_eq!(errors, [format!("test.yaml:8:24: {message}")]);
+    let errors = service_errors(
+        "type: NodePort\nexternalTrafficPolicy: Local\nhealthCheckNodePort: 32000\n\
+         ports: [{port: 80}]",
+    );
+    assert_eq!(errors, [format!("test.yaml:9:24: {message}")]);
+    let errors = service_errors("healthCheckNodePort: 32000\nports: [{port: 80}]");
+    assert_eq!(errors, [format!("test.yaml:7:24: {message}")]);
+}
+
+#[test]
+fn a_health_check_node_port_is_a_node_port_of_its_own() {
+    let errors = service_errors(
+        "type: LoadBalancer\nexternalTrafficPolicy: Local\nhealthCheckNodePort: 8080\n\
+         ports: [{port: 80}]",
+    );
+    assert_eq!(
+        errors,
+        [
+            "test.yaml:9:24: spec.healthCheckNodePort: health check node port 8080 is outside \
+             the node port range 30000-32767"
+        ]
+    );
+    let errors = service_errors(
+        "type: LoadBalancer\nexternalTrafficPolicy: Local\nhealthCheckNodePort: 70000\n\
+         ports: [{port: 80}]",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("test.yaml:9:24: spec.healthCheckNodePort: "),
+        "{errors:?}"
+    );
+    let errors = service_errors(
+        "type: LoadBalancer\nexternalTrafficPolicy: Local\nhealthCheckNodePort: 30080\n\
+         ports: [{name: u, port: 53, protocol: UDP, nodePort: 30053}, {name: t, port: 80, nodePort: 30080}]",
+    );
+    assert_eq!(
+        errors,
+        [
+            "test.yaml:9:24: spec.healthCheckNodePort: health check node port 30080 is also the \
+             nodePort of ports[1]"
+        ]
+    );
+}
+
+#[test]
+fn a_health_check_node_port_may_not_be_another_services_node_port() {
+    let errors = errors(
+        "
+        apiVersion: v1
+        kind: Service
+        metadata: {name: a}
+        spec:
+          type: NodePort
+          clusterIP: 10.96.0.10
+          ports: [{port: 80, nodePort: 30080}]
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: b}
+        spec:
+          type: LoadBalancer
+          externalTrafficPolicy: Local
+          healthCheckNodePort: 30080
+          clusterIP: 10.96.0.11
+          ports: [{port: 80, nodePort: 30081}]
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: c}
+        spec:
+          type: NodePort
+          clusterIP: 10.96.0.12
+          ports: [{name: g, port: 80, nodePort: 30081}, {name: h, port: 81, nodePort: 30082, protocol: UDP}]
+        ",
+    );
+    assert_eq!(
+        errors,
+        [
+            "test.yaml:15:24: spec.healthCheckNodePort: health check node port 30080/TCP is \
+             already allocated to Service default/a (test.yaml:1)",
+            "test.yaml:25:41: spec.ports[0].nodePort: node port 30081/TCP is already allocated \
+             to Service default/b (test.yaml:9)",
         ]
     );
 }
