@@ -30,7 +30,7 @@ use crate::model::{
 };
 
 pub use self::services::{
-    CompiledService, CompiledSet, Counts, FlatServices, ServiceMaps, SourceRange,
+    CompiledService, CompiledSet, Counts, FlatServices, HealthCheck, ServiceMaps, SourceRange,
 };
 
 /// What this node hosts, read from the kernel by `node`.

@@ -114,6 +114,19 @@ impl FlatServices {
     }
 }
 
+/// A Service's `healthCheckNodePort` and what it answers on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The Service's `metadata.namespace`.
+    pub namespace: String,
+    /// The Service's `metadata.name`.
+    pub name: String,
+    /// The TCP port.
+    pub port: u16,
+    /// Its ready endpoints on this node, by the rule that fills its `Local` backend sets.
+    pub local_endpoints: usize,
+}
+
 /// What one Service compiles to.
 #[derive(Debug, PartialEq, Eq)]
 pub struct CompiledService {
@@ -125,6 +138,8 @@ pub struct CompiledService {
     pub sets: Vec<CompiledSet>,
     /// Its `loadBalancerSourceRanges`, when a load-balancer IP uses them.
     pub source_ranges: Vec<SourceRange>,
+    /// Its health check, when it has a `healthCheckNodePort`.
+    pub health_check: Option<HealthCheck>,
     /// What it was compiled from; `None` for what a restarted agent read from the kernel.
     inputs: Option<Inputs>,
 }
@@ -247,6 +262,7 @@ impl ServiceMaps {
             frontends: flat.frontends.into_iter().collect(),
             sets,
             source_ranges: flat.source_ranges.into_iter().collect(),
+            health_check: None,
             inputs: None,
         };
         Self {
@@ -323,6 +339,13 @@ impl ServiceMaps {
             .iter()
             .filter(|(name, _)| &***name != RECOVERED)
             .map(|(name, unit)| (&**name, &**unit))
+    }
+
+    /// The health checks of the compiled Services, by Service.
+    pub fn health_checks(&self) -> impl Iterator<Item = &HealthCheck> {
+        self.units
+            .values()
+            .filter_map(|unit| unit.health_check.as_ref())
     }
 
     /// Number of frontends, backends, Maglev tables (by tier) and source ranges.
@@ -418,7 +441,7 @@ pub(super) fn compile(
             }
         };
         claimed.extend(unit.frontends.iter().map(|(k, _)| *k));
-        if !unit.frontends.is_empty() || !unit.sets.is_empty() {
+        if !unit.frontends.is_empty() || !unit.sets.is_empty() || unit.health_check.is_some() {
             units.insert(name, unit);
         }
     }

@@ -1,6 +1,6 @@
 //! Compiling one Service: its frontends, the endpoints of each port, its backend sets.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use dataplane_abi::maglev::{self, Tier};
@@ -10,7 +10,7 @@ use dataplane_abi::{
 use ipnetwork::IpNetwork;
 
 use super::ids::{Ids, Kind};
-use super::{CompiledService, CompiledSet, SourceRange};
+use super::{CompiledService, CompiledSet, HealthCheck, SourceRange};
 use crate::compile::maglev::{Member, Table};
 use crate::compile::{CompileError, NodeView, to_addr, to_prefix};
 use crate::model::{EndpointSlice, Node, Protocol, Service, ServiceKind, ServicePort};
@@ -125,6 +125,7 @@ impl ServiceCompiler<'_> {
             frontends: Vec::with_capacity(frontends.len()),
             sets: Vec::new(),
             source_ranges: Vec::new(),
+            health_check: self.health_check(),
             inputs: None,
         };
         if frontends.is_empty() {
@@ -188,6 +189,42 @@ impl ServiceCompiler<'_> {
             unit.source_ranges.dedup();
         }
         Ok((unit, contested))
+    }
+
+    /// The Service's health check: its ready endpoints on this node, each address counted
+    /// once whatever the ports (as kube-proxy counts them), by the rule that fills the `Local`
+    /// backend sets ([`Self::endpoints`], [`Candidate::local`]). kube-proxy counts per address
+    /// family; a dual-stack Service reports the larger of its two counts, so that a node where
+    /// either family has an endpoint is not drained.
+    fn health_check(&self) -> Option<HealthCheck> {
+        let port = self.service.health_check_node_port?;
+        let families: BTreeSet<bool> = self
+            .service
+            .cluster_ips
+            .iter()
+            .map(IpAddr::is_ipv6)
+            .collect();
+        let local_endpoints = families
+            .into_iter()
+            .map(|ipv6| {
+                let ready: BTreeSet<Addr> = self
+                    .service
+                    .ports
+                    .iter()
+                    .flat_map(|port| self.endpoints(port, ipv6))
+                    .filter(|c| c.local && c.ready)
+                    .map(|c| c.addr)
+                    .collect();
+                ready.len()
+            })
+            .max()
+            .unwrap_or(0);
+        Some(HealthCheck {
+            namespace: self.service.namespace.clone(),
+            name: self.service.name.clone(),
+            port,
+            local_endpoints,
+        })
     }
 
     /// Every frontend of the Service, in a fixed order: ports in `spec.ports` order, then

@@ -1026,3 +1026,108 @@ fn a_frontend_let_go_by_the_first_service_goes_to_the_next() {
     assert_eq!(backends_of(&after, &frontend), ips(&["10.0.0.2"]));
     assert!(after.maps.warnings.is_empty(), "{:?}", after.maps.warnings);
 }
+
+/// A `LoadBalancer` Service `x/web` with `externalTrafficPolicy: Local` and health check
+/// node port 32000, with ports `http` and `metrics` (both on 8080 and 9090 of each endpoint).
+fn health_checked() -> Service {
+    let mut svc = service("x", "web", "10.96.0.1");
+    svc.kind = ServiceKind::LoadBalancer;
+    svc.external_traffic_local = true;
+    svc.health_check_node_port = Some(32000);
+    svc.ports = vec![
+        service_port("http", 80, Some(30080)),
+        service_port("metrics", 81, Some(30081)),
+    ];
+    svc
+}
+
+fn health_checks(maps: &Compiled) -> Vec<HealthCheck> {
+    maps.maps.services.health_checks().cloned().collect()
+}
+
+#[test]
+fn a_health_check_counts_this_nodes_ready_endpoints_once_whatever_the_ports() {
+    let mut web = slice(
+        "x",
+        "web",
+        "web-1",
+        vec![
+            ready("10.0.0.1"),                                // routed to a local interface
+            on_node(ready("10.0.0.2"), "node-a"),             // named on this node
+            on_node(ready("10.0.0.3"), "node-b"),             // elsewhere
+            on_node(terminating("10.0.0.4", true), "node-a"), // local, but draining
+        ],
+    );
+    web.ports.push(EndpointPort {
+        name: "metrics".into(),
+        protocol: Protocol::Tcp,
+        port: 9090,
+    });
+    let maps = compile(&state(vec![health_checked()], vec![web]), &node()).unwrap();
+    assert_eq!(
+        health_checks(&maps),
+        [HealthCheck {
+            namespace: "x".into(),
+            name: "web".into(),
+            port: 32000,
+            local_endpoints: 2,
+        }]
+    );
+    // The same endpoints as the Local set the node port forwards to.
+    let frontend = key("192.168.1.10", 30080, ServiceScope::External);
+    assert_eq!(
+        backends_of(&maps, &frontend),
+        ips(&["10.0.0.1", "10.0.0.2"])
+    );
+}
+
+#[test]
+fn a_health_check_reports_zero_when_only_draining_or_remote_endpoints_are_left() {
+    let slices = vec![slice(
+        "x",
+        "web",
+        "web-1",
+        vec![
+            on_node(ready("10.0.0.3"), "node-b"),
+            on_node(terminating("10.0.0.4", true), "node-a"),
+        ],
+    )];
+    let maps = compile(&state(vec![health_checked()], slices), &node()).unwrap();
+    assert_eq!(health_checks(&maps)[0].local_endpoints, 0);
+    // No endpoint at all: the port is still served, with 0.
+    let maps = compile(&state(vec![health_checked()], Vec::new()), &node()).unwrap();
+    assert_eq!(health_checks(&maps)[0].local_endpoints, 0);
+    let mut plain = health_checked();
+    plain.health_check_node_port = None;
+    let maps = compile(&state(vec![plain], Vec::new()), &node()).unwrap();
+    assert!(health_checks(&maps).is_empty());
+}
+
+#[test]
+fn a_health_check_follows_its_endpoints_across_compilations() {
+    let one = state(
+        vec![health_checked()],
+        vec![slice(
+            "x",
+            "web",
+            "web-1",
+            vec![on_node(ready("10.0.0.2"), "node-a")],
+        )],
+    );
+    let first = compile(&one, &node()).unwrap();
+    assert_eq!(health_checks(&first)[0].local_endpoints, 1);
+    // Unchanged inputs reuse the unit, count included.
+    let again = compile_with(&one, &node(), &first).unwrap();
+    assert_eq!(health_checks(&again)[0].local_endpoints, 1);
+    let moved = state(
+        vec![health_checked()],
+        vec![slice(
+            "x",
+            "web",
+            "web-1",
+            vec![on_node(ready("10.0.0.2"), "node-b")],
+        )],
+    );
+    let after = compile_with(&moved, &node(), &again).unwrap();
+    assert_eq!(health_checks(&after)[0].local_endpoints, 0);
+}
