@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::compile::{self, MapSet, NodeView};
 use crate::dataplane::{Dataplane, FlowEvents};
+use crate::health_ports::{HealthPorts, PortStatus};
 use crate::model::DesiredState;
 use crate::node;
 use crate::observer::Observer;
@@ -64,6 +65,8 @@ struct Status {
     source: String,
     source_health: Option<String>,
     conntrack: Option<crate::dataplane::ConntrackStats>,
+    /// The `healthCheckNodePort`s served (or that could not be bound).
+    health_ports: Vec<PortStatus>,
 }
 
 type Shared = Arc<Mutex<Status>>;
@@ -258,6 +261,8 @@ struct SyncLoop {
     observer: Arc<Observer>,
     /// This node's name, for [`NodeView::node_name`].
     node_name: Option<String>,
+    /// The health check node ports of the Services last applied.
+    health_ports: HealthPorts,
 }
 
 /// What the agent's output depends on.
@@ -274,6 +279,7 @@ impl SyncLoop {
             s.source = source.describe();
             s.source_health = source.health();
         }
+        self.retry_health_ports(status);
         let inputs = match read_inputs(source, self.node_name.as_ref()) {
             Ok(inputs) => inputs,
             Err(err) => {
@@ -323,10 +329,29 @@ impl SyncLoop {
         }
         let Some(state) = &self.state else { return };
         if let Some(compiled) = apply(state, &inputs.node, dataplane, status) {
+            // Only now, so that a health check never promises endpoints the maps do not have.
+            self.health_ports.sync(compiled.services.health_checks());
+            status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .health_ports = self.health_ports.status();
             let attached: Vec<u32> = dataplane.attached().collect();
             self.observer.publish(state, &compiled, &attached);
         }
         drop(replaced);
+    }
+
+    /// Tries again to bind the health check ports another process held.
+    fn retry_health_ports(&mut self, status: &Shared) {
+        let before = self.health_ports.status();
+        if before.iter().all(|port| port.error.is_none()) {
+            return;
+        }
+        self.health_ports.retry();
+        status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .health_ports = self.health_ports.status();
     }
 }
 
@@ -406,7 +431,7 @@ fn refresh_counters(dataplane: &Dataplane, status: &Shared) {
 
 /// Reads up to the end of the request head (clients may send it in several writes), within
 /// 2 s and 8 KiB.
-async fn read_request_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+pub(crate) async fn read_request_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
     let mut buf = Vec::with_capacity(512);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
@@ -484,6 +509,13 @@ fn status_json(s: &Status, observer: &Observer) -> String {
         "source": s.source,
         "source_health": s.source_health,
         "summary": s.summary,
+        "health_check_node_ports": s.health_ports.iter().map(|p| serde_json::json!({
+            "port": p.port,
+            "service": format!("{}/{}", p.answer.namespace, p.answer.name),
+            "local_endpoints": p.answer.local_endpoints,
+            "serving": p.error.is_none(),
+            "error": p.error,
+        })).collect::<Vec<_>>(),
         "conntrack": s.conntrack.map(|ct| serde_json::json!({
             "live": ct.live,
             "capacity": ct.capacity,

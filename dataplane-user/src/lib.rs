@@ -17,6 +17,7 @@ pub mod dataplane;
 pub mod endpoints;
 pub mod explain;
 pub mod flows;
+pub mod health_ports;
 pub mod manifest;
 pub mod model;
 pub mod node;
