@@ -539,6 +539,9 @@ fn service_line(state: &DesiredState, service: &Service) -> String {
     if service.external_traffic_local {
         line.push_str("; external traffic Local");
     }
+    if let Some(port) = service.health_check_node_port {
+        let _ = write!(line, "; health check node port {port}");
+    }
     if service.internal_traffic_local {
         line.push_str("; internal traffic Local");
     }
