@@ -312,6 +312,22 @@ mod tests {
     }
 
     #[test]
+    fn a_health_check_node_port_from_the_api_is_kept_in_the_servers_range() {
+        let service = object(json!({
+            "metadata": {"namespace": "shop", "name": "web"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10",
+                     "externalTrafficPolicy": "Local", "healthCheckNodePort": 9000,
+                     "ports": [{"port": 80, "nodePort": 9001}]},
+        }));
+        let key = ObjectKey::of(&service);
+        let Entry::Service(converted) = convert(Kind::Service, &key, service) else {
+            panic!("not converted");
+        };
+        // Outside the default node port range: the API server allocated it from its own.
+        assert_eq!(converted.health_check_node_port, Some(9000));
+    }
+
+    #[test]
     fn services_slices_and_nodes_convert_with_their_origin() {
         let service = object(json!({
             "metadata": {"namespace": "shop", "name": "web"},
