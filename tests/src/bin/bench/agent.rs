@@ -1065,15 +1065,14 @@ struct AgentProcess<'t> {
 
 impl<'t> AgentProcess<'t> {
     /// Starts `binary` with `--poll-ms poll_ms` on `manifests`, in `topology`'s node
-    /// namespace.
+    /// namespace. The test bed launches it with `ip netns exec` and `--no-socket-lb`: its
+    /// fresh `/sys` has no cgroups, and the machine's root cgroup is no place for a
+    /// benchmark's programs.
     fn start(topology: &'t Topology, binary: &Path, manifests: &Path, poll_ms: u64) -> Self {
         let agent = Agent::options()
             .binary(binary)
             .arg("--poll-ms")
             .arg(poll_ms.to_string())
-            // `ip netns exec` gives it a fresh `/sys` without cgroups (and the machine's root
-            // cgroup is no place for a benchmark's programs).
-            .arg("--no-socket-lb")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .ready_within(READY_TIMEOUT, READY_INTERVAL)
