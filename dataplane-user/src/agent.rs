@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
-use crate::compile::{self, MapSet, NodeView};
+use crate::compile::{self, NodeView};
 use crate::dataplane::{Dataplane, FlowEvents};
 use crate::model::DesiredState;
 use crate::node;
@@ -289,10 +289,7 @@ impl SyncLoop {
             }
         }
         let Some(state) = &self.state else { return };
-        if let Some(compiled) = apply(state, &inputs.node, dataplane, status) {
-            let attached: Vec<u32> = dataplane.attached().collect();
-            self.observer.publish(state, &compiled, &attached);
-        }
+        apply(state, &inputs.node, dataplane, status, &self.observer);
         drop(replaced);
     }
 }
@@ -304,20 +301,23 @@ fn read_inputs(source: &mut dyn Source, node_name: Option<&String>) -> anyhow::R
     Ok(Inputs { source, node })
 }
 
-/// Compiles and applies `state`; returns what is now enforced, or `None` on failure.
+/// Compiles and applies `state`, then tells `observer` and, last, `status`: a client that
+/// sees the generation move finds that generation's maps and names in `/status`, `/flows`
+/// and `/explain`. A failure is logged and recorded in `status`.
 fn apply(
     state: &DesiredState,
     node: &NodeView,
     dataplane: &mut Dataplane,
     status: &Shared,
-) -> Option<MapSet> {
+    observer: &Observer,
+) {
     let started = std::time::Instant::now();
     let compiled = match compile::compile_with(state, node, dataplane.applied()) {
         Ok(c) => c,
         Err(err) => {
             tracing::error!("{err}");
             record_error(status, err.to_string());
-            return None;
+            return;
         }
     };
     for w in &compiled.warnings {
@@ -333,6 +333,8 @@ fn apply(
                 elapsed_ms = started.elapsed().as_millis(),
                 "applied"
             );
+            let attached: Vec<u32> = dataplane.attached().collect();
+            observer.publish(state, &compiled, &attached);
             let mut s = status.lock().unwrap_or_else(PoisonError::into_inner);
             s.ready = true;
             s.generation += 1;
@@ -344,13 +346,11 @@ fn apply(
                 .values()
                 .map(|p| format!("{}/{}", p.namespace, p.name))
                 .collect();
-            Some(compiled)
         }
         Err(err) => {
             let text = format!("{:#}", anyhow::Error::new(err));
             tracing::error!("applying: {text}; the previous state stays enforced");
             record_error(status, text);
-            None
         }
     }
 }
