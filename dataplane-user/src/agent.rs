@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
-use crate::compile::{self, MapSet, NodeView};
+use crate::compile::{self, NodeView};
 use crate::dataplane::{Dataplane, FlowEvents};
 use crate::health_ports::{HealthPorts, PortStatus};
 use crate::model::DesiredState;
@@ -328,16 +328,14 @@ impl SyncLoop {
             }
         }
         let Some(state) = &self.state else { return };
-        if let Some(compiled) = apply(state, &inputs.node, dataplane, status) {
-            // Only now, so that a health check never promises endpoints the maps do not have.
-            self.health_ports.sync(compiled.services.health_checks());
-            status
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .health_ports = self.health_ports.status();
-            let attached: Vec<u32> = dataplane.attached().collect();
-            self.observer.publish(state, &compiled, &attached);
-        }
+        apply(
+            state,
+            &inputs.node,
+            dataplane,
+            status,
+            &self.observer,
+            &mut self.health_ports,
+        );
         drop(replaced);
     }
 
@@ -362,20 +360,24 @@ fn read_inputs(source: &mut dyn Source, node_name: Option<&String>) -> anyhow::R
     Ok(Inputs { source, node })
 }
 
-/// Compiles and applies `state`; returns what is now enforced, or `None` on failure.
+/// Compiles and applies `state`, then tells `observer` and, last, `status`: a client that
+/// sees the generation move finds that generation's maps and names in `/status`, `/flows`
+/// and `/explain`. A failure is logged and recorded in `status`.
 fn apply(
     state: &DesiredState,
     node: &NodeView,
     dataplane: &mut Dataplane,
     status: &Shared,
-) -> Option<MapSet> {
+    observer: &Observer,
+    health_ports: &mut HealthPorts,
+) {
     let started = std::time::Instant::now();
     let compiled = match compile::compile_with(state, node, dataplane.applied()) {
         Ok(c) => c,
         Err(err) => {
             tracing::error!("{err}");
             record_error(status, err.to_string());
-            return None;
+            return;
         }
     };
     for w in &compiled.warnings {
@@ -391,7 +393,13 @@ fn apply(
                 elapsed_ms = started.elapsed().as_millis(),
                 "applied"
             );
+            let attached: Vec<u32> = dataplane.attached().collect();
+            observer.publish(state, &compiled, &attached);
+            // Only once applied, so that a health check never promises endpoints the maps do
+            // not have; and before the generation moves, as what `/status` reports with it.
+            health_ports.sync(compiled.services.health_checks());
             let mut s = status.lock().unwrap_or_else(PoisonError::into_inner);
+            s.health_ports = health_ports.status();
             s.ready = true;
             s.generation += 1;
             s.last_error = None;
@@ -402,13 +410,11 @@ fn apply(
                 .values()
                 .map(|p| format!("{}/{}", p.namespace, p.name))
                 .collect();
-            Some(compiled)
         }
         Err(err) => {
             let text = format!("{:#}", anyhow::Error::new(err));
             tracing::error!("applying: {text}; the previous state stays enforced");
             record_error(status, text);
-            None
         }
     }
 }

@@ -18,6 +18,7 @@
 //! Not done: `publishNotReadyAddresses` (not in the model), `nodeName` and `zone` (the pod
 //! model carries no node).
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::model::{
@@ -30,31 +31,46 @@ pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 
 /// The slices of every Service that has a selector and no `EndpointSlice` or `Endpoints`
 /// object of its own, made from the pods of `state`. Each slice's origin is its Service's.
+///
+/// Slices and pods are indexed first: a cluster of 10 000 Services, slices and pods would
+/// otherwise cost 10^8 comparisons at every load.
 pub fn derive(state: &DesiredState) -> Vec<EndpointSlice> {
-    state
+    let with_slices: HashSet<(&str, &str)> = state
+        .endpoint_slices
+        .iter()
+        .map(|slice| (slice.namespace.as_str(), slice.service.as_str()))
+        .collect();
+    // Endpoints written for a Service are the truth, as a controller's slices would be.
+    let wanting: Vec<(&Service, &Labels)> = state
         .services
         .iter()
-        .filter(|service| !has_slices(state, service))
-        .flat_map(|service| {
-            let Some(selector) = &service.selector else {
-                return Vec::new();
-            };
-            let pods = state
-                .pods
-                .iter()
-                .filter(|pod| pod.namespace == service.namespace && selects(selector, pod));
+        .filter(|service| {
+            !with_slices.contains(&(service.namespace.as_str(), service.name.as_str()))
+        })
+        .filter_map(|service| Some((service, service.selector.as_ref()?)))
+        .collect();
+    if wanting.is_empty() {
+        return Vec::new();
+    }
+    let mut pods_by_namespace: HashMap<&str, Vec<&Pod>> = HashMap::new();
+    for pod in &state.pods {
+        pods_by_namespace
+            .entry(pod.namespace.as_str())
+            .or_default()
+            .push(pod);
+    }
+    wanting
+        .into_iter()
+        .flat_map(|(service, selector)| {
+            let pods = pods_by_namespace
+                .get(service.namespace.as_str())
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|pod| selects(selector, pod));
             slices_for(service, pods)
         })
         .collect()
-}
-
-/// Whether endpoints were written for `service`: then they are the truth, as a controller's
-/// slices would be.
-fn has_slices(state: &DesiredState, service: &Service) -> bool {
-    state
-        .endpoint_slices
-        .iter()
-        .any(|slice| slice.namespace == service.namespace && slice.service == service.name)
 }
 
 /// A Service selector is `matchLabels` alone: every pair must be on the pod.

@@ -102,14 +102,7 @@ impl Observer {
     /// Records the generation just applied: `maps`, compiled from `state`, and the
     /// interfaces the programs are attached to.
     pub fn publish(&self, state: &DesiredState, maps: &MapSet, attached: &[u32]) {
-        let occupancy = BTreeMap::from([
-            (
-                names::ENDPOINTS,
-                (maps.endpoints.len(), capacity::ENDPOINTS),
-            ),
-            (names::CIDRS, (maps.cidrs.len(), capacity::CIDRS)),
-            (names::POLICY, (maps.policy.len(), capacity::POLICY)),
-        ]);
+        let occupancy = occupancy(maps);
         let interfaces = maps
             .local_pods
             .values()
@@ -234,6 +227,30 @@ impl Observer {
     }
 }
 
+/// Entries each map the agent writes holds in `maps`, with the map's capacity: the policy
+/// maps and the Service maps.
+fn occupancy(maps: &MapSet) -> BTreeMap<&'static str, (usize, u32)> {
+    let services = maps.services.counts();
+    let [small, medium, large] = services.tables;
+    BTreeMap::from([
+        (
+            names::ENDPOINTS,
+            (maps.endpoints.len(), capacity::ENDPOINTS),
+        ),
+        (names::CIDRS, (maps.cidrs.len(), capacity::CIDRS)),
+        (names::POLICY, (maps.policy.len(), capacity::POLICY)),
+        (names::SERVICES, (services.frontends, capacity::SERVICES)),
+        (names::BACKENDS, (services.backends, capacity::BACKENDS)),
+        (names::MAGLEV_SMALL, (small, capacity::MAGLEV_SMALL)),
+        (names::MAGLEV_MEDIUM, (medium, capacity::MAGLEV_MEDIUM)),
+        (names::MAGLEV_LARGE, (large, capacity::MAGLEV_LARGE)),
+        (
+            names::SOURCE_RANGES,
+            (services.source_ranges, capacity::SOURCE_RANGES),
+        ),
+    ])
+}
+
 fn mode(events: FlowEvents) -> String {
     match events {
         FlowEvents::Off => "off".to_owned(),
@@ -250,4 +267,74 @@ fn label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{self, NodeView};
+    use crate::model::{
+        Endpoint, EndpointPort, EndpointSlice, Protocol, Service, ServicePort, TargetPort,
+    };
+
+    /// A `ClusterIP` Service of two ports over three ready endpoints.
+    fn state() -> DesiredState {
+        let port = |name: &str, port: u16| ServicePort {
+            name: name.to_owned(),
+            protocol: Protocol::Tcp,
+            port,
+            target_port: TargetPort::Number(port + 8000),
+            node_port: None,
+        };
+        DesiredState {
+            services: vec![Service {
+                namespace: "shop".into(),
+                name: "web".into(),
+                cluster_ips: vec!["10.96.0.10".parse().unwrap()],
+                ports: vec![port("http", 80), port("https", 443)],
+                ..Service::default()
+            }],
+            endpoint_slices: vec![EndpointSlice {
+                namespace: "shop".into(),
+                name: "web-x7k2p".into(),
+                service: "web".into(),
+                ports: vec![
+                    EndpointPort {
+                        name: "http".into(),
+                        protocol: Protocol::Tcp,
+                        port: 8080,
+                    },
+                    EndpointPort {
+                        name: "https".into(),
+                        protocol: Protocol::Tcp,
+                        port: 8443,
+                    },
+                ],
+                endpoints: (1..=3)
+                    .map(|n| Endpoint {
+                        addresses: vec![format!("10.64.0.{n}").parse().unwrap()],
+                        ready: true,
+                        serving: true,
+                        ..Endpoint::default()
+                    })
+                    .collect(),
+                ..EndpointSlice::default()
+            }],
+            ..DesiredState::default()
+        }
+    }
+
+    #[test]
+    fn occupancy_counts_the_service_maps() {
+        let maps = compile::compile(&state(), &NodeView::default()).unwrap();
+        let occupancy = occupancy(&maps);
+        let entries = |name: &str| occupancy[name].0;
+        assert_eq!(entries(names::SERVICES), 2, "a frontend per port");
+        assert_eq!(entries(names::BACKENDS), 6, "three endpoints per port");
+        assert_eq!(entries(names::MAGLEV_SMALL), 2, "a table per backend set");
+        assert_eq!(entries(names::MAGLEV_MEDIUM), 0);
+        assert_eq!(entries(names::MAGLEV_LARGE), 0);
+        assert_eq!(entries(names::SOURCE_RANGES), 0);
+        assert_eq!(occupancy[names::BACKENDS].1, capacity::BACKENDS);
+    }
 }

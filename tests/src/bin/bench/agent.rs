@@ -4,9 +4,14 @@
 //! # Setup
 //!
 //! The cluster of `bench/cluster.rs` at 100 000 rules (10 000 `NetworkPolicy` objects over
-//! 10 000 pods in 100 namespaces, with pod, namespace and ipBlock peers) is written out as one
-//! YAML file per object, in block style as `kubectl get -o yaml` writes it, with every pod's
-//! `status.podIPs` moved into the test bed's ranges (`10.99.ns.n` and `fd99::ns:n`). A node
+//! 10 000 pods in 100 namespaces, with pod, namespace and ipBlock peers) and [`SERVICES`]
+//! `ClusterIP` Services of `bench/service_set.rs` (ten per app, in the app's namespace, each
+//! selecting the app's ten replicas and listing them in its `EndpointSlice`) is written out as
+//! one YAML file per object, in block style as `kubectl get -o yaml` writes it, with every
+//! pod's `status.podIPs` moved into the test bed's ranges (`10.99.ns.n` and `fd99::ns:n`), and
+//! the slices listing those addresses. The agent must compile and write every Service: after
+//! its first apply, `/status` must count [`SERVICES`] frontends and ten times as many
+//! backends in the Service maps. A node
 //! namespace hosts [`LOCAL_PODS`] of those pods on veth pairs, so the agent attaches to that
 //! many interfaces and enforces the whole cluster's policy on them. The agent is the release
 //! build (`$WEIR_BIN`, or else built here with `cargo build --release`), started by the test
@@ -51,8 +56,9 @@
 //! change (`elapsed_ms`).
 //!
 //! Nothing here judges a time. Errors are real failures: the flip not flipping, the agent
-//! refusing a change or exiting, a timeout.
+//! refusing a change or exiting, Services missing from its maps, a timeout.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd as _;
@@ -62,6 +68,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use dataplane_abi::names;
 use serde_json::{Map, Value, json};
 use testbed::{Agent, Netns, PodSpec, TempDir, Topology, manifests};
 use weir::compile::NodeView;
@@ -73,9 +80,14 @@ use weir::source::directory::{Directory, RESCAN_INTERVAL};
 
 use crate::cluster;
 use crate::measure::median;
+use crate::service_set::{self, ENDPOINTS_PER_SERVICE, ServiceSpec};
 
 /// Rules of the generated cluster: 10 000 policies of ten rules each.
 const RULES: usize = 100_000;
+/// `ClusterIP` Services of the cluster: one per pod, ten per app.
+const SERVICES: usize = 10_000;
+/// The cluster IP of the first Service; the others follow it.
+const CLUSTER_IP_BASE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 /// Pods of the cluster that live on the node namespace.
 pub const LOCAL_PODS: usize = 20;
 /// Poll intervals the change latency is measured with: the agent's default, then a short one.
@@ -141,6 +153,9 @@ pub struct AgentReport {
     pub pods: usize,
     pub policies: usize,
     pub rules: usize,
+    pub services: usize,
+    /// The Service maps as the agent's `/status` counted them after its first apply.
+    pub service_entries: ServiceEntries,
     pub files: usize,
     pub local_pods: usize,
     pub ready: Vec<Duration>,
@@ -151,6 +166,17 @@ pub struct AgentReport {
     pub in_process: InProcess,
     /// `/proc/loadavg` at the start and at the end: how busy the shared machine was.
     pub loadavg: [String; 2],
+}
+
+/// Entries of the Service maps, from `/status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceEntries {
+    /// `WEIR_SVC_V1`: one per Service port and cluster IP.
+    pub frontends: u64,
+    /// `WEIR_BE_V1`: one per endpoint of each backend set.
+    pub backends: u64,
+    /// The three `WEIR_MAG_*_V1` maps: one table per backend set.
+    pub maglev_tables: u64,
 }
 
 /// The figures of one poll interval.
@@ -217,12 +243,13 @@ pub fn run(opts: Options) -> Result<AgentReport> {
     std::fs::copy(&built, &binary)
         .with_context(|| format!("copying {} to {}", built.display(), binary.display()))?;
     let cluster = cluster::generate(RULES);
+    let services = cluster_services(&cluster.state)?;
     let dir = TempDir::new("bench-manifests");
     eprintln!("weir-bench: agent: writing the manifests");
-    let files = write_cluster(dir.path(), &cluster.state)?;
+    let files = write_cluster(dir.path(), &cluster.state, &services)?;
     eprintln!("weir-bench: agent: building the node namespace");
     let topology = Topology::builder().pods(local_pods(&cluster.state)).build();
-    let in_process = time_in_process(dir.path(), &topology, &cluster.state)?;
+    let in_process = time_in_process(dir.path(), &topology, &cluster.state, &services)?;
     let bed = Bed {
         binary: &binary,
         state: &cluster.state,
@@ -234,6 +261,8 @@ pub fn run(opts: Options) -> Result<AgentReport> {
         pods: cluster.state.pods.len(),
         policies: cluster.state.policies.len(),
         rules: cluster::count_rules(&cluster.state),
+        services: services.len(),
+        service_entries: ServiceEntries::default(),
         files,
         local_pods: topology.pods().len(),
         ready: Vec::new(),
@@ -299,6 +328,7 @@ impl Bed<'_> {
     ) -> Result<()> {
         let (mut agent, ready) = self.start_ready(run.poll_ms);
         report.ready.push(ready);
+        report.service_entries = agent.service_entries()?;
         let memory = first && run.poll_ms == POLLS_MS[0];
         if memory {
             report.hwm_ready_kib = agent.proc_status_kib("VmHWM")?;
@@ -369,8 +399,43 @@ fn pod_spec(pod: &weir::model::Pod) -> Result<(PodSpec, Ipv4Addr, Ipv6Addr)> {
     Ok((spec, v4, v6))
 }
 
-/// Writes one file per namespace, pod and policy; returns how many.
-fn write_cluster(dir: &Path, state: &DesiredState) -> Result<usize> {
+/// The cluster's [`SERVICES`] Services, addressed as the manifests address the pods: Service
+/// `i` is backed by the replicas of the `i mod 1 000`-th app (its `app` label), lives in their
+/// namespace and lists their test-bed IPv4 addresses. An app thus sits behind ten Services,
+/// as one exposing several ports, or reached under several names, would.
+fn cluster_services(state: &DesiredState) -> Result<Vec<ServiceSpec>> {
+    let mut apps: BTreeMap<(&str, &str), Vec<Ipv4Addr>> = BTreeMap::new();
+    for pod in &state.pods {
+        let app = pod
+            .labels
+            .get("app")
+            .context("a cluster pod without app label")?;
+        let first = *pod.ips.first().context("a cluster pod without address")?;
+        let (v4, _) = bed_addresses(first)?;
+        apps.entry((&pod.namespace, app)).or_default().push(v4);
+    }
+    let apps: Vec<_> = apps.into_iter().collect();
+    ensure!(
+        apps.iter()
+            .all(|(_, pods)| pods.len() == ENDPOINTS_PER_SERVICE),
+        "every app of the cluster should have {ENDPOINTS_PER_SERVICE} replicas"
+    );
+    let behind = |i: usize| &apps[i % apps.len()];
+    let mut services = service_set::generate(
+        SERVICES,
+        |i| service_set::nth_address(CLUSTER_IP_BASE, i),
+        |i| behind(i).1.clone(),
+    );
+    for (i, service) in services.iter_mut().enumerate() {
+        let ((namespace, app), _) = behind(i);
+        (*namespace).clone_into(&mut service.namespace);
+        (*app).clone_into(&mut service.app);
+    }
+    Ok(services)
+}
+
+/// Writes one file per namespace, pod, policy, Service and `EndpointSlice`; returns how many.
+fn write_cluster(dir: &Path, state: &DesiredState, services: &[ServiceSpec]) -> Result<usize> {
     let mut files = 0;
     let mut write = |name: String, text: String| -> Result<()> {
         files += 1;
@@ -391,6 +456,17 @@ fn write_cluster(dir: &Path, state: &DesiredState) -> Result<usize> {
     }
     for policy in &state.policies {
         write(policy_file(policy), to_yaml(&policy_json(policy)))?;
+    }
+    for service in services {
+        let name = format!("{}-{}.yaml", service.namespace, service.name);
+        write(
+            format!("service-{name}"),
+            to_yaml(&service_set::service_json(service)),
+        )?;
+        write(
+            format!("endpointslice-{name}"),
+            to_yaml(&service_set::slice_json(service)),
+        )?;
     }
     Ok(files)
 }
@@ -643,8 +719,13 @@ pub fn node_view(topology: &Topology) -> Result<NodeView> {
 }
 
 /// Times the agent's steps in this process on `dir`, with the node namespace's view; checks
-/// that the files hold the generated cluster.
-fn time_in_process(dir: &Path, topology: &Topology, state: &DesiredState) -> Result<InProcess> {
+/// that the files hold the generated cluster and that its Services compile.
+fn time_in_process(
+    dir: &Path,
+    topology: &Topology,
+    state: &DesiredState,
+    services: &[ServiceSpec],
+) -> Result<InProcess> {
     eprintln!("weir-bench: agent: timing load and compile in this process");
     let view = node_view(topology)?;
     let walk = median_time(IN_PROCESS_RUNS, || {
@@ -661,11 +742,16 @@ fn time_in_process(dir: &Path, topology: &Topology, state: &DesiredState) -> Res
     ensure!(
         loaded.pods.len() == state.pods.len()
             && loaded.policies.len() == state.policies.len()
-            && cluster::count_rules(&loaded) == cluster::count_rules(state),
-        "the manifests do not read back as the generated cluster: {} pods, {} policies, {} rules",
+            && cluster::count_rules(&loaded) == cluster::count_rules(state)
+            && loaded.services.len() == services.len()
+            && loaded.endpoint_slices.len() == services.len(),
+        "the manifests do not read back as the generated cluster: {} pods, {} policies, {} \
+         rules, {} Services, {} EndpointSlices",
         loaded.pods.len(),
         loaded.policies.len(),
-        cluster::count_rules(&loaded)
+        cluster::count_rules(&loaded),
+        loaded.services.len(),
+        loaded.endpoint_slices.len()
     );
     let (version_check, reload_one) = time_directory(dir, state)?;
     let compile = median_time(IN_PROCESS_RUNS, || {
@@ -674,6 +760,15 @@ fn time_in_process(dir: &Path, topology: &Topology, state: &DesiredState) -> Res
             maps.local_pods.len() == LOCAL_PODS,
             "compiled {} local pods",
             maps.local_pods.len()
+        );
+        let counts = maps.services.counts();
+        ensure!(
+            counts.frontends == services.len()
+                && counts.backends == services.len() * ENDPOINTS_PER_SERVICE,
+            "{} Services compiled to {} frontends and {} backends",
+            services.len(),
+            counts.frontends,
+            counts.backends
         );
         Ok(())
     })?;
@@ -970,15 +1065,14 @@ struct AgentProcess<'t> {
 
 impl<'t> AgentProcess<'t> {
     /// Starts `binary` with `--poll-ms poll_ms` on `manifests`, in `topology`'s node
-    /// namespace.
+    /// namespace. The test bed launches it with `ip netns exec` and `--no-socket-lb`: its
+    /// fresh `/sys` has no cgroups, and the machine's root cgroup is no place for a
+    /// benchmark's programs.
     fn start(topology: &'t Topology, binary: &Path, manifests: &Path, poll_ms: u64) -> Self {
         let agent = Agent::options()
             .binary(binary)
             .arg("--poll-ms")
             .arg(poll_ms.to_string())
-            // `ip netns exec` gives it a fresh `/sys` without cgroups (and the machine's root
-            // cgroup is no place for a benchmark's programs).
-            .arg("--no-socket-lb")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .ready_within(READY_TIMEOUT, READY_INTERVAL)
@@ -995,6 +1089,35 @@ impl<'t> AgentProcess<'t> {
     /// The generation `/status` reports.
     fn generation(&mut self) -> u64 {
         self.agent.status().generation
+    }
+
+    /// The Service maps' entries `/status` reports; an error unless every Service was
+    /// written: one frontend each, and a backend per endpoint.
+    fn service_entries(&mut self) -> Result<ServiceEntries> {
+        let status = self.agent.status().raw;
+        let entries = |map: &str| {
+            status["maps"][map]["entries"]
+                .as_u64()
+                .with_context(|| format!("no {map} in /status maps: {}", status["maps"]))
+        };
+        let found = ServiceEntries {
+            frontends: entries(names::SERVICES)?,
+            backends: entries(names::BACKENDS)?,
+            maglev_tables: entries(names::MAGLEV_SMALL)?
+                + entries(names::MAGLEV_MEDIUM)?
+                + entries(names::MAGLEV_LARGE)?,
+        };
+        let (services, endpoints) = (
+            u64::try_from(SERVICES)?,
+            u64::try_from(ENDPOINTS_PER_SERVICE)?,
+        );
+        ensure!(
+            found.frontends == services && found.backends == services * endpoints,
+            "the agent wrote {found:?} for {SERVICES} Services of {ENDPOINTS_PER_SERVICE} \
+             endpoints; status summary: {}",
+            status["summary"]
+        );
+        Ok(found)
     }
 
     /// A `kB` line of `/proc/PID/status` (`VmHWM`, `VmRSS`), in KiB.
@@ -1169,14 +1292,20 @@ impl AgentReport {
             out,
             "Agent process: weir run ({}) in a node namespace with {} local pods (veth pairs)\n\
              over {} manifest files: {} pods in {} namespaces (status.podIPs IPv4 + IPv6), {} \
-             NetworkPolicies ({} rules: pod, namespace and ipBlock peers)",
+             NetworkPolicies ({} rules: pod, namespace and ipBlock peers), {} ClusterIP Services\n\
+             with an EndpointSlice each ({ENDPOINTS_PER_SERVICE} pods of one app; the agent's \
+             maps after ready: {} frontends, {} backends, {} Maglev tables)",
             self.binary.display(),
             self.local_pods,
             self.files,
             self.pods,
             cluster::NAMESPACES,
             self.policies,
-            self.rules
+            self.rules,
+            self.services,
+            self.service_entries.frontends,
+            self.service_entries.backends,
+            self.service_entries.maglev_tables
         );
         let _ = writeln!(
             out,
@@ -1288,7 +1417,7 @@ impl AgentReport {
              \x20 walk of the tree (stat of {} files)   {:>8.1} ms  every {} s, a safety net\n\
              \x20 first load (read + YAML + validation)     {:>8.1} ms\n\
              \x20 reload after one file changed            {:>8.1} ms\n\
-             \x20 compile ({} policies, {} local pods)   {:>8.1} ms\n",
+             \x20 compile from scratch ({} policies, {} Services, {} local pods) {:>8.1} ms\n",
             SETTLE_SLICE.as_millis(),
             ms(p.version_check),
             self.files,
@@ -1297,6 +1426,7 @@ impl AgentReport {
             ms(p.load),
             ms(p.reload_one),
             self.policies,
+            self.services,
             self.local_pods,
             ms(p.compile)
         );
@@ -1310,6 +1440,15 @@ impl AgentReport {
             ("agent_pods".into(), self.pods.to_string()),
             ("agent_policies".into(), self.policies.to_string()),
             ("agent_rules".into(), self.rules.to_string()),
+            ("agent_services".into(), self.services.to_string()),
+            (
+                "agent_service_frontends".into(),
+                self.service_entries.frontends.to_string(),
+            ),
+            (
+                "agent_service_backends".into(),
+                self.service_entries.backends.to_string(),
+            ),
             ("agent_manifest_files".into(), self.files.to_string()),
             ("agent_local_pods".into(), self.local_pods.to_string()),
             ("agent_ready_ms".into(), format!("{:.0}", median(&ready))),
@@ -1398,6 +1537,49 @@ mod tests {
             let mut read = loaded.state.policies[0].clone();
             read.origin = policy.origin.clone();
             assert_eq!(&read, policy, "\n{yaml}");
+        }
+    }
+
+    /// Services and slices read back, through the agent's own loader, as the model of the
+    /// same set; each slice lists exactly the pods its Service's selector picks.
+    #[test]
+    fn rendered_services_read_back_as_generated_and_select_their_endpoints() {
+        let state = cluster::generate(cluster::RULES_PER_POLICY).state;
+        let specs = cluster_services(&state).unwrap();
+        assert_eq!(specs.len(), SERVICES);
+        let sample: Vec<ServiceSpec> = specs.iter().step_by(997).cloned().collect();
+        let (services, slices) = service_set::to_model(&sample);
+        for ((spec, service), slice) in sample.iter().zip(&services).zip(&slices) {
+            let yaml = format!(
+                "{}---\n{}",
+                to_yaml(&service_set::service_json(spec)),
+                to_yaml(&service_set::slice_json(spec))
+            );
+            let mut loaded = weir::manifest::load_str(Path::new("s.yaml"), &yaml)
+                .unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+                .state;
+            loaded.services[0].origin = service.origin.clone();
+            loaded.endpoint_slices[0].origin = slice.origin.clone();
+            assert_eq!(loaded.services, std::slice::from_ref(service), "\n{yaml}");
+            assert_eq!(
+                loaded.endpoint_slices,
+                std::slice::from_ref(slice),
+                "\n{yaml}"
+            );
+            let selector = service.selector.as_ref().expect("a selector");
+            let selected: Vec<IpAddr> = state
+                .pods
+                .iter()
+                .filter(|p| p.namespace == spec.namespace)
+                .filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+                .map(|p| bed_addresses(p.ips[0]).unwrap().0.into())
+                .collect();
+            let listed: Vec<IpAddr> = slice
+                .endpoints
+                .iter()
+                .flat_map(|e| e.addresses.clone())
+                .collect();
+            assert_eq!(listed, selected, "{}/{}", spec.namespace, spec.name);
         }
     }
 
