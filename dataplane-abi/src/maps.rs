@@ -50,8 +50,8 @@ pub mod names {
     /// Array of [`crate::Backend`] indexed by [`crate::backend_slot`] of the backend id,
     /// written by the agent through a memory mapping (`BPF_F_MMAPABLE`).
     pub const BACKENDS: &str = "WEIR_BE_V2";
-    /// Array of Maglev tables of [`crate::maglev::SMALL`] slots indexed by
-    /// [`crate::set_slot`] of the backend set id, written through a memory mapping.
+    /// Array of [`crate::SmallMaglevTable`] indexed by [`crate::set_slot`] of the backend set
+    /// id, written through a memory mapping.
     pub const MAGLEV_SMALL: &str = "WEIR_MAG_S_V2";
     /// Hash of a backend set id to its Maglev table of [`crate::maglev::MEDIUM`] slots.
     pub const MAGLEV_MEDIUM: &str = "WEIR_MAG_M_V2";
@@ -125,9 +125,9 @@ pub mod capacity {
     /// Entries of `WEIR_BE_V2`, preallocated (24 MiB): 100 000 Services of 10 endpoints, and
     /// room to spare. A power of two: a backend id's low bits are its index.
     pub const BACKENDS: u32 = 1 << 20;
-    /// Backend sets, and entries of `WEIR_MAG_S_V2`, preallocated (32 MiB: 512 bytes a
+    /// Backend sets, and entries of `WEIR_MAG_S_V2`, preallocated (23 MiB: 184 bytes a
     /// table). A power of two: a set id's low bits are the index of its small table.
-    pub const BACKEND_SETS: u32 = 1 << 16;
+    pub const BACKEND_SETS: u32 = 1 << 17;
     /// Entries of `WEIR_MAG_M_V2` (allocated on use).
     pub const MAGLEV_MEDIUM: u32 = 16_384;
     /// Entries of `WEIR_MAG_L_V2` (allocated on use).

@@ -76,8 +76,10 @@ pub mod service_flags {
 /// slots, so that the spread stays within 10 % while the table stays small. Each is a prime, as
 /// Maglev's permutation needs.
 pub mod maglev {
-    /// Slots of a `WEIR_MAG_S_V2` table: sets of up to 12 backends.
+    /// Slots of a `WEIR_MAG_S_V2` table: sets of up to [`SMALL_BACKENDS`] backends.
     pub const SMALL: usize = 127;
+    /// Backends of a set whose table is [`SMALL`]: ten slots each at least.
+    pub const SMALL_BACKENDS: usize = SMALL / 10;
     /// Slots of a `WEIR_MAG_M_V2` table: sets of up to 102 backends.
     pub const MEDIUM: usize = 1021;
     /// Slots of a `WEIR_MAG_L_V2` table: larger sets (at most this many backends).
@@ -99,7 +101,7 @@ pub mod maglev {
         /// The smallest tier for `backends` backends, or `None` beyond [`LARGE`].
         #[must_use]
         pub const fn for_backends(backends: usize) -> Option<Self> {
-            if backends * 10 <= SMALL {
+            if backends <= SMALL_BACKENDS {
                 Some(Self::Small)
             } else if backends * 10 <= MEDIUM {
                 Some(Self::Medium)
@@ -161,16 +163,41 @@ const _: () = assert!(size_of::<ServiceValue>() == 20);
 pub struct MaglevTable<const N: usize> {
     /// Backend ids, indexed by [`maglev_slot`].
     pub slots: [u32; N],
-    /// The backend set whose table this is; [`SET_NONE`] in a free entry of the
-    /// `WEIR_MAG_S_V2` array. For the agent, which reads the maps back after a restart: the
-    /// programs never read it. It also keeps a verifier bound inside the value: LLVM folds the
-    /// slot's `>> 32` and the `* 4` of its byte offset into one `>> 30`, for which the
-    /// verifier (Linux 6.18) bounds the offset by `4 N - 1` rather than `4 (N - 1)`.
+    /// The backend set whose table this is (the map's key). Never read by the programs; it
+    /// keeps a verifier bound inside the value: LLVM folds the slot's `>> 32` and the `* 4` of
+    /// its byte offset into one `>> 30`, for which the verifier (Linux 6.18) bounds the offset
+    /// by `4 N - 1` rather than `4 (N - 1)`.
     pub set: u32,
 }
 
 /// Backend set id that is never given: the set of a free table entry.
 pub const SET_NONE: u32 = 0;
+
+/// Value of `WEIR_MAG_S_V2[set_slot(set)]`: the Maglev table of a set of at most
+/// [`maglev::SMALL_BACKENDS`] backends. Each slot holds a backend's position in `backends`
+/// rather than its id: 184 bytes instead of 512, which is what lets a preallocated array hold
+/// a table for every set.
+///
+/// The agent rewrites a table in place while programs read it, so that any mix of old and new
+/// words names a backend in use: a backend that stays keeps its position, a new one takes
+/// the position of one that left (whose id stays until then), and `backends` is written
+/// before `slots` (programs read a slot, then the position it names).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SmallMaglevTable {
+    /// Backend ids by position; positions no slot names may hold ids that left.
+    pub backends: [u32; maglev::SMALL_BACKENDS],
+    /// The backend set whose table this is; [`SET_NONE`] in a free entry. For the agent,
+    /// which reads the array back after a restart: the programs never read it.
+    pub set: u32,
+    /// Position in `backends` of each slot's backend, indexed by [`maglev_slot`].
+    pub slots: [u8; maglev::SMALL],
+    /// Padding, always zero.
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(size_of::<SmallMaglevTable>() == 184);
+const _: () = assert!(core::mem::offset_of!(SmallMaglevTable, set) == 48);
+const _: () = assert!(core::mem::offset_of!(SmallMaglevTable, slots) == 52);
 
 /// Bits of [`Backend::flags`].
 pub mod backend_flags {
@@ -334,6 +361,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::SourceRangeKey {}
     unsafe impl<const N: usize> aya::Pod for super::MaglevTable<N> {}
+    unsafe impl aya::Pod for super::SmallMaglevTable {}
     unsafe impl aya::Pod for super::SockNatKey {}
     unsafe impl aya::Pod for super::SockNatValue {}
     unsafe impl aya::Pod for super::SockConfig {}

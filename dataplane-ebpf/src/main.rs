@@ -27,8 +27,8 @@ use aya_ebpf::{
 use dataplane_abi::{
     Addr, AffinityKey, AffinityValue, Backend, CidrInfo, Config, CtEntry, CtKey, Direction,
     DropReason, EndpointInfo, FragKey, FragPorts, MaglevTable, ObserveConfig, ObserveCounter,
-    PassReason, PolicyKey, PolicyValue, ServiceKey, ServiceValue, Slotted, SockConfig, SockNatKey,
-    SockNatValue, SourceRangeKey, TokenBucket, capacity, maglev, slot_of,
+    PassReason, PolicyKey, PolicyValue, ServiceKey, ServiceValue, Slotted, SmallMaglevTable,
+    SockConfig, SockNatKey, SockNatValue, SourceRangeKey, TokenBucket, capacity, maglev, slot_of,
 };
 
 use conntrack::{Flow, Nat};
@@ -108,7 +108,7 @@ static SERVICES: HashMap<ServiceKey, ServiceValue> =
 static BACKENDS: Array<Backend> = Array::with_max_entries(capacity::BACKENDS, MMAPABLE);
 
 #[map(name = "WEIR_MAG_S_V2")]
-static MAGLEV_SMALL: Array<MaglevTable<{ maglev::SMALL }>> =
+static MAGLEV_SMALL: Array<SmallMaglevTable> =
     Array::with_max_entries(capacity::BACKEND_SETS, MMAPABLE);
 
 #[map(name = "WEIR_MAG_M_V2")]

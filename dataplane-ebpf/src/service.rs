@@ -158,9 +158,11 @@ fn maglev_pick(frontend: &ServiceValue, hash: u32) -> Option<u32> {
     match maglev::Tier::from_u8(frontend.maglev)? {
         // No check that the entry is the set's: the agent writes a set's table before any
         // frontend names it, and gives its slot to another set only long after.
-        maglev::Tier::Small => MAGLEV_SMALL
-            .get(set_slot(*set))
-            .and_then(|t| t.slots.get(maglev_slot(hash, maglev::SMALL)).copied()),
+        maglev::Tier::Small => {
+            let table = MAGLEV_SMALL.get(set_slot(*set))?;
+            let position = *table.slots.get(maglev_slot(hash, maglev::SMALL))?;
+            table.backends.get(usize::from(position)).copied()
+        }
         maglev::Tier::Medium => unsafe { MAGLEV_MEDIUM.get(set) }
             .and_then(|t| t.slots.get(maglev_slot(hash, maglev::MEDIUM)).copied()),
         maglev::Tier::Large => unsafe { MAGLEV_LARGE.get(set) }

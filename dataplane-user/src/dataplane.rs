@@ -107,6 +107,15 @@ pub enum DataplaneError {
         /// Slots of a table of its tier.
         expected: usize,
     },
+    /// A compiled small Maglev table names more backends than its compact form holds (a
+    /// compiler bug).
+    #[error("Maglev table of backend set {set} names more than the {max} backends of its map")]
+    TableBackends {
+        /// The backend set id.
+        set: u32,
+        /// Backends a small table holds.
+        max: usize,
+    },
     /// The programs' debug log could not be opened.
     #[error("eBPF debug log")]
     DebugLog {

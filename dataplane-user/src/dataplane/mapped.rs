@@ -6,10 +6,11 @@
 //!
 //! Programs read an entry while the agent may be writing it, so each entry carries a tag (the
 //! id it holds, see [`Tagged`]) and is written word by word in an order that never shows a
-//! reader a mix under a tag it looks for: the rest of the entry first, then the tag (a release
-//! store); a freed entry gets its tag cleared and nothing else. Every word is one aligned
-//! 32-bit store, so a word itself is never torn (a Maglev table rewritten in place shows each
-//! slot old or new, both backends in use at the time).
+//! reader a mix under a tag it looks for: the rest of the entry first, then the tag; a freed
+//! entry gets its tag cleared and nothing else. Every word is one aligned 32-bit store, so a
+//! word itself is never torn, and each is a release store, so words reach other CPUs in the
+//! order of the value's layout (a small Maglev table's backends before its slots, which name
+//! them). On x86 a release store is a plain store.
 
 use std::io;
 use std::marker::PhantomData;
@@ -87,7 +88,8 @@ impl<T: Tagged> MappedArray<T> {
         unsafe { &*self.base.as_ptr().add(index as usize * Self::WORDS + word) }
     }
 
-    /// Writes `value` into entry `index`, its tag last; out-of-range indexes are refused.
+    /// Writes `value` into entry `index`, word by word in layout order and its tag last;
+    /// out-of-range indexes are refused.
     pub(super) fn write(&self, index: u32, value: &T) -> io::Result<()> {
         self.check(index)?;
         let word_of = |i: usize| {
@@ -95,7 +97,7 @@ impl<T: Tagged> MappedArray<T> {
             unsafe { std::ptr::from_ref(value).cast::<u32>().add(i).read() }
         };
         for i in (0..Self::WORDS).filter(|i| *i != Self::TAG_WORD) {
-            self.word(index, i).store(word_of(i), Ordering::Relaxed);
+            self.word(index, i).store(word_of(i), Ordering::Release);
         }
         self.word(index, Self::TAG_WORD)
             .store(word_of(Self::TAG_WORD), Ordering::Release);
@@ -119,6 +121,12 @@ impl<T: Tagged> MappedArray<T> {
         (0..self.entries)
             .filter(|i| self.word(*i, Self::TAG_WORD).load(Ordering::Acquire) != 0)
             .map(|i| (i, self.read(i)))
+    }
+
+    /// Entry `index` as it is now, if its tag is `tag`.
+    pub(super) fn get(&self, index: u32, tag: u32) -> Option<T> {
+        (index < self.entries && self.word(index, Self::TAG_WORD).load(Ordering::Acquire) == tag)
+            .then(|| self.read(index))
     }
 
     fn read(&self, index: u32) -> T {

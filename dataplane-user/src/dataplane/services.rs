@@ -15,6 +15,8 @@
 //!
 //! [`mapped`]: super::mapped
 
+mod small_table;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
 use std::mem::offset_of;
 use std::os::fd::AsFd as _;
@@ -23,10 +25,10 @@ use std::sync::atomic::{Ordering, fence};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError};
 use aya::sys::SyscallError;
-use dataplane_abi::maglev::{LARGE, MEDIUM, SMALL, Tier};
+use dataplane_abi::maglev::{LARGE, MEDIUM, SMALL, SMALL_BACKENDS, Tier};
 use dataplane_abi::{
-    Backend, MaglevTable, ServiceKey, ServiceValue, SourceRangeKey, backend_slot, capacity, names,
-    set_slot,
+    Backend, MaglevTable, ServiceKey, ServiceValue, SmallMaglevTable, SourceRangeKey, backend_slot,
+    capacity, names, set_slot,
 };
 
 use super::mapped::{MappedArray, Tagged};
@@ -211,10 +213,9 @@ impl Dataplane {
         }
         fence(Ordering::Release);
         for (set, slots) in &diff.tables[Tier::Small as usize].upserts {
-            let table = MaglevTable {
-                slots: table_slots(*set, slots)?,
-                set: *set,
-            };
+            let current = arrays.small_tables.get(set_slot(*set), *set);
+            let table = small_table::lay_out(*set, slots, current.as_ref())
+                .map_err(|e| layout_err(*set, &e))?;
             arrays
                 .small_tables
                 .write(set_slot(*set), &table)
@@ -354,12 +355,15 @@ impl Dataplane {
                 .small_tables
                 .tagged()
                 .filter(|(slot, t)| *slot == set_slot(t.set))
-                .map(|(_, t)| {
-                    let table = Table {
-                        tier: Tier::Small,
-                        slots: t.slots.to_vec(),
-                    };
-                    (t.set, table)
+                .filter_map(|(_, t)| {
+                    let slots = small_table::expand(&t)?;
+                    Some((
+                        t.set,
+                        Table {
+                            tier: Tier::Small,
+                            slots,
+                        },
+                    ))
                 }),
         );
         flat.tables
@@ -419,15 +423,15 @@ impl Dataplane {
 /// The backends and small Maglev tables, mapped into the agent.
 pub(super) struct ServiceArrays {
     backends: MappedArray<Backend>,
-    small_tables: MappedArray<MaglevTable<SMALL>>,
+    small_tables: MappedArray<SmallMaglevTable>,
 }
 
 impl Tagged for Backend {
     const TAG_OFFSET: usize = offset_of!(Backend, id);
 }
 
-impl Tagged for MaglevTable<SMALL> {
-    const TAG_OFFSET: usize = offset_of!(MaglevTable<SMALL>, set);
+impl Tagged for SmallMaglevTable {
+    const TAG_OFFSET: usize = offset_of!(SmallMaglevTable, set);
 }
 
 impl ServiceArrays {
@@ -435,7 +439,7 @@ impl ServiceArrays {
     pub(super) fn map(ebpf: &aya::Ebpf) -> Result<Self, DataplaneError> {
         Ok(Self {
             backends: map_array::<Backend>(ebpf, names::BACKENDS, capacity::BACKENDS)?,
-            small_tables: map_array::<MaglevTable<SMALL>>(
+            small_tables: map_array::<SmallMaglevTable>(
                 ebpf,
                 names::MAGLEV_SMALL,
                 capacity::BACKEND_SETS,
@@ -467,6 +471,20 @@ fn table_slots<const N: usize>(set: u32, slots: &[u32]) -> Result<[u32; N], Data
         slots: slots.len(),
         expected: N,
     })
+}
+
+fn layout_err(set: u32, error: &small_table::LayoutError) -> DataplaneError {
+    match *error {
+        small_table::LayoutError::Slots(slots) => DataplaneError::TableSize {
+            set,
+            slots,
+            expected: SMALL,
+        },
+        small_table::LayoutError::TooManyBackends => DataplaneError::TableBackends {
+            set,
+            max: SMALL_BACKENDS,
+        },
+    }
 }
 
 fn array_err(name: &'static str, source: std::io::Error) -> DataplaneError {
