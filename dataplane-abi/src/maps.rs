@@ -11,13 +11,22 @@ pub mod names {
     pub const CIDRS: &str = "WEIR_CIDR_V2";
     /// Hash of [`crate::Slotted`] [`crate::PolicyKey`] to [`crate::PolicyValue`].
     pub const POLICY: &str = "WEIR_POL_V2";
-    /// Names of earlier layouts, whose pins a new agent removes.
-    pub const RETIRED: [&str; 5] = [
+    /// Names of earlier layouts, whose pins a new agent removes. The `_V1` Service maps went
+    /// together: backends and small Maglev tables became arrays indexed by id, which changed
+    /// how backend and set ids are given, and every map holding such ids starts afresh.
+    pub const RETIRED: [&str; 12] = [
         "WEIR_EP_V1",
         "WEIR_CIDR_V1",
         "WEIR_POL_V1",
         "WEIR_CT_V1",
         "WEIR_PASS_V1",
+        "WEIR_SVC_V1",
+        "WEIR_BE_V1",
+        "WEIR_MAG_S_V1",
+        "WEIR_MAG_M_V1",
+        "WEIR_MAG_L_V1",
+        "WEIR_AFF_V1",
+        "WEIR_LBSRC_V1",
     ];
     /// LRU hash of [`crate::CtKey`] to [`crate::CtEntry`]; the programs own it.
     pub const CONNTRACK: &str = "WEIR_CT_V2";
@@ -38,19 +47,21 @@ pub mod names {
     /// Per-CPU counters indexed by [`crate::ObserveCounter`].
     pub const OBSERVE_COUNTERS: &str = "WEIR_OBS_CNT_V1";
     /// Hash of [`crate::ServiceKey`] to [`crate::ServiceValue`]: Service frontends.
-    pub const SERVICES: &str = "WEIR_SVC_V1";
-    /// Hash of a backend id (`u32`) to [`crate::Backend`].
-    pub const BACKENDS: &str = "WEIR_BE_V1";
-    /// Hash of a backend set id to its Maglev table of [`crate::maglev::SMALL`] slots.
-    pub const MAGLEV_SMALL: &str = "WEIR_MAG_S_V1";
+    pub const SERVICES: &str = "WEIR_SVC_V2";
+    /// Array of [`crate::Backend`] indexed by [`crate::backend_slot`] of the backend id,
+    /// written by the agent through a memory mapping (`BPF_F_MMAPABLE`).
+    pub const BACKENDS: &str = "WEIR_BE_V2";
+    /// Array of [`crate::SmallMaglevTable`] indexed by [`crate::set_slot`] of the backend set
+    /// id, written through a memory mapping.
+    pub const MAGLEV_SMALL: &str = "WEIR_MAG_S_V2";
     /// Hash of a backend set id to its Maglev table of [`crate::maglev::MEDIUM`] slots.
-    pub const MAGLEV_MEDIUM: &str = "WEIR_MAG_M_V1";
+    pub const MAGLEV_MEDIUM: &str = "WEIR_MAG_M_V2";
     /// Hash of a backend set id to its Maglev table of [`crate::maglev::LARGE`] slots.
-    pub const MAGLEV_LARGE: &str = "WEIR_MAG_L_V1";
+    pub const MAGLEV_LARGE: &str = "WEIR_MAG_L_V2";
     /// LRU hash of [`crate::AffinityKey`] to [`crate::AffinityValue`]; the programs own it.
-    pub const AFFINITY: &str = "WEIR_AFF_V1";
+    pub const AFFINITY: &str = "WEIR_AFF_V2";
     /// LPM trie of [`crate::SourceRangeKey`] to `u32` (unused, 0): `loadBalancerSourceRanges`.
-    pub const SOURCE_RANGES: &str = "WEIR_LBSRC_V1";
+    pub const SOURCE_RANGES: &str = "WEIR_LBSRC_V2";
     /// LRU hash of [`crate::SockNatKey`] to [`crate::SockNatValue`]; the socket programs own it.
     pub const SOCK_NAT: &str = "WEIR_SKNAT_V1";
     /// The single [`crate::SockConfig`] entry.
@@ -117,20 +128,22 @@ pub mod capacity {
     /// Bytes of the flow-event ring buffer (a power of two, a multiple of the page size):
     /// 5 957 events of 88 bytes (the event and the ring's own 8-byte header).
     pub const FLOW_RING_BYTES: u32 = 512 * 1024;
-    /// Entries of `WEIR_SVC_V1`: frontends (a Service port's ClusterIP, node ports, external
+    /// Entries of `WEIR_SVC_V2`: frontends (a Service port's ClusterIP, node ports, external
     /// and load-balancer IPs, for each scope).
     pub const SERVICES: u32 = 262_144;
-    /// Entries of `WEIR_BE_V1`: 100 000 Services of 10 endpoints, and room to spare.
-    pub const BACKENDS: u32 = 1_048_576;
-    /// Entries of `WEIR_MAG_S_V1` (allocated on use).
-    pub const MAGLEV_SMALL: u32 = 262_144;
-    /// Entries of `WEIR_MAG_M_V1` (allocated on use).
+    /// Entries of `WEIR_BE_V2`, preallocated (24 MiB): 100 000 Services of 10 endpoints, and
+    /// room to spare. A power of two: a backend id's low bits are its index.
+    pub const BACKENDS: u32 = 1 << 20;
+    /// Backend sets, and entries of `WEIR_MAG_S_V2`, preallocated (23 MiB: 184 bytes a
+    /// table). A power of two: a set id's low bits are the index of its small table.
+    pub const BACKEND_SETS: u32 = 1 << 17;
+    /// Entries of `WEIR_MAG_M_V2` (allocated on use).
     pub const MAGLEV_MEDIUM: u32 = 16_384;
-    /// Entries of `WEIR_MAG_L_V1` (allocated on use).
+    /// Entries of `WEIR_MAG_L_V2` (allocated on use).
     pub const MAGLEV_LARGE: u32 = 256;
-    /// Entries of `WEIR_AFF_V1` (least recently used entries are evicted beyond it).
+    /// Entries of `WEIR_AFF_V2` (least recently used entries are evicted beyond it).
     pub const AFFINITY: u32 = 65_536;
-    /// Entries of `WEIR_LBSRC_V1`.
+    /// Entries of `WEIR_LBSRC_V2`.
     pub const SOURCE_RANGES: u32 = 16_384;
     /// Entries of `WEIR_SKNAT_V1` (least recently used entries are evicted beyond it).
     pub const SOCK_NAT: u32 = 65_536;

@@ -2,15 +2,37 @@
 //! sets with their Maglev tables, backends, and ClientIP session affinity.
 //!
 //! A packet to a frontend is translated in three lookups whatever the number of Services:
-//! `WEIR_SVC_V1[frontend]` gives the backend set, the set's Maglev table gives a backend id for
-//! the flow's hash, `WEIR_BE_V1[id]` gives the backend's address and port.
+//! `WEIR_SVC_V2[frontend]` gives the backend set, the set's Maglev table gives a backend id for
+//! the flow's hash, `WEIR_BE_V2[backend_slot(id)]` gives the backend's address and port.
+//!
+//! Backends and small Maglev tables live in arrays indexed by the low bits of their ids
+//! ([`backend_slot`], [`set_slot`]): no hashing, no bucket walk, and the agent writes them
+//! through a memory mapping instead of one system call per entry. The agent never gives two
+//! live ids the same slot; an id also stays unused for a long time after it leaves (ids grow
+//! until the 32-bit space wraps), so a backend entry holds its own id, and a lookup by an id
+//! that left finds another id (or none) there instead of another backend.
 
 use core::mem::size_of;
 
-use crate::Addr;
+use crate::{Addr, capacity};
 
-/// Backend id that means "no backend": never written to `WEIR_BE_V1`.
+/// Backend id that means "no backend": never given, and the id of a free `WEIR_BE_V2` entry.
 pub const BACKEND_NONE: u32 = 0;
+
+const _: () = assert!(capacity::BACKENDS.is_power_of_two());
+const _: () = assert!(capacity::BACKEND_SETS.is_power_of_two());
+
+/// Index of backend `id`'s entry in `WEIR_BE_V2`.
+#[must_use]
+pub const fn backend_slot(id: u32) -> u32 {
+    id & (capacity::BACKENDS - 1)
+}
+
+/// Index of backend set `set`'s table in `WEIR_MAG_S_V2`.
+#[must_use]
+pub const fn set_slot(set: u32) -> u32 {
+    set & (capacity::BACKEND_SETS - 1)
+}
 
 /// Which clients a frontend entry serves: Kubernetes gives internal and external traffic
 /// their own traffic policy (`internalTrafficPolicy`, `externalTrafficPolicy`).
@@ -23,7 +45,7 @@ pub enum ServiceScope {
     External = 1,
 }
 
-/// Key of `WEIR_SVC_V1`: one frontend of one Service port.
+/// Key of `WEIR_SVC_V2`: one frontend of one Service port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
@@ -46,7 +68,7 @@ pub mod service_flags {
     /// With no backend, drop rather than reject: the traffic policy is `Local` and this node has
     /// no endpoint, as kube-proxy does (another node may have one).
     pub const DROP_IF_EMPTY: u16 = 1 << 1;
-    /// `loadBalancerSourceRanges` apply: the client must match `WEIR_LBSRC_V1` for this service.
+    /// `loadBalancerSourceRanges` apply: the client must match `WEIR_LBSRC_V2` for this service.
     pub const SOURCE_RANGES: u16 = 1 << 2;
 }
 
@@ -54,11 +76,13 @@ pub mod service_flags {
 /// slots, so that the spread stays within 10 % while the table stays small. Each is a prime, as
 /// Maglev's permutation needs.
 pub mod maglev {
-    /// Slots of a `WEIR_MAG_S_V1` table: sets of up to 12 backends.
+    /// Slots of a `WEIR_MAG_S_V2` table: sets of up to [`SMALL_BACKENDS`] backends.
     pub const SMALL: usize = 127;
-    /// Slots of a `WEIR_MAG_M_V1` table: sets of up to 102 backends.
+    /// Backends of a set whose table is [`SMALL`]: ten slots each at least.
+    pub const SMALL_BACKENDS: usize = SMALL / 10;
+    /// Slots of a `WEIR_MAG_M_V2` table: sets of up to 102 backends.
     pub const MEDIUM: usize = 1021;
-    /// Slots of a `WEIR_MAG_L_V1` table: larger sets (at most this many backends).
+    /// Slots of a `WEIR_MAG_L_V2` table: larger sets (at most this many backends).
     pub const LARGE: usize = 16_381;
 
     /// Table tier of [`super::ServiceValue::maglev`].
@@ -77,7 +101,7 @@ pub mod maglev {
         /// The smallest tier for `backends` backends, or `None` beyond [`LARGE`].
         #[must_use]
         pub const fn for_backends(backends: usize) -> Option<Self> {
-            if backends * 10 <= SMALL {
+            if backends <= SMALL_BACKENDS {
                 Some(Self::Small)
             } else if backends * 10 <= MEDIUM {
                 Some(Self::Medium)
@@ -111,7 +135,7 @@ pub mod maglev {
     }
 }
 
-/// Value of `WEIR_SVC_V1`.
+/// Value of `WEIR_SVC_V2`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceValue {
@@ -133,28 +157,47 @@ pub struct ServiceValue {
 }
 const _: () = assert!(size_of::<ServiceValue>() == 20);
 
-/// A Maglev table of `N` slots: each slot holds a backend id (`WEIR_BE_V1` key).
+/// A Maglev table of `N` slots: each slot holds a backend id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MaglevTable<const N: usize> {
     /// Backend ids, indexed by [`maglev_slot`].
     pub slots: [u32; N],
-    /// Never read, always zero. LLVM folds the slot's `>> 32` and the `* 4` of its byte offset
-    /// into one `>> 30`, for which the verifier (Linux 6.18) bounds the offset by `4 N - 1`
-    /// rather than `4 (N - 1)`: the guard word keeps that bound inside the value.
-    pub _guard: u32,
+    /// The backend set whose table this is (the map's key). Never read by the programs; it
+    /// keeps a verifier bound inside the value: LLVM folds the slot's `>> 32` and the `* 4` of
+    /// its byte offset into one `>> 30`, for which the verifier (Linux 6.18) bounds the offset
+    /// by `4 N - 1` rather than `4 (N - 1)`.
+    pub set: u32,
 }
 
-impl<const N: usize> MaglevTable<N> {
-    /// A table with every slot set to `backend`.
-    #[must_use]
-    pub const fn filled(backend: u32) -> Self {
-        Self {
-            slots: [backend; N],
-            _guard: 0,
-        }
-    }
+/// Backend set id that is never given: the set of a free table entry.
+pub const SET_NONE: u32 = 0;
+
+/// Value of `WEIR_MAG_S_V2[set_slot(set)]`: the Maglev table of a set of at most
+/// [`maglev::SMALL_BACKENDS`] backends. Each slot holds a backend's position in `backends`
+/// rather than its id: 184 bytes instead of 512, which is what lets a preallocated array hold
+/// a table for every set.
+///
+/// The agent rewrites a table in place while programs read it, so that any mix of old and new
+/// words names a backend in use: a backend that stays keeps its position, a new one takes
+/// the position of one that left (whose id stays until then), and `backends` is written
+/// before `slots` (programs read a slot, then the position it names).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SmallMaglevTable {
+    /// Backend ids by position; positions no slot names may hold ids that left.
+    pub backends: [u32; maglev::SMALL_BACKENDS],
+    /// The backend set whose table this is; [`SET_NONE`] in a free entry. For the agent,
+    /// which reads the array back after a restart: the programs never read it.
+    pub set: u32,
+    /// Position in `backends` of each slot's backend, indexed by [`maglev_slot`].
+    pub slots: [u8; maglev::SMALL],
+    /// Padding, always zero.
+    pub _pad: [u8; 5],
 }
+const _: () = assert!(size_of::<SmallMaglevTable>() == 184);
+const _: () = assert!(core::mem::offset_of!(SmallMaglevTable, set) == 48);
+const _: () = assert!(core::mem::offset_of!(SmallMaglevTable, slots) == 52);
 
 /// Bits of [`Backend::flags`].
 pub mod backend_flags {
@@ -162,10 +205,10 @@ pub mod backend_flags {
     pub const LOCAL: u8 = 1 << 0;
 }
 
-/// Value of `WEIR_BE_V1[backend id]`: one endpoint of one backend set.
+/// Value of `WEIR_BE_V2[backend_slot(id)]`: one endpoint of one backend set.
 ///
-/// Ids are per set and endpoint: an endpoint leaving a set removes its id, which is how a
-/// tracked flow learns that its backend is gone.
+/// Ids are per set and endpoint: an endpoint leaving a set gives up its id (the entry's `id`
+/// becomes [`BACKEND_NONE`]), which is how a tracked flow learns that its backend is gone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Backend {
@@ -177,10 +220,23 @@ pub struct Backend {
     pub flags: u8,
     /// Padding, always zero.
     pub _pad: u8,
+    /// The backend id this entry holds; [`BACKEND_NONE`] when free. Written last when the
+    /// entry is filled and alone when it is freed, so that a program reading the entry while
+    /// the agent writes it sees either the whole backend under its id or not that id.
+    pub id: u32,
 }
-const _: () = assert!(size_of::<Backend>() == 20);
+const _: () = assert!(size_of::<Backend>() == 24);
+const _: () = assert!(core::mem::offset_of!(Backend, id) == 20);
 
-/// Key of `WEIR_AFF_V1`: a client of a backend set with `sessionAffinity: ClientIP`.
+impl Backend {
+    /// Whether this entry holds backend `id`.
+    #[must_use]
+    pub const fn holds(&self, id: u32) -> bool {
+        id != BACKEND_NONE && self.id == id
+    }
+}
+
+/// Key of `WEIR_AFF_V2`: a client of a backend set with `sessionAffinity: ClientIP`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
@@ -191,7 +247,7 @@ pub struct AffinityKey {
 }
 const _: () = assert!(size_of::<AffinityKey>() == 20);
 
-/// Value of `WEIR_AFF_V1`: the backend this client was last sent to, and when.
+/// Value of `WEIR_AFF_V2`: the backend this client was last sent to, and when.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityValue {
@@ -204,7 +260,7 @@ pub struct AffinityValue {
 }
 const _: () = assert!(size_of::<AffinityValue>() == 16);
 
-/// Data of a `WEIR_LBSRC_V1` LPM key: a source range of a Service's LoadBalancer IPs. The
+/// Data of a `WEIR_LBSRC_V2` LPM key: a source range of a Service's LoadBalancer IPs. The
 /// prefix length covers the 32 bits of `service` plus the range's own prefix (IPv4 offset by 96,
 /// as addresses are IPv4-mapped).
 #[repr(C)]
@@ -305,6 +361,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::SourceRangeKey {}
     unsafe impl<const N: usize> aya::Pod for super::MaglevTable<N> {}
+    unsafe impl aya::Pod for super::SmallMaglevTable {}
     unsafe impl aya::Pod for super::SockNatKey {}
     unsafe impl aya::Pod for super::SockNatValue {}
     unsafe impl aya::Pod for super::SockConfig {}

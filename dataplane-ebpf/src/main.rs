@@ -31,8 +31,8 @@ use dataplane_abi::{
     Addr, AffinityKey, AffinityValue, Backend, CidrInfo, Config, CtEntry, CtKey, Direction,
     DropReason, EndpointInfo, FragKey, FragPorts, MaglevTable, NodePortEntry, ObserveConfig,
     ObserveCounter, PassReason, PolicyKey, PolicyValue, ServiceKey, ServiceValue, Slotted,
-    SockConfig, SockNatKey, SockNatValue, SourceRangeKey, TokenBucket, UplinkConfig, capacity,
-    maglev, slot_of,
+    SmallMaglevTable, SockConfig, SockNatKey, SockNatValue, SourceRangeKey, TokenBucket,
+    UplinkConfig, capacity, maglev, slot_of,
 };
 
 use conntrack::{Flow, Nat};
@@ -107,30 +107,33 @@ static OBSERVE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Observ
 /// Maps the agent allocates entry by entry: their capacity is a ceiling, not a reservation.
 const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 
-#[map(name = "WEIR_SVC_V1")]
+/// Arrays the agent writes through a memory mapping rather than one system call per entry.
+const MMAPABLE: u32 = aya_ebpf::bindings::BPF_F_MMAPABLE;
+
+#[map(name = "WEIR_SVC_V2")]
 static SERVICES: HashMap<ServiceKey, ServiceValue> =
     HashMap::with_max_entries(capacity::SERVICES, NO_PREALLOC);
 
-#[map(name = "WEIR_BE_V1")]
-static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(capacity::BACKENDS, NO_PREALLOC);
+#[map(name = "WEIR_BE_V2")]
+static BACKENDS: Array<Backend> = Array::with_max_entries(capacity::BACKENDS, MMAPABLE);
 
-#[map(name = "WEIR_MAG_S_V1")]
-static MAGLEV_SMALL: HashMap<u32, MaglevTable<{ maglev::SMALL }>> =
-    HashMap::with_max_entries(capacity::MAGLEV_SMALL, NO_PREALLOC);
+#[map(name = "WEIR_MAG_S_V2")]
+static MAGLEV_SMALL: Array<SmallMaglevTable> =
+    Array::with_max_entries(capacity::BACKEND_SETS, MMAPABLE);
 
-#[map(name = "WEIR_MAG_M_V1")]
+#[map(name = "WEIR_MAG_M_V2")]
 static MAGLEV_MEDIUM: HashMap<u32, MaglevTable<{ maglev::MEDIUM }>> =
     HashMap::with_max_entries(capacity::MAGLEV_MEDIUM, NO_PREALLOC);
 
-#[map(name = "WEIR_MAG_L_V1")]
+#[map(name = "WEIR_MAG_L_V2")]
 static MAGLEV_LARGE: HashMap<u32, MaglevTable<{ maglev::LARGE }>> =
     HashMap::with_max_entries(capacity::MAGLEV_LARGE, NO_PREALLOC);
 
-#[map(name = "WEIR_AFF_V1")]
+#[map(name = "WEIR_AFF_V2")]
 static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(capacity::AFFINITY, 0);
 
-#[map(name = "WEIR_LBSRC_V1")]
+#[map(name = "WEIR_LBSRC_V2")]
 static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
     LpmTrie::with_max_entries(capacity::SOURCE_RANGES, NO_PREALLOC);
 

@@ -11,7 +11,8 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::maps::lpm_trie::Key;
 use dataplane_abi::{
     Addr, AffinityKey, AffinityValue, Backend, CtKey, DropReason, ServiceKey, ServiceScope,
-    ServiceValue, SourceRangeKey, flow_hash, maglev, maglev_slot, proto, service_flags,
+    ServiceValue, SourceRangeKey, backend_slot, flow_hash, maglev, maglev_slot, proto,
+    service_flags, set_slot,
 };
 
 use crate::conntrack::Tracked;
@@ -131,8 +132,7 @@ pub fn choose(
         return Ok(chosen);
     }
     let id = maglev_pick(frontend, hash).ok_or(DropReason::NoEndpoints)?;
-    // SAFETY: the value is copied out before the program run ends.
-    let backend = *unsafe { BACKENDS.get(id) }.ok_or(DropReason::NoEndpoints)?;
+    let backend = backend(id).ok_or(DropReason::NoEndpoints)?;
     if frontend.affinity_timeout_s != 0 {
         remember_affinity(frontend, client, id, now);
     }
@@ -156,8 +156,13 @@ fn maglev_pick(frontend: &ServiceValue, hash: u32) -> Option<u32> {
     let set = &frontend.backend_set;
     // SAFETY (each arm): the table is copied from before the program run ends.
     match maglev::Tier::from_u8(frontend.maglev)? {
-        maglev::Tier::Small => unsafe { MAGLEV_SMALL.get(set) }
-            .and_then(|t| t.slots.get(maglev_slot(hash, maglev::SMALL)).copied()),
+        // No check that the entry is the set's: the agent writes a set's table before any
+        // frontend names it, and gives its slot to another set only long after.
+        maglev::Tier::Small => {
+            let table = MAGLEV_SMALL.get(set_slot(*set))?;
+            let position = *table.slots.get(maglev_slot(hash, maglev::SMALL))?;
+            table.backends.get(usize::from(position)).copied()
+        }
         maglev::Tier::Medium => unsafe { MAGLEV_MEDIUM.get(set) }
             .and_then(|t| t.slots.get(maglev_slot(hash, maglev::MEDIUM)).copied()),
         maglev::Tier::Large => unsafe { MAGLEV_LARGE.get(set) }
@@ -181,8 +186,7 @@ fn affine_backend(frontend: &ServiceValue, client: &Addr, now: u64) -> Option<(u
         return None;
     }
     let id = entry.backend;
-    // SAFETY: the value is copied out before the program run ends.
-    let backend = *unsafe { BACKENDS.get(id) }?;
+    let backend = backend(id)?;
     entry.last_used_ns = now;
     Some((id, backend))
 }
@@ -201,11 +205,21 @@ fn remember_affinity(frontend: &ServiceValue, client: &Addr, backend: u32, now: 
     let _ = AFFINITY.insert(key, value, 0);
 }
 
+/// Backend `id`, if it is still in its set: its entry holds that id. The agent fills an
+/// entry before it writes the id, and frees it by writing the id alone, so an entry that
+/// holds the id holds that backend.
+#[inline(always)]
+fn backend(id: u32) -> Option<Backend> {
+    BACKENDS
+        .get(backend_slot(id))
+        .filter(|b| b.holds(id))
+        .copied()
+}
+
 /// Whether backend `id` is still in its set at `addr` (ids are per set and endpoint).
 #[inline(always)]
 pub fn backend_alive(id: u32, addr: &Addr) -> bool {
-    // SAFETY: the value is read before the program run ends.
-    unsafe { BACKENDS.get(id) }.is_some_and(|b| b.addr == *addr)
+    backend(id).is_some_and(|b| b.addr == *addr)
 }
 
 /// Whether `client` lies in the `loadBalancerSourceRanges` of `frontend`'s Service.

@@ -77,8 +77,8 @@ pub struct MapSet {
     pub peer_classes: usize,
     /// The class ids this compilation gave out; the next compilation keeps them.
     pub class_ids: ClassIds,
-    /// Contents of the Service maps (`WEIR_SVC_V1`, `WEIR_BE_V1`, `WEIR_MAG_*_V1`,
-    /// `WEIR_LBSRC_V1`), one compiled unit per Service, with the ids the next compilation
+    /// Contents of the Service maps (`WEIR_SVC_V2`, `WEIR_BE_V2`, `WEIR_MAG_*_V2`,
+    /// `WEIR_LBSRC_V2`), one compiled unit per Service, with the ids the next compilation
     /// keeps.
     pub services: ServiceMaps,
     /// Things worth a warning that do not stop compilation (duplicate pod addresses).
@@ -119,6 +119,17 @@ pub enum CompileError {
         backends: usize,
         /// The most a backend set holds ([`dataplane_abi::maglev::LARGE`]).
         max: usize,
+    },
+    /// A map indexed by id has no free entry for a new one: the entries of the state, with
+    /// those it replaces (removed only once their replacements are written), fill it.
+    #[error(
+        "map {map} has no free entry: its {capacity} entries hold the state and the entries it replaces"
+    )]
+    SlotsExhausted {
+        /// Name of the map (see [`dataplane_abi::names`]).
+        map: &'static str,
+        /// Entries the map holds.
+        capacity: u32,
     },
     /// The whole state needs more entries than a map holds.
     #[error("map {map} would need {needed} entries, {capacity} fit")]

@@ -23,13 +23,14 @@ use crate::pins::{Hook, Pins};
 
 mod batch;
 mod debug_log;
+mod mapped;
 mod observe;
 mod services;
 mod sockets;
 mod uplinks;
 pub use debug_log::{DebugLog, TracingLog};
 pub use observe::{FlowEvents, FlowRing, MapReader};
-use services::ServiceDiff;
+use services::{ServiceArrays, ServiceDiff};
 pub use sockets::netns_cookie;
 
 /// The eBPF object built by `build.rs`.
@@ -89,6 +90,15 @@ pub enum DataplaneError {
         #[source]
         source: aya::programs::links::LinkError,
     },
+    /// An array the agent writes through a memory mapping could not be mapped or written.
+    #[error("mapped array {name}")]
+    MappedArray {
+        /// Name of the map (see [`dataplane_abi::names`]).
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A compiled Maglev table does not have its tier's number of slots (a compiler bug).
     #[error("Maglev table of backend set {set} has {slots} slots, its map {expected}")]
     TableSize {
@@ -98,6 +108,15 @@ pub enum DataplaneError {
         slots: usize,
         /// Slots of a table of its tier.
         expected: usize,
+    },
+    /// A compiled small Maglev table names more backends than its compact form holds (a
+    /// compiler bug).
+    #[error("Maglev table of backend set {set} names more than the {max} backends of its map")]
+    TableBackends {
+        /// The backend set id.
+        set: u32,
+        /// Backends a small table holds.
+        max: usize,
     },
     /// The programs' debug log could not be opened.
     #[error("eBPF debug log")]
@@ -195,6 +214,9 @@ const FLIP_GRACE: Duration = Duration::from_millis(20);
 
 /// The loaded programs and maps, and what the agent last wrote to them.
 pub struct Dataplane {
+    /// The Service arrays, mapped into this process; declared before `ebpf`, whose maps they
+    /// map (a mapping keeps its map alive anyway).
+    service_arrays: ServiceArrays,
     ebpf: Ebpf,
     /// What the maps hold: the Service maps, and the policy maps' active slot.
     applied: MapSet,
@@ -261,6 +283,7 @@ impl Dataplane {
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
         Ok(Self {
+            service_arrays: ServiceArrays::map(&ebpf)?,
             ebpf,
             applied: MapSet::default(),
             standby: MapSet::default(),

@@ -241,7 +241,7 @@ fn occupancy(maps: &MapSet) -> BTreeMap<&'static str, (usize, u32)> {
         (names::POLICY, (maps.policy.len(), capacity::POLICY)),
         (names::SERVICES, (services.frontends, capacity::SERVICES)),
         (names::BACKENDS, (services.backends, capacity::BACKENDS)),
-        (names::MAGLEV_SMALL, (small, capacity::MAGLEV_SMALL)),
+        (names::MAGLEV_SMALL, (small, capacity::BACKEND_SETS)),
         (names::MAGLEV_MEDIUM, (medium, capacity::MAGLEV_MEDIUM)),
         (names::MAGLEV_LARGE, (large, capacity::MAGLEV_LARGE)),
         (

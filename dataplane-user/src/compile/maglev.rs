@@ -23,7 +23,7 @@ pub type Name = [u8; 18];
 pub struct Member {
     /// Derives the backend's permutation.
     pub name: Name,
-    /// What the table stores for the backend's slots (its `WEIR_BE_V1` key).
+    /// What the table stores for the backend's slots (its id, which indexes `WEIR_BE_V2`).
     pub id: u32,
 }
 

@@ -1,6 +1,6 @@
-//! Services → frontends (`WEIR_SVC_V1`), backend sets with their Maglev tables
-//! (`WEIR_MAG_*_V1`), backends (`WEIR_BE_V1`) and load-balancer source ranges
-//! (`WEIR_LBSRC_V1`), with kube-proxy's semantics:
+//! Services → frontends (`WEIR_SVC_V2`), backend sets with their Maglev tables
+//! (`WEIR_MAG_*_V2`), backends (`WEIR_BE_V2`) and load-balancer source ranges
+//! (`WEIR_LBSRC_V2`), with kube-proxy's semantics:
 //!
 //! 1. A Service without a cluster IP (headless) is not load-balanced at all, and a Service
 //!    serves only the address families of its cluster IPs: external, load-balancer and node
@@ -48,7 +48,7 @@ use super::maglev::Table;
 use super::{CompileError, NodeView};
 use crate::model::{DesiredState, EndpointSlice, Node, Service};
 
-/// One prefix of `WEIR_LBSRC_V1`: a `loadBalancerSourceRanges` entry of one Service.
+/// One prefix of `WEIR_LBSRC_V2`: a `loadBalancerSourceRanges` entry of one Service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SourceRange {
     /// [`ServiceValue::service`] of the Service.
@@ -89,13 +89,13 @@ impl SourceRange {
 /// The Service maps' contents as plain ordered maps: for diffs, tests and read-back.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlatServices {
-    /// Contents of `WEIR_SVC_V1`.
+    /// Contents of `WEIR_SVC_V2`.
     pub frontends: BTreeMap<ServiceKey, ServiceValue>,
-    /// Contents of `WEIR_BE_V1`.
+    /// Contents of `WEIR_BE_V2`.
     pub backends: BTreeMap<u32, Backend>,
-    /// Contents of the three `WEIR_MAG_*_V1` maps, by backend set id (the table says its tier).
+    /// Contents of the three `WEIR_MAG_*_V2` maps, by backend set id (the table says its tier).
     pub tables: BTreeMap<u32, Table>,
-    /// Contents of `WEIR_LBSRC_V1`.
+    /// Contents of `WEIR_LBSRC_V2`.
     pub source_ranges: BTreeSet<SourceRange>,
 }
 
@@ -377,13 +377,13 @@ impl ServiceMaps {
 /// Sizes of the Service maps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Entries of `WEIR_SVC_V1`.
+    /// Entries of `WEIR_SVC_V2`.
     pub frontends: usize,
-    /// Entries of `WEIR_BE_V1`.
+    /// Entries of `WEIR_BE_V2`.
     pub backends: usize,
-    /// Entries of `WEIR_MAG_S_V1`, `WEIR_MAG_M_V1`, `WEIR_MAG_L_V1`.
+    /// Entries of `WEIR_MAG_S_V2`, `WEIR_MAG_M_V2`, `WEIR_MAG_L_V2`.
     pub tables: [usize; 3],
-    /// Entries of `WEIR_LBSRC_V1`.
+    /// Entries of `WEIR_LBSRC_V2`.
     pub source_ranges: usize,
 }
 
@@ -546,7 +546,7 @@ fn check_capacity(out: &ServiceMaps) -> Result<(), CompileError> {
         (
             names::MAGLEV_SMALL,
             counts.tables[0],
-            capacity::MAGLEV_SMALL,
+            capacity::BACKEND_SETS,
         ),
         (
             names::MAGLEV_MEDIUM,

@@ -7,18 +7,31 @@
 //! A backend set that changes tier (its table grows from 127 to 1 021 slots) is written to the
 //! new tier's map first, its frontends then name the new tier, and the old tier's table goes
 //! last.
+//!
+//! Backends and small tables are arrays written through a memory mapping ([`mapped`]); a
+//! release fence between the two keeps the order above for readers on other CPUs. The maps
+//! written by system call come after both, and the kernel publishes their entries with
+//! release stores, which order the mapped stores before them.
+//!
+//! [`mapped`]: super::mapped
+
+mod small_table;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet};
-
+use std::mem::offset_of;
 use std::os::fd::AsFd as _;
+use std::sync::atomic::{Ordering, fence};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, IterableMap as _, MapData, MapError};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError};
 use aya::sys::SyscallError;
-use dataplane_abi::MaglevTable;
-use dataplane_abi::maglev::{LARGE, MEDIUM, SMALL, Tier};
-use dataplane_abi::{Backend, ServiceKey, ServiceValue, SourceRangeKey, names};
+use dataplane_abi::maglev::{LARGE, MEDIUM, SMALL, SMALL_BACKENDS, Tier};
+use dataplane_abi::{
+    Backend, MaglevTable, ServiceKey, ServiceValue, SmallMaglevTable, SourceRangeKey, backend_slot,
+    capacity, names, set_slot,
+};
 
+use super::mapped::{MappedArray, Tagged};
 use super::{Dataplane, DataplaneError, Diff, batch, map_err, remove_existing, typed_map};
 use crate::compile::maglev::Table;
 use crate::compile::{CompiledService, FlatServices, MapSet, ServiceMaps, SourceRange};
@@ -191,10 +204,23 @@ impl Dataplane {
         &mut self,
         diff: &ServiceDiff<'_>,
     ) -> Result<(), DataplaneError> {
-        let (ids, backends): (Vec<u32>, Vec<Backend>) =
-            diff.backends.upserts.iter().copied().unzip();
-        self.update_batch(names::BACKENDS, &ids, &backends)?;
-        self.write_tables::<SMALL>(Tier::Small, &diff.tables[Tier::Small as usize].upserts)?;
+        let arrays = &self.service_arrays;
+        for (id, backend) in &diff.backends.upserts {
+            arrays
+                .backends
+                .write(backend_slot(*id), backend)
+                .map_err(|e| array_err(names::BACKENDS, e))?;
+        }
+        fence(Ordering::Release);
+        for (set, slots) in &diff.tables[Tier::Small as usize].upserts {
+            let current = arrays.small_tables.get(set_slot(*set), *set);
+            let table = small_table::lay_out(*set, slots, current.as_ref())
+                .map_err(|e| layout_err(*set, &e))?;
+            arrays
+                .small_tables
+                .write(set_slot(*set), &table)
+                .map_err(|e| array_err(names::MAGLEV_SMALL, e))?;
+        }
         self.write_tables::<MEDIUM>(Tier::Medium, &diff.tables[Tier::Medium as usize].upserts)?;
         self.write_tables::<LARGE>(Tier::Large, &diff.tables[Tier::Large as usize].upserts)?;
         {
@@ -222,10 +248,22 @@ impl Dataplane {
                     .map_err(map_err(names::SOURCE_RANGES))?;
             }
         }
-        self.remove_tables::<SMALL>(Tier::Small, &diff.tables[Tier::Small as usize].removals)?;
         self.remove_tables::<MEDIUM>(Tier::Medium, &diff.tables[Tier::Medium as usize].removals)?;
         self.remove_tables::<LARGE>(Tier::Large, &diff.tables[Tier::Large as usize].removals)?;
-        self.delete_batch::<u32, Backend>(names::BACKENDS, &diff.backends.removals)
+        let arrays = &self.service_arrays;
+        for set in &diff.tables[Tier::Small as usize].removals {
+            arrays
+                .small_tables
+                .free(set_slot(*set), *set)
+                .map_err(|e| array_err(names::MAGLEV_SMALL, e))?;
+        }
+        for id in &diff.backends.removals {
+            arrays
+                .backends
+                .free(backend_slot(*id), *id)
+                .map_err(|e| array_err(names::BACKENDS, e))?;
+        }
+        Ok(())
     }
 
     fn write_tables<const N: usize>(
@@ -236,13 +274,11 @@ impl Dataplane {
         let mut sets = Vec::with_capacity(tables.len());
         let mut values: Vec<MaglevTable<N>> = Vec::with_capacity(tables.len());
         for (set, slots) in tables {
-            let slots: [u32; N] = (*slots).try_into().map_err(|_| DataplaneError::TableSize {
-                set: *set,
-                slots: slots.len(),
-                expected: N,
-            })?;
             sets.push(*set);
-            values.push(MaglevTable { slots, _guard: 0 });
+            values.push(MaglevTable {
+                slots: table_slots(*set, slots)?,
+                set: *set,
+            });
         }
         self.update_batch(TABLE_MAPS[tier as usize], &sets, &values)
     }
@@ -305,11 +341,31 @@ impl Dataplane {
             let (k, v) = entry.map_err(map_err(names::SERVICES))?;
             flat.frontends.insert(k, v);
         }
-        for entry in &self.backend_map()? {
-            let (k, v) = entry.map_err(map_err(names::BACKENDS))?;
-            flat.backends.insert(k, v);
-        }
-        flat.tables.extend(self.read_tables::<SMALL>(Tier::Small)?);
+        let arrays = &self.service_arrays;
+        // An entry outside its id's slot was never written by an agent: left out.
+        flat.backends.extend(
+            arrays
+                .backends
+                .tagged()
+                .filter(|(slot, be)| *slot == backend_slot(be.id))
+                .map(|(_, be)| (be.id, be)),
+        );
+        flat.tables.extend(
+            arrays
+                .small_tables
+                .tagged()
+                .filter(|(slot, t)| *slot == set_slot(t.set))
+                .filter_map(|(_, t)| {
+                    let slots = small_table::expand(&t)?;
+                    Some((
+                        t.set,
+                        Table {
+                            tier: Tier::Small,
+                            slots,
+                        },
+                    ))
+                }),
+        );
         flat.tables
             .extend(self.read_tables::<MEDIUM>(Tier::Medium)?);
         flat.tables.extend(self.read_tables::<LARGE>(Tier::Large)?);
@@ -357,15 +413,82 @@ impl Dataplane {
         typed_map(&mut self.ebpf, names::SERVICES, HashMap::try_from)
     }
 
-    fn backend_map(&mut self) -> Result<HashMap<&mut MapData, u32, Backend>, DataplaneError> {
-        typed_map(&mut self.ebpf, names::BACKENDS, HashMap::try_from)
-    }
-
     fn source_range_map(
         &mut self,
     ) -> Result<LpmTrie<&mut MapData, SourceRangeKey, u32>, DataplaneError> {
         typed_map(&mut self.ebpf, names::SOURCE_RANGES, LpmTrie::try_from)
     }
+}
+
+/// The backends and small Maglev tables, mapped into the agent.
+pub(super) struct ServiceArrays {
+    backends: MappedArray<Backend>,
+    small_tables: MappedArray<SmallMaglevTable>,
+}
+
+impl Tagged for Backend {
+    const TAG_OFFSET: usize = offset_of!(Backend, id);
+}
+
+impl Tagged for SmallMaglevTable {
+    const TAG_OFFSET: usize = offset_of!(SmallMaglevTable, set);
+}
+
+impl ServiceArrays {
+    /// Maps the arrays of `ebpf` (aya checks their value sizes).
+    pub(super) fn map(ebpf: &aya::Ebpf) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            backends: map_array::<Backend>(ebpf, names::BACKENDS, capacity::BACKENDS)?,
+            small_tables: map_array::<SmallMaglevTable>(
+                ebpf,
+                names::MAGLEV_SMALL,
+                capacity::BACKEND_SETS,
+            )?,
+        })
+    }
+}
+
+fn map_array<T: Tagged>(
+    ebpf: &aya::Ebpf,
+    name: &'static str,
+    entries: u32,
+) -> Result<MappedArray<T>, DataplaneError> {
+    let map = ebpf.map(name).ok_or(DataplaneError::MissingMap { name })?;
+    let array: Array<&MapData, T> = Array::try_from(map).map_err(map_err(name))?;
+    if array.len() != entries {
+        return Err(array_err(
+            name,
+            std::io::Error::other(format!("{} entries, expected {entries}", array.len())),
+        ));
+    }
+    MappedArray::map(array.map().fd().as_fd(), entries).map_err(|e| array_err(name, e))
+}
+
+/// The slots of a compiled table as its tier's array, or the compiler bug it reveals.
+fn table_slots<const N: usize>(set: u32, slots: &[u32]) -> Result<[u32; N], DataplaneError> {
+    slots.try_into().map_err(|_| DataplaneError::TableSize {
+        set,
+        slots: slots.len(),
+        expected: N,
+    })
+}
+
+fn layout_err(set: u32, error: &small_table::LayoutError) -> DataplaneError {
+    match *error {
+        small_table::LayoutError::Slots(slots) => DataplaneError::TableSize {
+            set,
+            slots,
+            expected: SMALL,
+        },
+        small_table::LayoutError::TooManyBackends => DataplaneError::TableBackends {
+            set,
+            max: SMALL_BACKENDS,
+        },
+    }
+}
+
+fn array_err(name: &'static str, source: std::io::Error) -> DataplaneError {
+    DataplaneError::MappedArray { name, source }
 }
 
 fn syscall_err(name: &'static str, call: &'static str, io_error: std::io::Error) -> DataplaneError {

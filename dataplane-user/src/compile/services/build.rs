@@ -135,7 +135,7 @@ impl ServiceCompiler<'_> {
             .hints()
             .and_then(|h| h.frontend(frontends.iter().map(|f| &f.key)))
             .map(|(service, _)| service);
-        unit.id = ids.id(Kind::Service, before.map(|u| u.id), hint);
+        unit.id = ids.id(Kind::Service, before.map(|u| u.id), hint)?;
         let mut groups: BTreeMap<(usize, bool, TrafficPolicy), Vec<&Frontend>> = BTreeMap::new();
         for f in &frontends {
             let ipv6 = !is_v4_mapped(&f.key.addr);
@@ -378,7 +378,7 @@ impl ServiceCompiler<'_> {
             .hints()
             .and_then(|h| h.frontend(frontends.iter().map(|f| &f.key)))
             .map(|(_, set)| set);
-        let id = ids.id(Kind::Set, kept.map(|s| s.id), hint);
+        let id = ids.id(Kind::Set, kept.map(|s| s.id), hint)?;
         let kept_backends: HashMap<(Addr, u16), u32> = kept
             .map(|s| {
                 s.backends
@@ -392,7 +392,7 @@ impl ServiceCompiler<'_> {
         for c in &chosen {
             let hint = ids.hints().and_then(|h| h.backend(id, c.addr, c.port_h));
             let kept = kept_backends.get(&(c.addr, c.port_h)).copied();
-            let backend_id = ids.id(Kind::Backend, kept, hint);
+            let backend_id = ids.id(Kind::Backend, kept, hint)?;
             members.push(Member::new(c.addr, c.port_h, backend_id));
             backends.push((
                 backend_id,
@@ -401,6 +401,7 @@ impl ServiceCompiler<'_> {
                     port_h: c.port_h,
                     flags: if c.local { backend_flags::LOCAL } else { 0 },
                     _pad: 0,
+                    id: backend_id,
                 },
             ));
         }
