@@ -187,7 +187,7 @@ fn rewrite_v4_addr(
         End::Source => IPV4_SRC,
         End::Destination => IPV4_DST,
     };
-    ctx.store(offset, &to, 0).map_err(|_| DropReason::NatFailed)
+    store(ctx, offset, &to)
 }
 
 #[inline(always)]
@@ -209,7 +209,7 @@ fn rewrite_v6_addr(
         End::Source => IPV6_SRC,
         End::Destination => IPV6_DST,
     };
-    ctx.store(offset, new, 0).map_err(|_| DropReason::NatFailed)
+    store(ctx, offset, new)
 }
 
 /// Folds the change of an IPv6 address from `old` to `new` into `checksum`.
@@ -254,7 +254,29 @@ fn rewrite_port(
             End::Source => 0,
             End::Destination => 2,
         };
-    ctx.store(offset, &to, 0).map_err(|_| DropReason::NatFailed)
+    store(ctx, offset, &to)
+}
+
+/// Header fields beyond this offset are written through the helper.
+const MAX_DIRECT_OFFSET: usize = 512;
+
+/// Writes `value` at `offset` of the packet: straight into the linear data when it lies there
+/// (the verifier makes the head writable first), else through `bpf_skb_store_bytes`. A helper
+/// call costs about 20 ns here, as the parse stage's loads measured, and a translated packet
+/// writes two or four fields each way.
+#[inline(always)]
+fn store<T: Copy>(ctx: &TcContext, offset: usize, value: &T) -> Result<(), DropReason> {
+    let start = ctx.data();
+    // The verifier needs the offset bounded to let it move a packet pointer; headers end
+    // well within it.
+    if offset < MAX_DIRECT_OFFSET && start + offset + size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the bytes lie between data and data_end, checked just above; read back
+        // through the context by every later stage.
+        unsafe { core::ptr::write_unaligned((start + offset) as *mut T, *value) };
+        return Ok(());
+    }
+    ctx.store(offset, value, 0)
+        .map_err(|_| DropReason::NatFailed)
 }
 
 /// The IPv4 address of a mapped [`Addr`], as the 32-bit word the packet holds.
