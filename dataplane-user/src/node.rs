@@ -127,9 +127,7 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
 fn default_route_interfaces() -> io::Result<Vec<String>> {
     let v4 = std::fs::read_to_string("/proc/thread-self/net/route")?;
     let v6 = std::fs::read_to_string("/proc/thread-self/net/ipv6_route").unwrap_or_default();
-    let mut out = parse_default_routes(&v4, &v6);
-    out.dedup();
-    Ok(out)
+    Ok(parse_default_routes(&v4, &v6))
 }
 
 /// Interfaces of the default routes in `/proc/net/route` (destination and mask zero) and

@@ -504,6 +504,20 @@ fn parse_status(body: &str) -> Result<Status, String> {
     })
 }
 
+/// Runs `weir uninstall --pin-path PIN_PATH`; panics with its error output when it fails.
+pub fn uninstall(pin_path: &Path) {
+    let out = Command::new(weir_binary())
+        .args(["uninstall", "--pin-path"])
+        .arg(pin_path)
+        .output()
+        .expect("running weir uninstall");
+    assert!(
+        out.status.success(),
+        "weir uninstall failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The `weir` binary: `$WEIR_BIN`, or else built once per test process with cargo.
 pub fn weir_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();

@@ -171,18 +171,7 @@ impl ClusterBuilder {
             NODES.contains(&node),
             "no node {node} in the cluster ({NODES:?})"
         );
-        assert!(
-            self.pods.iter().all(|p| p.id() != spec.id()),
-            "pod {} declared twice",
-            spec.id()
-        );
-        if let Some(same_ns) = self.pods.iter().find(|p| p.namespace == spec.namespace) {
-            assert_eq!(
-                same_ns.namespace_labels, spec.namespace_labels,
-                "pods of namespace {} disagree on its labels",
-                spec.namespace
-            );
-        }
+        crate::topology::check_new_pod(&self.pods, &spec);
         assert!(
             spec.addresses.is_none(),
             "pod {}: cluster pods take their node's next addresses",

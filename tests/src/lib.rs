@@ -47,7 +47,7 @@ mod cluster_selftest;
 #[cfg(test)]
 mod selftest;
 
-pub use agent::{Agent, AgentOptions, Launch, Status, http_get, weir_binary};
+pub use agent::{Agent, AgentOptions, Launch, Status, http_get, uninstall, weir_binary};
 pub use cgroup::{Cgroup, SOCKET_HOOKS, cgroup2_root, reap_orphan_cgroups};
 pub use cluster::{
     CLIENT_IPV4, CLIENT_IPV6, Cluster, ClusterBuilder, ClusterNode, EXTERNAL_V4, EXTERNAL_V6,

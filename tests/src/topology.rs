@@ -200,6 +200,23 @@ pub struct Probe {
     pub case: Case,
 }
 
+/// Panics unless `spec` may join `pods`: a new id, and its namespace's labels as the other pods
+/// of that namespace declare them.
+pub(crate) fn check_new_pod(pods: &[PodSpec], spec: &PodSpec) {
+    assert!(
+        pods.iter().all(|p| p.id() != spec.id()),
+        "pod {} declared twice",
+        spec.id()
+    );
+    if let Some(same_ns) = pods.iter().find(|p| p.namespace == spec.namespace) {
+        assert_eq!(
+            same_ns.namespace_labels, spec.namespace_labels,
+            "pods of namespace {} disagree on its labels",
+            spec.namespace
+        );
+    }
+}
+
 /// Collects pod specs, then builds the namespaces.
 #[derive(Debug, Default)]
 pub struct TopologyBuilder {
@@ -215,18 +232,7 @@ impl TopologyBuilder {
 
     #[must_use]
     pub fn pod(mut self, spec: PodSpec) -> Self {
-        assert!(
-            self.pods.iter().all(|p| p.id() != spec.id()),
-            "pod {} declared twice",
-            spec.id()
-        );
-        if let Some(same_ns) = self.pods.iter().find(|p| p.namespace == spec.namespace) {
-            assert_eq!(
-                same_ns.namespace_labels, spec.namespace_labels,
-                "pods of namespace {} disagree on its labels",
-                spec.namespace
-            );
-        }
+        check_new_pod(&self.pods, &spec);
         self.pods.push(spec);
         self
     }

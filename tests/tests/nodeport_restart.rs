@@ -16,7 +16,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
@@ -202,19 +201,6 @@ fn expect_one_uplink_link(cluster: &Cluster, node: &str, pins: &NodePins, step: 
         netns.tcx_ingress_programs(UPLINK),
         1,
         "{step}: programs on TC ingress of {node}'s {UPLINK}"
-    );
-}
-
-fn uninstall(pin_path: &Path) {
-    let out = Command::new(weir_binary())
-        .args(["uninstall", "--pin-path"])
-        .arg(pin_path)
-        .output()
-        .expect("running weir uninstall");
-    assert!(
-        out.status.success(),
-        "weir uninstall failed: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 
@@ -597,7 +583,7 @@ fn node_ports_and_their_connections_survive_kill_9_and_restart_and_uninstall_rem
     expect_one_uplink_link(&cluster, "node1", &node1_pins, "a stopped agent");
     expect_new_connections_served(&cluster, "node1", "a stopped agent");
 
-    uninstall(&node1_pins.root);
+    testbed::uninstall(&node1_pins.root);
     assert!(
         !node1_pins.root.exists(),
         "weir uninstall left {}",

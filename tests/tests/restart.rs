@@ -10,8 +10,7 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
@@ -19,7 +18,7 @@ use std::time::Duration;
 
 use testbed::{
     Agent, Cgroup, Family, Launch, PodSpec, Proto, RunTag, SOCKET_HOOKS, TempDir, Topology,
-    manifests, weir_binary,
+    manifests,
 };
 
 /// The port of the long-lived connection.
@@ -192,19 +191,6 @@ fn expect_socket_programs(cgroup: &Cgroup, expected: u32, step: &str) {
     assert_eq!(attached, expected, "{step}: socket programs on the cgroup");
 }
 
-fn uninstall(pin_path: &Path) {
-    let out = Command::new(weir_binary())
-        .args(["uninstall", "--pin-path"])
-        .arg(pin_path)
-        .output()
-        .expect("running weir uninstall");
-    assert!(
-        out.status.success(),
-        "weir uninstall failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn enforcement_and_connections_survive_kill_9_and_restart_and_uninstall_removes_everything() {
     testbed::require_root!();
@@ -301,7 +287,7 @@ fn enforcement_and_connections_survive_kill_9_and_restart_and_uninstall_removes_
         "a stopped agent leaves enforcement in place"
     );
     expect_socket_programs(&cgroup, 8, "a stopped agent");
-    uninstall(&pins.0);
+    testbed::uninstall(&pins.0);
     assert!(!pins.0.exists(), "weir uninstall left {}", pins.0.display());
     expect_socket_programs(&cgroup, 0, "after uninstall");
     // Unpinning releases a link from a kernel work queue: give it a moment (bounded).
