@@ -67,8 +67,9 @@ impl Flow {
     }
 }
 
+/// The key of a connection between `local`:`local_port_h` and `remote`:`remote_port_h`.
 #[inline(always)]
-fn key(local: Addr, remote: Addr, local_port_h: u16, remote_port_h: u16, proto: u8) -> CtKey {
+pub fn key(local: Addr, remote: Addr, local_port_h: u16, remote_port_h: u16, proto: u8) -> CtKey {
     CtKey {
         local,
         remote,

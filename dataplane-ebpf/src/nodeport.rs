@@ -168,14 +168,13 @@ fn translate(ctx: &TcContext, pkt: &mut Packet, forward: &NodePortEntry) -> Resu
 /// this node's forward entry was lost), which stays as it is.
 #[inline(always)]
 fn admit_to_pod(pkt: &Packet, backend: &Backend, service: u32, scratch: &mut Scratch) {
-    scratch.key = CtKey {
-        local: backend.addr,
-        remote: pkt.src,
-        local_port_h: backend.port_h,
-        remote_port_h: pkt.src_port_h,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    };
+    scratch.key = conntrack::key(
+        backend.addr,
+        pkt.src,
+        backend.port_h,
+        pkt.src_port_h,
+        pkt.proto,
+    );
     scratch.pod_entry = CtEntry {
         last_seen_ns: unsafe { bpf_ktime_get_ns() },
         origin: Direction::Ingress as u8,
@@ -213,14 +212,7 @@ fn claim_port(
         addr_a: pkt.src,
         addr_b: pkt.dst,
     };
-    scratch.key = CtKey {
-        local: *node,
-        remote: backend.addr,
-        local_port_h: 0,
-        remote_port_h: backend.port_h,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    };
+    scratch.key = conntrack::key(*node, backend.addr, 0, backend.port_h, pkt.proto);
     for attempt in 0..masquerade_ports::TRIES {
         scratch.key.local_port_h = masquerade_ports::candidate(hash, attempt);
         let (key, reply) = (&scratch.key, &scratch.entry);
@@ -270,14 +262,13 @@ fn icmp_error(
 ) -> Outcome {
     let inner = pkt.embedded;
     if masquerade.is_some_and(|m| *m == inner.src) {
-        *key = CtKey {
-            local: inner.src,
-            remote: inner.dst,
-            local_port_h: inner.src_port_h,
-            remote_port_h: inner.dst_port_h,
-            proto: inner.proto,
-            _pad: [0; 3],
-        };
+        *key = conntrack::key(
+            inner.src,
+            inner.dst,
+            inner.src_port_h,
+            inner.dst_port_h,
+            inner.proto,
+        );
         // The masquerade address may be the frontend too: a miss here is not the end.
         if let Some(reply) = live_entry(key, nodeport_kind::REPLY) {
             nat::rewrite_icmp_error(ctx, pkt, End::Source, &reply.addr_a, reply.port_a_h)?;
@@ -286,14 +277,13 @@ fn icmp_error(
             return Ok(Some(PassReason::Established));
         }
     }
-    *key = CtKey {
-        local: inner.dst,
-        remote: inner.src,
-        local_port_h: inner.dst_port_h,
-        remote_port_h: inner.src_port_h,
-        proto: inner.proto,
-        _pad: [0; 3],
-    };
+    *key = conntrack::key(
+        inner.dst,
+        inner.src,
+        inner.dst_port_h,
+        inner.src_port_h,
+        inner.proto,
+    );
     let Some(forward) = live_entry(key, nodeport_kind::FORWARD) else {
         return Ok(None);
     };
@@ -314,14 +304,7 @@ fn icmp_error(
 /// The key of a masqueraded backend's reply: this node's end first.
 #[inline(always)]
 fn reply_key(pkt: &Packet) -> CtKey {
-    CtKey {
-        local: pkt.dst,
-        remote: pkt.src,
-        local_port_h: pkt.dst_port_h,
-        remote_port_h: pkt.src_port_h,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    }
+    conntrack::key(pkt.dst, pkt.src, pkt.dst_port_h, pkt.src_port_h, pkt.proto)
 }
 
 /// The external frontend the packet is addressed to, if any.
@@ -333,21 +316,14 @@ fn external_frontend(pkt: &Packet) -> Option<&'static ServiceValue> {
         proto: pkt.proto,
         scope: ServiceScope::External as u8,
     };
-    // SAFETY: the value is copied out before the program run ends.
+    // SAFETY: the reference is used within this program run, while the element lives.
     unsafe { SERVICES.get(key) }
 }
 
 /// The key of the client's packets of a connection: client first, frontend second.
 #[inline(always)]
 fn forward_key(pkt: &Packet) -> CtKey {
-    CtKey {
-        local: pkt.src,
-        remote: pkt.dst,
-        local_port_h: pkt.src_port_h,
-        remote_port_h: pkt.dst_port_h,
-        proto: pkt.proto,
-        _pad: [0; 3],
-    }
+    conntrack::key(pkt.src, pkt.dst, pkt.src_port_h, pkt.dst_port_h, pkt.proto)
 }
 
 /// The entry of `key`, if it is of `kind` and has not expired (an expired one is removed).
