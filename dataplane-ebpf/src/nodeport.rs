@@ -164,8 +164,11 @@ fn translate(ctx: &TcContext, pkt: &mut Packet, forward: &NodePortEntry) -> Resu
 }
 
 /// Writes the local backend's conntrack entry of a new connection from outside, for its pod's
-/// interface to judge: unless the pod already tracks that flow (its first packets came while
-/// this node's forward entry was lost), which stays as it is.
+/// interface to judge. A new connection owns its tuple at the pod, as on the pods' own path
+/// (`main.rs`, `to_backend`): an entry already there belongs to an earlier flow of the client's
+/// source port to another frontend with the same backend (clients reuse source ports across
+/// destinations), and its frontend would answer this connection from the wrong address. When
+/// it is this very connection's (its forward entry was lost), the pod judges it once more.
 #[inline(always)]
 fn admit_to_pod(pkt: &Packet, backend: &Backend, service: u32, scratch: &mut Scratch) {
     scratch.key = conntrack::key(
@@ -186,7 +189,7 @@ fn admit_to_pod(pkt: &Packet, backend: &Backend, service: u32, scratch: &mut Scr
     };
     // Passed by reference: a copy would go on the stack.
     let (key, entry) = (&scratch.key, &scratch.pod_entry);
-    let _ = CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST));
+    let _ = CONNTRACK.insert(key, entry, 0);
 }
 
 /// Claims a port of this node for a masqueraded connection to `backend`: the first candidate

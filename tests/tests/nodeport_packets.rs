@@ -696,3 +696,54 @@ fn icmp_errors_about_connections_from_outside_are_translated() {
         }
     });
 }
+
+/// A client's source port reused for another frontend with the same local backend (a client
+/// kernel reuses ports across destinations; UDP flows stay tracked for a minute): the new
+/// connection's replies come from its own frontend, not the earlier one's. Found by
+/// `e2e_nodeport` (one UDP request of 48 unanswered, now and then).
+#[test]
+fn a_source_port_reused_for_another_frontend_gets_its_own_replies() {
+    testbed::require_root!();
+    in_bed(|| {
+        for f in [V4, V6] {
+            let mut dp = loaded(&state());
+            let to = |dp: &mut Dataplane, sport, port| {
+                run(
+                    dp,
+                    programs::FROM_WORLD,
+                    &udp(f.client, sport, f.node, port),
+                )
+            };
+            let sport = (47_000..47_064)
+                .find(|sport| to(&mut dp, *sport, CLUSTER_PORT).tuple().dst == ip(f.local))
+                .expect("a client port whose Cluster flow goes to the local backend");
+            let first = to(&mut dp, sport, CLUSTER_PORT);
+            run_frame(&mut dp, programs::TO_POD, &first.out).expect(
+                TC_ACT_OK,
+                NOT_ISOLATED,
+                "the first flow, judged at the pod",
+            );
+            let second = to(&mut dp, sport, LOCAL_PORT);
+            second.expect(TC_ACT_OK, EXTERNAL, "the same port, another node port");
+            assert_eq!(second.tuple().dst, ip(f.local), "the same backend");
+            run_frame(&mut dp, programs::TO_POD, &second.out).expect(
+                TC_ACT_OK,
+                NOT_ISOLATED,
+                "judged as the new flow it is",
+            );
+            let answer = run(
+                &mut dp,
+                programs::FROM_POD,
+                &udp(f.local, 5353, f.client, sport),
+            );
+            answer.expect(TC_ACT_REDIRECT, ESTABLISHED, "the backend's answer");
+            let a = answer.tuple();
+            assert_eq!(
+                (a.src, a.src_port),
+                (ip(f.node), LOCAL_PORT),
+                "{}: the answer comes from the node port the client asked, not the earlier one",
+                f.client
+            );
+        }
+    });
+}
