@@ -453,13 +453,22 @@ impl Dataplane {
     /// On failure nothing a packet reads has changed (Service additions are undone) and the
     /// standby slot is read back, to be the base of the next attempt.
     pub fn sync_maps(&mut self, desired: &MapSet) -> Result<ApplyStats, DataplaneError> {
-        self.wait_for_readers_of_standby();
+        // A change of Services only (an endpoint moving) leaves the policy slots alone: no
+        // flip to wait for, and established connections are not judged again.
+        let flip = !same_policy(&self.applied, desired);
+        if flip {
+            self.wait_for_readers_of_standby();
+        }
         let applied = std::mem::take(&mut self.applied);
         let standby = std::mem::take(&mut self.standby);
         let services = ServiceDiff::new(&applied, desired);
-        let written = self
-            .write_service_upserts(&services)
-            .and_then(|()| self.write_policy_slot(&standby, desired));
+        let written = self.write_service_upserts(&services).and_then(|()| {
+            if flip {
+                self.write_policy_slot(&standby, desired)
+            } else {
+                Ok(ApplyStats::default())
+            }
+        });
         let stats = match written {
             Ok(stats) => stats,
             Err(err) => {
@@ -472,15 +481,17 @@ impl Dataplane {
                 return Err(err);
             }
         };
-        self.bump_epoch()?;
-        self.last_flip = Some(Instant::now());
+        if flip {
+            self.bump_epoch()?;
+            self.last_flip = Some(Instant::now());
+        }
         let removed = self.write_service_removals(&services);
         let stats = ApplyStats {
             upserts: stats.upserts + services.upserts(),
             removals: stats.removals + services.removals(),
             ..ApplyStats::default()
         };
-        self.standby = applied;
+        self.standby = if flip { applied } else { standby };
         self.applied = desired.clone();
         removed.map(|()| stats)
     }
@@ -848,6 +859,11 @@ fn remove_existing(result: Result<(), MapError>) -> Result<(), MapError> {
 struct Diff<K, V> {
     upserts: Vec<(K, V)>,
     removals: Vec<K>,
+}
+
+/// Whether `a` and `b` put the same entries in a policy slot.
+fn same_policy(a: &MapSet, b: &MapSet) -> bool {
+    a.endpoints == b.endpoints && a.cidrs == b.cidrs && a.policy == b.policy
 }
 
 fn diff<K: Ord + Copy, V: PartialEq + Copy>(
