@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::model::{
     DesiredState, Endpoint, EndpointPort, EndpointSlice, Labels, Pod, PodCondition, Service,
@@ -41,7 +42,7 @@ pub fn derive(state: &DesiredState) -> Vec<EndpointSlice> {
         .map(|slice| (slice.namespace.as_str(), slice.service.as_str()))
         .collect();
     // Endpoints written for a Service are the truth, as a controller's slices would be.
-    let wanting: Vec<(&Service, &Labels)> = state
+    let wanting: Vec<(&Arc<Service>, &Labels)> = state
         .services
         .iter()
         .filter(|service| {
@@ -244,7 +245,7 @@ mod tests {
     fn state(services: Vec<Service>, pods: Vec<Pod>) -> DesiredState {
         DesiredState {
             pods,
-            services,
+            services: services.into_iter().map(Arc::new).collect(),
             ..DesiredState::default()
         }
     }
@@ -415,13 +416,13 @@ mod tests {
             vec![pod("a", "web", &["10.0.0.1"])],
         );
         assert_eq!(derive(&state).len(), 1);
-        state.endpoint_slices.push(EndpointSlice {
+        state.endpoint_slices.push(Arc::new(EndpointSlice {
             namespace: "shop".to_owned(),
             name: "web".to_owned(),
             service: "web".to_owned(),
             legacy: true,
             ..EndpointSlice::default()
-        });
+        }));
         assert_eq!(derive(&state), []);
     }
 

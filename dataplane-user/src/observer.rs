@@ -287,14 +287,14 @@ mod tests {
             node_port: None,
         };
         DesiredState {
-            services: vec![Service {
+            services: vec![Arc::new(Service {
                 namespace: "shop".into(),
                 name: "web".into(),
                 cluster_ips: vec!["10.96.0.10".parse().unwrap()],
                 ports: vec![port("http", 80), port("https", 443)],
                 ..Service::default()
-            }],
-            endpoint_slices: vec![EndpointSlice {
+            })],
+            endpoint_slices: vec![Arc::new(EndpointSlice {
                 namespace: "shop".into(),
                 name: "web-x7k2p".into(),
                 service: "web".into(),
@@ -319,7 +319,7 @@ mod tests {
                     })
                     .collect(),
                 ..EndpointSlice::default()
-            }],
+            })],
             ..DesiredState::default()
         }
     }

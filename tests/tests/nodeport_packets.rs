@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use dataplane_abi::{DropReason, PassReason, masquerade_ports, programs};
 use ipnetwork::IpNetwork;
@@ -114,8 +115,8 @@ fn service(name: &str, node_port: u16, local: bool) -> Service {
     }
 }
 
-fn slice(service: &str, family: &str, backends: &[&str]) -> EndpointSlice {
-    EndpointSlice {
+fn slice(service: &str, family: &str, backends: &[&str]) -> Arc<EndpointSlice> {
+    Arc::new(EndpointSlice {
         namespace: "x".into(),
         name: format!("{service}-{family}"),
         service: service.into(),
@@ -142,7 +143,7 @@ fn slice(service: &str, family: &str, backends: &[&str]) -> EndpointSlice {
             .collect(),
         legacy: false,
         origin: Origin::default(),
-    }
+    })
 }
 
 /// Services of both families (cluster IPs give a Service its families): `cluster` (Cluster
@@ -183,7 +184,7 @@ fn state() -> DesiredState {
             pod("l", [V4.local, V6.local]),
             pod("r", [V4.remote, V6.remote]),
         ],
-        services: vec![
+        services: [
             with_ips(
                 service("cluster", CLUSTER_PORT, false),
                 "10.96.0.10",
@@ -205,7 +206,9 @@ fn state() -> DesiredState {
                 "fd00:96::13",
             ),
             lb,
-        ],
+        ]
+        .map(Arc::new)
+        .into(),
         endpoint_slices,
         ..DesiredState::default()
     }

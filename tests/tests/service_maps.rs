@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use dataplane_abi::maglev::Tier;
 use dataplane_abi::proto;
@@ -93,11 +94,14 @@ fn state(web_endpoints: u8) -> DesiredState {
     lb.affinity_timeout_s = Some(600);
     DesiredState {
         services: vec![
-            service("web", "10.96.0.1"),
-            lb,
-            service("empty", "10.96.0.3"),
+            Arc::new(service("web", "10.96.0.1")),
+            Arc::new(lb),
+            Arc::new(service("empty", "10.96.0.3")),
         ],
-        endpoint_slices: vec![slice("web", 1, web_endpoints), slice("lb", 2, 4)],
+        endpoint_slices: vec![
+            Arc::new(slice("web", 1, web_endpoints)),
+            Arc::new(slice("lb", 2, 4)),
+        ],
         ..DesiredState::default()
     }
 }

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use dataplane_abi::{DropReason, PassReason, programs};
 use testbed::fixtures::{TC_ACT_OK, TC_ACT_SHOT, ip, labels};
@@ -109,7 +110,7 @@ fn service(name: &str, ips: [&str; 2], ports: Vec<ServicePort>) -> Service {
 }
 
 /// One slice per family for `service`, with `backends` ready.
-fn slices(service: &str, backends: &[&str]) -> Vec<EndpointSlice> {
+fn slices(service: &str, backends: &[&str]) -> Vec<Arc<EndpointSlice>> {
     let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) =
         backends.iter().map(|s| ip(s)).partition(IpAddr::is_ipv4);
     [("v4", v4), ("v6", v6)]
@@ -122,8 +123,8 @@ fn slices(service: &str, backends: &[&str]) -> Vec<EndpointSlice> {
 }
 
 /// Slice `<service>-<suffix>` of `service`, serving [`endpoint_ports`].
-fn slice(service: &str, suffix: &str, endpoints: Vec<Endpoint>) -> EndpointSlice {
-    EndpointSlice {
+fn slice(service: &str, suffix: &str, endpoints: Vec<Endpoint>) -> Arc<EndpointSlice> {
+    Arc::new(EndpointSlice {
         namespace: "x".into(),
         name: format!("{service}-{suffix}"),
         service: service.into(),
@@ -131,7 +132,7 @@ fn slice(service: &str, suffix: &str, endpoints: Vec<Endpoint>) -> EndpointSlice
         endpoints,
         legacy: false,
         origin: Origin::default(),
-    }
+    })
 }
 
 /// A ready endpoint at `addr`, on node `node` (`None`: no `nodeName`).
@@ -188,7 +189,7 @@ fn state(backends: &[&str]) -> DesiredState {
             pod("b", "web", [V4.b, V6.b]),
             pod("c", "web", [V4.c, V6.c]),
         ],
-        services: vec![
+        services: [
             service("web", [V4.web, V6.web], {
                 let mut ports = http_dns();
                 ports.push(port("sctp", Protocol::Sctp, 3868, 3869));
@@ -197,7 +198,9 @@ fn state(backends: &[&str]) -> DesiredState {
             service("empty", [V4.empty, V6.empty], http_dns()),
             sticky,
             service("own", [V4.own, V6.own], http_dns()),
-        ],
+        ]
+        .map(Arc::new)
+        .into(),
         endpoint_slices,
         ..DesiredState::default()
     }
@@ -759,7 +762,7 @@ fn traffic_policy_state(local_endpoint: bool) -> DesiredState {
         internal_traffic_local: false,
         ..near.clone()
     };
-    state.services.extend([near, far]);
+    state.services.extend([near, far].map(Arc::new));
     state.pods.push(pod("d", "web", [V4.d, V6.d]));
     for svc in ["near", "far"] {
         for f in [V4, V6] {
@@ -838,9 +841,9 @@ fn internal_traffic_policy_local_sends_only_to_this_nodes_endpoints() {
 
 /// `LoadBalancer` Service `x/<name>` (TCP 80 → 8080, UDP 53 → 5353) with cluster and
 /// load-balancer IPs `[cluster, load balancer]` in each family, and source ranges `ranges`.
-fn load_balancer(name: &str, v4: [&str; 2], v6: [&str; 2], ranges: &[&str]) -> Service {
+fn load_balancer(name: &str, v4: [&str; 2], v6: [&str; 2], ranges: &[&str]) -> Arc<Service> {
     let ([v4_cluster, v4_lb], [v6_cluster, v6_lb]) = (v4, v6);
-    Service {
+    Arc::new(Service {
         kind: ServiceKind::LoadBalancer,
         load_balancer_ips: vec![ip(v4_lb), ip(v6_lb)],
         load_balancer_source_ranges: ranges
@@ -855,7 +858,7 @@ fn load_balancer(name: &str, v4: [&str; 2], v6: [&str; 2], ranges: &[&str]) -> S
                 port("dns", Protocol::Udp, 53, 5353),
             ],
         )
-    }
+    })
 }
 
 /// [`state`] with two `LoadBalancer` Services whose load-balancer IPs have source ranges:

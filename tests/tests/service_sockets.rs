@@ -304,10 +304,13 @@ fn state() -> DesiredState {
     };
     DesiredState {
         services: vec![
-            service("web", [V4.web, V6.web]),
-            service("empty", [V4.empty, V6.empty]),
+            Arc::new(service("web", [V4.web, V6.web])),
+            Arc::new(service("empty", [V4.empty, V6.empty])),
         ],
-        endpoint_slices: vec![slice("v4", V4.backend), slice("v6", V6.backend)],
+        endpoint_slices: vec![
+            Arc::new(slice("v4", V4.backend)),
+            Arc::new(slice("v6", V6.backend)),
+        ],
         ..DesiredState::default()
     }
 }

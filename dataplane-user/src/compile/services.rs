@@ -28,15 +28,17 @@
 //!
 //! Each Service compiles to one [`CompiledService`], shared (`Arc`) from one compilation to
 //! the next while its inputs stay the same: the Service, its slices, and what it uses of the
-//! node. A change to one Service among 10 000 then compiles that one, and the agent finds
-//! what to write by comparing pointers, not entries ([`ServiceMaps::changes`]). Ids are kept
-//! by identity (see `ids`).
+//! node. A change to one Service among 10 000 compiles that one: the Services and slices a
+//! source passed on unchanged are the same `Arc`s, so one walk beside the previous lists
+//! finds what changed (`incremental`), and the agent finds what to write by comparing
+//! pointers, not entries ([`ServiceMaps::changes`]). Ids are kept by identity (see `ids`).
 
 mod build;
 mod ids;
+mod incremental;
+mod units;
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -44,6 +46,7 @@ use dataplane_abi::{Addr, Backend, ServiceKey, ServiceValue, SourceRangeKey, cap
 
 use self::build::{NodePortAddrs, ServiceCompiler, SetIdentity};
 use self::ids::{Hints, Ids};
+use self::units::Units;
 use super::maglev::Table;
 use super::{CompileError, NodeView};
 use crate::model::{DesiredState, EndpointSlice, Node, Service};
@@ -160,14 +163,32 @@ pub struct CompiledSet {
 /// What a [`CompiledService`] depends on: when these are the same, so is the output.
 #[derive(Debug, PartialEq, Eq)]
 struct Inputs {
-    service: Service,
-    /// Its slices, by name.
-    slices: Vec<EndpointSlice>,
+    service: Arc<Service>,
+    /// Every slice that names the Service, legacy ones included, sorted by key.
+    slices: Vec<Arc<EndpointSlice>>,
     /// Endpoint addresses local because a route leads to one of this node's interfaces.
     routed: Vec<IpAddr>,
     /// Some frontend went to another Service (or twice to this one): recompiled every time,
     /// so that it takes the frontend back when the other lets go.
     contested: bool,
+}
+
+impl Inputs {
+    /// Whether `service` and `slices` are what the unit was compiled from: the same objects
+    /// (a source passes unchanged ones on as they are), or equal ones.
+    fn same(&self, service: &Arc<Service>, slices: &[Arc<EndpointSlice>]) -> bool {
+        same_object(&self.service, service)
+            && self.slices.len() == slices.len()
+            && self
+                .slices
+                .iter()
+                .zip(slices)
+                .all(|(a, b)| same_object(a, b))
+    }
+}
+
+fn same_object<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 /// Where the next new id of each kind starts.
@@ -207,14 +228,34 @@ impl NodeFacts {
 }
 
 /// The Service part of a compilation: one [`CompiledService`] per Service, the ids to
-/// continue from, and the node facts they were compiled with.
+/// continue from, the node facts they were compiled with, and what the next compilation
+/// needs to compile only what changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceMaps {
-    /// By `namespace/name`; the empty name holds what a restarted agent read from the kernel.
-    /// Shared, so that keeping a copy (the agent keeps what it applied) costs nothing.
-    units: Arc<BTreeMap<Arc<str>, Arc<CompiledService>>>,
+    /// By `namespace/name`, one per Service, one that compiles to nothing included (it
+    /// remembers what it was compiled from); the empty name holds what a restarted agent read
+    /// from the kernel. Shared, so that keeping a copy (the agent keeps what it applied) costs
+    /// nothing.
+    units: Units,
     next: NextIds,
     node: NodeFacts,
+    /// The Services and slices compiled, sorted by key: the next compilation finds what
+    /// changed against them. `None` when no pass found them in strict order (a restarted
+    /// agent's recovered maps, or two objects with one key): the next one compiles them all.
+    seen: Option<Seen>,
+    /// Which Service (`namespace/name`) has each frontend.
+    owners: Arc<HashMap<ServiceKey, Arc<str>>>,
+    /// The Services that lost a frontend to another, compiled every time.
+    contested: Arc<BTreeSet<Arc<str>>>,
+    /// The maps' sizes, kept up to date unit by unit.
+    counts: Counts,
+}
+
+/// What a compilation read, in key order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Seen {
+    services: Arc<[Arc<Service>]>,
+    slices: Arc<[Arc<EndpointSlice>]>,
 }
 
 /// Key of the unit that holds what the kernel held at start: no Service name is empty.
@@ -265,14 +306,19 @@ impl ServiceMaps {
             health_check: None,
             inputs: None,
         };
+        let mut counts = Counts::default();
+        counts.add(&unit);
+        let mut units = Units::default();
+        units.insert(Arc::from(RECOVERED), Arc::new(unit));
         Self {
-            units: Arc::new(BTreeMap::from([(Arc::from(RECOVERED), Arc::new(unit))])),
+            units,
             next: NextIds {
                 service: next.service.max(1),
                 set: next.set.max(1),
                 backend: next.backend.max(1),
             },
-            node: NodeFacts::default(),
+            counts,
+            ..Self::default()
         }
     }
 
@@ -287,36 +333,15 @@ impl ServiceMaps {
     }
 
     /// The Services that differ between `self` and `next`, as they are in each: writing the
-    /// entries of `next`'s and removing those only `self`'s have turns one into the other. An
-    /// unchanged Service is the same `Arc` in both, under the same name `Arc`: one step of a
-    /// walk over both maps in order, and two pointer comparisons.
+    /// entries of `next`'s and removing those only `self`'s have turns one into the other.
+    /// Costs what changed: unchanged Services are skipped by pointer, most of them a shard
+    /// at a time.
     #[must_use]
     pub fn changed_units<'s, 'n>(
         &'s self,
         next: &'n Self,
     ) -> (Vec<&'s CompiledService>, Vec<&'n CompiledService>) {
-        let (mut before, mut after) = (Vec::new(), Vec::new());
-        let mut old = self.units.iter().peekable();
-        let mut new = next.units.iter().peekable();
-        loop {
-            let order = match (old.peek(), new.peek()) {
-                (None, None) => break,
-                (Some(_), None) => Ordering::Less,
-                (None, Some(_)) => Ordering::Greater,
-                (Some((a, _)), Some((b, _))) if Arc::ptr_eq(a, b) => Ordering::Equal,
-                (Some((a, _)), Some((b, _))) => a.cmp(b),
-            };
-            let a = (order != Ordering::Greater).then(|| old.next()).flatten();
-            let b = (order != Ordering::Less).then(|| new.next()).flatten();
-            match (a, b) {
-                (Some((_, a)), Some((_, b))) if Arc::ptr_eq(a, b) => {}
-                (a, b) => {
-                    before.extend(a.map(|(_, u)| &**u));
-                    after.extend(b.map(|(_, u)| &**u));
-                }
-            }
-        }
-        (before, after)
+        self.units.changed(&next.units)
     }
 
     /// [`Self::changed_units`] as plain maps.
@@ -333,7 +358,7 @@ impl ServiceMaps {
         (before, after)
     }
 
-    /// The compiled Services, by `namespace/name`.
+    /// The compiled Services, by `namespace/name`, in no particular order.
     pub fn services(&self) -> impl Iterator<Item = (&str, &CompiledService)> {
         self.units
             .iter()
@@ -341,36 +366,28 @@ impl ServiceMaps {
             .map(|(name, unit)| (&**name, &**unit))
     }
 
-    /// The health checks of the compiled Services, by Service.
-    pub fn health_checks(&self) -> impl Iterator<Item = &HealthCheck> {
-        self.units
+    /// The health checks of the compiled Services, by namespace and name.
+    #[must_use]
+    pub fn health_checks(&self) -> Vec<&HealthCheck> {
+        let mut checks: Vec<&HealthCheck> = self
+            .units
             .values()
             .filter_map(|unit| unit.health_check.as_ref())
+            .collect();
+        checks.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        checks
     }
 
     /// Number of frontends, backends, Maglev tables (by tier) and source ranges.
     #[must_use]
     pub fn counts(&self) -> Counts {
-        let mut counts = Counts::default();
-        for unit in self.units.values() {
-            counts.frontends += unit.frontends.len();
-            counts.source_ranges += unit.source_ranges.len();
-            for set in &unit.sets {
-                counts.backends += set.backends.len();
-                if let Some(table) = &set.table {
-                    counts.tables[table.tier as usize] += 1;
-                }
-            }
-        }
-        counts
+        self.counts
     }
 
     /// Whether there is nothing to write.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.units
-            .values()
-            .all(|u| u.frontends.is_empty() && u.sets.iter().all(|s| s.backends.is_empty()))
+        self.counts.frontends == 0 && self.counts.backends == 0
     }
 }
 
@@ -387,71 +404,177 @@ pub struct Counts {
     pub source_ranges: usize,
 }
 
+impl Counts {
+    /// Counts the entries of `unit` in.
+    fn add(&mut self, unit: &CompiledService) {
+        self.frontends += unit.frontends.len();
+        self.source_ranges += unit.source_ranges.len();
+        for set in &unit.sets {
+            self.backends += set.backends.len();
+            if let Some(table) = &set.table {
+                self.tables[table.tier as usize] += 1;
+            }
+        }
+    }
+
+    /// Counts the entries of `unit`, counted in before, out.
+    fn remove(&mut self, unit: &CompiledService) {
+        self.frontends -= unit.frontends.len();
+        self.source_ranges -= unit.source_ranges.len();
+        for set in &unit.sets {
+            self.backends -= set.backends.len();
+            if let Some(table) = &set.table {
+                self.tables[table.tier as usize] -= 1;
+            }
+        }
+    }
+}
+
 /// Compiles every Service of `state`, reusing what `previous` compiled from the same inputs
 /// and keeping its ids. Returns the Service maps and the warnings.
+///
+/// When `state` lists its Services and slices in key order and the node facts Services use
+/// are as before, only what changed is compiled ([`incremental`]); otherwise every Service
+/// is looked at, and those whose inputs are unchanged keep their output.
 pub(super) fn compile(
     state: &DesiredState,
     node: &NodeView,
     previous: &ServiceMaps,
 ) -> Result<(ServiceMaps, Vec<String>), CompileError> {
     let facts = NodeFacts::of(node, &state.nodes);
-    let slices = SliceIndex::new(&state.endpoint_slices);
-    let previous_units: Vec<&CompiledService> = previous.units.values().map(|u| &**u).collect();
-    let hints = previous.units.get(RECOVERED).map(|u| Hints::of(u));
-    let mut ids = Ids::new(previous.next, &previous_units, hints);
-    let reuse = Reuse {
-        facts: &facts,
-        previous: &previous.node,
+    let context = Context {
         node,
+        facts: &facts,
     };
-    let mut services: Vec<&Service> = state.services.iter().collect();
-    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let mut claimed: HashSet<ServiceKey> = HashSet::new();
-    let mut units = BTreeMap::new();
+    if facts == previous.node
+        && let Some(compiled) = incremental::compile(state, &context, previous)
+    {
+        return compiled;
+    }
+    compile_all(state, &context, previous)
+}
+
+/// What every Service of one compilation is compiled against.
+struct Context<'a> {
+    node: &'a NodeView,
+    facts: &'a NodeFacts,
+}
+
+impl Context<'_> {
+    /// The output of `service` from `slices` (all its slices, sorted by key), with the ids of
+    /// `before`; `claimed` says which frontends an earlier Service has.
+    fn compile_unit(
+        &self,
+        service: &Arc<Service>,
+        slices: Vec<Arc<EndpointSlice>>,
+        before: Option<&CompiledService>,
+        ids: &mut Ids<'_>,
+        claimed: &dyn Fn(&ServiceKey) -> bool,
+        warnings: &mut Vec<String>,
+    ) -> Result<Arc<CompiledService>, CompileError> {
+        let chosen = chosen(&slices);
+        let compiler = ServiceCompiler {
+            service,
+            slices: &chosen,
+            node: self.node,
+            node_port_addrs: &self.facts.node_port_addrs,
+        };
+        let routed = routed(&chosen, self.node);
+        let (unit, contested) = compiler.compile(before, ids, claimed, warnings)?;
+        Ok(Arc::new(CompiledService {
+            inputs: Some(Inputs {
+                service: service.clone(),
+                slices,
+                routed,
+                contested,
+            }),
+            ..unit
+        }))
+    }
+}
+
+/// Compiles every Service: the first compilation, one after the node changed, or one whose
+/// input is not in key order.
+fn compile_all(
+    state: &DesiredState,
+    context: &Context<'_>,
+    previous: &ServiceMaps,
+) -> Result<(ServiceMaps, Vec<String>), CompileError> {
+    let index = SliceIndex::new(&state.endpoint_slices);
+    let hints = previous.units.get(RECOVERED).map(|(_, u)| Hints::of(u));
+    let mut ids = Ids::new(previous.next, &previous.units, hints);
+    let reuse = Reuse {
+        facts: context.facts,
+        previous: &previous.node,
+        node: context.node,
+    };
+    let services = sorted(&state.services, Service::key);
+    let mut out = ServiceMaps {
+        node: context.facts.clone(),
+        ..ServiceMaps::default()
+    };
+    let mut owners = HashMap::new();
+    let mut contested = BTreeSet::new();
     let mut warnings = Vec::new();
-    for service in services {
+    for service in &services {
         let name = format!("{}/{}", service.namespace, service.name);
-        let slices = slices.of(service);
-        let (name, before) = match previous.units.get_key_value(name.as_str()) {
+        if out.units.get(&name).is_some() {
+            warnings.push(format!(
+                "Service {name} ({}) is defined twice; the first is used",
+                service.origin
+            ));
+            continue;
+        }
+        let slices = index.of(service);
+        let (name, before) = match previous.units.get(&name) {
             // The same name `Arc`: `changes` then compares pointers, not names.
             Some((name, unit)) => (name.clone(), Some(unit)),
             None => (Arc::from(name), None),
         };
+        let claimed = |key: &ServiceKey| owners.contains_key(key);
         let unit = match before {
             Some(unit) if reuse.allows(unit, service, &slices, &claimed) => unit.clone(),
-            _ => {
-                let compiler = ServiceCompiler {
-                    service,
-                    slices: &slices,
-                    node,
-                    node_port_addrs: &facts.node_port_addrs,
-                };
-                let routed = routed(&slices, node);
-                let (unit, contested) =
-                    compiler.compile(before.map(|u| &**u), &mut ids, &claimed, &mut warnings)?;
-                Arc::new(CompiledService {
-                    inputs: Some(Inputs {
-                        service: service.clone(),
-                        slices: slices.iter().map(|s| (*s).clone()).collect(),
-                        routed,
-                        contested,
-                    }),
-                    ..unit
-                })
-            }
+            _ => context.compile_unit(
+                service,
+                slices,
+                before.map(|u| &**u),
+                &mut ids,
+                &claimed,
+                &mut warnings,
+            )?,
         };
-        claimed.extend(unit.frontends.iter().map(|(k, _)| *k));
-        if !unit.frontends.is_empty() || !unit.sets.is_empty() || unit.health_check.is_some() {
-            units.insert(name, unit);
+        for (key, _) in &unit.frontends {
+            owners.insert(*key, name.clone());
         }
+        if unit.inputs.as_ref().is_some_and(|i| i.contested) {
+            contested.insert(name.clone());
+        }
+        out.counts.add(&unit);
+        out.units.insert(name, unit);
     }
-    let out = ServiceMaps {
-        units: Arc::new(units),
-        next: ids.finish(),
-        node: facts,
-    };
-    check_capacity(&out)?;
+    let slices = sorted(&state.endpoint_slices, EndpointSlice::key);
+    out.seen = (strictly_sorted(&services, Service::key)
+        && strictly_sorted(&slices, EndpointSlice::key))
+    .then(|| Seen {
+        services: services.into_iter().cloned().collect(),
+        slices: slices.into_iter().cloned().collect(),
+    });
+    out.next = ids.finish();
+    out.owners = Arc::new(owners);
+    out.contested = Arc::new(contested);
+    check_capacity(&out.counts)?;
     Ok((out, warnings))
+}
+
+/// `items` sorted by `key`, borrowed.
+fn sorted<'a, T, K: Ord>(items: &'a [Arc<T>], key: impl Fn(&'a T) -> K) -> Vec<&'a Arc<T>> {
+    let mut out: Vec<&Arc<T>> = items.iter().collect();
+    out.sort_by_key(|item| key(item));
+    out
+}
+
+fn strictly_sorted<'a, T, K: Ord>(items: &[&'a Arc<T>], key: impl Fn(&'a T) -> K) -> bool {
+    items.windows(2).all(|w| key(w[0]) < key(w[1]))
 }
 
 /// Decides whether a Service's previous output still holds.
@@ -465,28 +588,39 @@ impl Reuse<'_> {
     fn allows(
         &self,
         unit: &CompiledService,
-        service: &Service,
-        slices: &[&EndpointSlice],
-        claimed: &HashSet<ServiceKey>,
+        service: &Arc<Service>,
+        slices: &[Arc<EndpointSlice>],
+        claimed: &dyn Fn(&ServiceKey) -> bool,
     ) -> bool {
         let Some(inputs) = &unit.inputs else {
             return false;
         };
-        let same_inputs = !inputs.contested
-            && inputs.service == *service
-            && inputs.slices.len() == slices.len()
-            && inputs.slices.iter().zip(slices).all(|(a, b)| a == *b);
-        if !same_inputs || self.facts.name != self.previous.name {
+        if inputs.contested
+            || !inputs.same(service, slices)
+            || self.facts.name != self.previous.name
+        {
             return false;
         }
         let uses_node_ports = service.ports.iter().any(|p| p.node_port.is_some());
         if uses_node_ports && self.facts.node_port_addrs != self.previous.node_port_addrs {
             return false;
         }
-        if self.facts.routed != self.previous.routed && routed(slices, self.node) != inputs.routed {
+        if self.facts.routed != self.previous.routed
+            && routed(&chosen(slices), self.node) != inputs.routed
+        {
             return false;
         }
-        unit.frontends.iter().all(|(k, _)| !claimed.contains(k))
+        unit.frontends.iter().all(|(k, _)| !claimed(k))
+    }
+}
+
+/// The slices of a Service that count: legacy ones only when it has no other.
+fn chosen(all: &[Arc<EndpointSlice>]) -> Vec<&EndpointSlice> {
+    let modern: Vec<&EndpointSlice> = all.iter().map(|s| &**s).filter(|s| !s.legacy).collect();
+    if modern.is_empty() {
+        all.iter().map(|s| &**s).collect()
+    } else {
+        modern
     }
 }
 
@@ -506,12 +640,12 @@ fn routed(slices: &[&EndpointSlice], node: &NodeView) -> Vec<IpAddr> {
 
 /// `EndpointSlices` by the Service they belong to.
 struct SliceIndex<'a> {
-    by_service: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    by_service: HashMap<(&'a str, &'a str), Vec<&'a Arc<EndpointSlice>>>,
 }
 
 impl<'a> SliceIndex<'a> {
-    fn new(slices: &'a [EndpointSlice]) -> Self {
-        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    fn new(slices: &'a [Arc<EndpointSlice>]) -> Self {
+        let mut by_service: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
         for slice in slices {
             by_service
                 .entry((slice.namespace.as_str(), slice.service.as_str()))
@@ -521,25 +655,21 @@ impl<'a> SliceIndex<'a> {
         Self { by_service }
     }
 
-    /// The slices of `service`, by name: legacy ones only when it has no other.
-    fn of(&self, service: &Service) -> Vec<&'a EndpointSlice> {
+    /// Every slice of `service`, sorted by key.
+    fn of(&self, service: &Service) -> Vec<Arc<EndpointSlice>> {
         let Some(all) = self
             .by_service
             .get(&(service.namespace.as_str(), service.name.as_str()))
         else {
             return Vec::new();
         };
-        let mut chosen: Vec<&EndpointSlice> = all.iter().copied().filter(|s| !s.legacy).collect();
-        if chosen.is_empty() {
-            chosen.clone_from(all);
-        }
-        chosen.sort_by(|a, b| a.name.cmp(&b.name));
-        chosen
+        let mut out: Vec<Arc<EndpointSlice>> = all.iter().map(|s| Arc::clone(s)).collect();
+        out.sort_by(|a, b| a.key().cmp(&b.key()));
+        out
     }
 }
 
-fn check_capacity(out: &ServiceMaps) -> Result<(), CompileError> {
-    let counts = out.counts();
+fn check_capacity(counts: &Counts) -> Result<(), CompileError> {
     for (map, needed, cap) in [
         (names::SERVICES, counts.frontends, capacity::SERVICES),
         (names::BACKENDS, counts.backends, capacity::BACKENDS),

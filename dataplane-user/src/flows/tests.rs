@@ -1,4 +1,5 @@
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use dataplane_abi::{FlowEvent, v4_mapped};
 
@@ -63,8 +64,8 @@ fn names() -> Catalog {
     let state = DesiredState {
         pods: vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")],
         policies: vec![deny("deny"), deny("also")],
-        services: vec![web],
-        endpoint_slices: vec![web_endpoints],
+        services: vec![Arc::new(web)],
+        endpoint_slices: vec![Arc::new(web_endpoints)],
         ..DesiredState::default()
     };
     let node = NodeView {

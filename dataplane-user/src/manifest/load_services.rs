@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::convert::UnknownFields;
 use super::path::FieldPath;
@@ -37,7 +38,7 @@ impl fmt::Display for Owner {
 /// Cluster IPs and node ports that Services of different files share: each file was checked
 /// on its own when it was read, so only pairs across files remain. An error points at the
 /// later Service (its file and line) and names the field.
-pub(super) fn across_files(services: &[Service]) -> Vec<ManifestError> {
+pub(super) fn across_files(services: &[Arc<Service>]) -> Vec<ManifestError> {
     let mut cluster_ips: BTreeMap<IpAddr, &Service> = BTreeMap::new();
     let mut node_ports: BTreeMap<(u16, Protocol), &Service> = BTreeMap::new();
     let mut errors = Vec::new();
@@ -108,7 +109,7 @@ impl Loader {
                 ..service
             };
             loader.allocate(object, &service);
-            loader.state.services.push(service);
+            loader.state.services.push(Arc::new(service));
         };
         self.add_conversion(object, Kind::Service, converted, service_identity, keep);
     }
@@ -178,7 +179,7 @@ impl Loader {
         let keep = |loader: &mut Self, slice| {
             let origin = object.origin();
             let slice = EndpointSlice { origin, ..slice };
-            loader.state.endpoint_slices.push(slice);
+            loader.state.endpoint_slices.push(Arc::new(slice));
         };
         self.add_conversion(object, Kind::EndpointSlice, converted, slice_identity, keep);
     }
@@ -192,9 +193,11 @@ impl Loader {
         if self.first_definition(object, Kind::Endpoints, namespace, name) {
             let slices = endpoints.slices.into_iter();
             let origin = object.origin();
-            let slices = slices.map(|slice| EndpointSlice {
-                origin: origin.clone(),
-                ..slice
+            let slices = slices.map(|slice| {
+                Arc::new(EndpointSlice {
+                    origin: origin.clone(),
+                    ..slice
+                })
             });
             self.state.endpoint_slices.extend(slices);
         }

@@ -33,6 +33,7 @@ use std::collections::btree_map::Entry;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use self::convert::{FieldError, UnknownFields};
 use self::path::FieldPath;
@@ -576,7 +577,10 @@ impl Loader {
         }
         let derived = crate::endpoints::derive(&self.state);
         let derived_slices = derived.len();
-        self.state.endpoint_slices.extend(derived);
+        self.state
+            .endpoint_slices
+            .extend(derived.into_iter().map(Arc::new));
+        self.state.sort_services();
         // Objects may live in namespaces no manifest declares (see `DesiredState`).
         let state = &self.state;
         let used = state.pods.iter().map(|pod| &pod.namespace);

@@ -34,9 +34,9 @@ fn service_yaml(spec: &str) -> String {
 
 fn service(spec: &str) -> Service {
     let loaded = load_str(Path::new("test.yaml"), &service_yaml(spec));
-    let mut loaded = loaded.unwrap_or_else(|error| panic!("{error}"));
+    let loaded = loaded.unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(loaded.state.services.len(), 1);
-    loaded.state.services.remove(0)
+    Service::clone(&loaded.state.services[0])
 }
 
 fn service_errors(spec: &str) -> Vec<String> {
@@ -845,7 +845,7 @@ fn legacy_endpoints_become_one_slice_per_subset() {
         zone: None,
     };
     assert_eq!(
-        slices[0],
+        *slices[0],
         EndpointSlice {
             namespace: "shop".to_owned(),
             name: "legacy".to_owned(),

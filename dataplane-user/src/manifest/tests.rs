@@ -205,7 +205,7 @@ fn the_course_example_loads() {
         },
         ..Service::default()
     };
-    assert_eq!(loaded.state.services, vec![expected]);
+    assert_eq!(loaded.state.services, vec![Arc::new(expected)]);
     // mon-pod has no address yet, so it is no endpoint.
     assert_eq!(loaded.state.endpoint_slices, vec![]);
 

@@ -116,7 +116,7 @@ impl ServiceCompiler<'_> {
         &self,
         before: Option<&CompiledService>,
         ids: &mut Ids<'_>,
-        claimed: &HashSet<ServiceKey>,
+        claimed: &dyn Fn(&ServiceKey) -> bool,
         warnings: &mut Vec<String>,
     ) -> Result<(CompiledService, bool), CompileError> {
         let (frontends, contested) = self.unclaimed(self.frontends(), claimed, warnings);
@@ -296,14 +296,14 @@ impl ServiceCompiler<'_> {
     fn unclaimed(
         &self,
         frontends: Vec<Frontend>,
-        claimed: &HashSet<ServiceKey>,
+        claimed: &dyn Fn(&ServiceKey) -> bool,
         warnings: &mut Vec<String>,
     ) -> (Vec<Frontend>, bool) {
         let mut seen = HashSet::new();
         let mut kept = Vec::with_capacity(frontends.len());
         let mut contested = false;
         for f in frontends {
-            if claimed.contains(&f.key) || !seen.insert(f.key) {
+            if claimed(&f.key) || !seen.insert(f.key) {
                 warnings.push(format!(
                     "Service {} ({}): {} is already a frontend of another Service or port; ignored",
                     self.name(),

@@ -27,6 +27,7 @@ use std::collections::{HashMap, HashSet};
 
 use dataplane_abi::{Addr, ServiceKey, capacity, names};
 
+use super::units::Units;
 use super::{CompiledService, NextIds};
 use crate::compile::CompileError;
 
@@ -106,7 +107,7 @@ pub(super) struct Ids<'a> {
     next: NextIds,
     /// `next` when the compilation started: the fresh ids given since are the ones below.
     start: NextIds,
-    previous: &'a [&'a CompiledService],
+    previous: &'a Units,
     hints: Option<Hints>,
     /// Hinted ids given this compilation, so that each goes to one identity only.
     hinted: HashSet<(Kind, u32)>,
@@ -117,11 +118,7 @@ pub(super) struct Ids<'a> {
 impl<'a> Ids<'a> {
     /// Ids above `next`; `previous` are the units of the last compilation (their ids are in
     /// use until this one replaces them).
-    pub(super) fn new(
-        next: NextIds,
-        previous: &'a [&'a CompiledService],
-        hints: Option<Hints>,
-    ) -> Self {
+    pub(super) fn new(next: NextIds, previous: &'a Units, hints: Option<Hints>) -> Self {
         Self {
             next,
             start: next,
@@ -202,7 +199,7 @@ impl<'a> Ids<'a> {
         let previous = self.previous;
         self.taken.entry(kind).or_insert_with(|| {
             let mut taken = SlotSet::new(kind.slots());
-            for unit in previous {
+            for unit in previous.values() {
                 match kind {
                     Kind::Service => taken.insert_id(unit.id),
                     Kind::Set => unit.sets.iter().for_each(|s| taken.insert_id(s.id)),
@@ -260,12 +257,15 @@ impl SlotSet {
 mod tests {
     use dataplane_abi::Backend;
 
+    use std::sync::Arc;
+
     use super::*;
     use crate::compile::services::CompiledSet;
 
-    /// A previous compilation's unit holding sets `sets`, each with the backends `backends`.
-    fn unit(sets: &[u32], backends: &[u32]) -> CompiledService {
-        CompiledService {
+    /// A previous compilation holding one unit with sets `sets`, each with the backends
+    /// `backends`.
+    fn units(sets: &[u32], backends: &[u32]) -> Units {
+        let unit = CompiledService {
             id: 1,
             frontends: Vec::new(),
             sets: sets
@@ -280,7 +280,10 @@ mod tests {
             source_ranges: Vec::new(),
             health_check: None,
             inputs: None,
-        }
+        };
+        let mut units = Units::default();
+        units.insert(Arc::from("a/b"), Arc::new(unit));
+        units
     }
 
     fn next(set: u32, backend: u32) -> NextIds {
@@ -298,8 +301,7 @@ mod tests {
     #[test]
     fn past_the_first_round_a_new_id_skips_the_slots_of_ids_in_use() {
         let slots = capacity::BACKENDS;
-        let previous = unit(&[7], &[1, 2, 3, 5]);
-        let units = [&previous];
+        let units = units(&[7], &[1, 2, 3, 5]);
         let mut ids = Ids::new(next(8, slots - 1), &units, None);
         assert_eq!(
             fresh(&mut ids, Kind::Backend, 4),
@@ -312,8 +314,7 @@ mod tests {
     #[test]
     fn after_the_32_bit_space_wraps_ids_start_again_at_the_slot_count() {
         let slots = capacity::BACKEND_SETS;
-        let previous = unit(&[u32::MAX - 1, slots + 1], &[]);
-        let units = [&previous];
+        let units = units(&[u32::MAX - 1, slots + 1], &[]);
         let mut ids = Ids::new(next(u32::MAX - 1, 5), &units, None);
         // u32::MAX - 1 is in use (it is the last slot), u32::MAX is never given.
         assert_eq!(fresh(&mut ids, Kind::Set, 2), [slots, slots + 2]);
@@ -323,7 +324,7 @@ mod tests {
     #[test]
     fn new_ids_of_this_compilation_hold_their_slots_until_none_is_left() {
         let slots = capacity::BACKEND_SETS;
-        let units = [];
+        let units = Units::default();
         let mut ids = Ids::new(next(1, 1), &units, None);
         let given = fresh(&mut ids, Kind::Set, slots as usize);
         assert_eq!(given.last(), Some(&slots), "slot 0 is the last one free");

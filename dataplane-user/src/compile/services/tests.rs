@@ -141,8 +141,8 @@ fn node() -> NodeView {
 
 fn state(services: Vec<Service>, slices: Vec<EndpointSlice>) -> DesiredState {
     DesiredState {
-        services,
-        endpoint_slices: slices,
+        services: services.into_iter().map(Arc::new).collect(),
+        endpoint_slices: slices.into_iter().map(Arc::new).collect(),
         ..DesiredState::default()
     }
 }
@@ -923,10 +923,15 @@ fn a_restarted_agent_recovers_every_id_from_the_maps() {
     assert_eq!(old, new, "nothing to write after a restart");
     // And new identities get ids above every recovered one.
     let mut grown = input.clone();
-    grown.services.push(service("a", "new", "10.96.0.20"));
     grown
-        .endpoint_slices
-        .push(slice("a", "new", "new-1", vec![ready("10.0.9.1")]));
+        .services
+        .push(Arc::new(service("a", "new", "10.96.0.20")));
+    grown.endpoint_slices.push(Arc::new(slice(
+        "a",
+        "new",
+        "new-1",
+        vec![ready("10.0.9.1")],
+    )));
     let next = compile_with(&grown, &node(), &after).unwrap();
     let new = next.frontends[&key("10.96.0.20", 80, ServiceScope::Internal)];
     assert!(new.service > before.frontends.values().map(|v| v.service).max().unwrap());
@@ -949,24 +954,26 @@ fn three_services() -> DesiredState {
     )
 }
 
-/// Names of the Services whose compiled unit is not the one `before` had.
+/// Names of the Services whose compiled unit is not the one `before` had, sorted.
 fn recompiled(before: &Compiled, after: &Compiled) -> Vec<String> {
     let old = &before.maps.services.units;
-    after
+    let mut names: Vec<String> = after
         .maps
         .services
         .units
         .iter()
-        .filter(|(name, unit)| old.get(*name).is_none_or(|u| !Arc::ptr_eq(u, unit)))
+        .filter(|(name, unit)| old.get(name).is_none_or(|(_, u)| !Arc::ptr_eq(u, unit)))
         .map(|(name, _)| name.to_string())
-        .collect()
+        .collect();
+    names.sort();
+    names
 }
 
 #[test]
 fn only_the_service_whose_endpoints_changed_is_compiled_again() {
     let first = compile(&three_services(), &node()).unwrap();
     let mut changed = three_services();
-    changed.endpoint_slices[1].endpoints[1] = ready("10.0.2.9");
+    Arc::make_mut(&mut changed.endpoint_slices[1]).endpoints[1] = ready("10.0.2.9");
     let second = compile_with(&changed, &node(), &first).unwrap();
     assert_eq!(recompiled(&first, &second), ["x/b"]);
     let (old, new) = first.maps.services.changes(&second.maps.services);
@@ -1021,7 +1028,7 @@ fn a_frontend_let_go_by_the_first_service_goes_to_the_next() {
         "first has it, without endpoints"
     );
     let mut released = contested.clone();
-    released.services[0].cluster_ips = vec![ip("10.96.0.7")];
+    Arc::make_mut(&mut released.services[0]).cluster_ips = vec![ip("10.96.0.7")];
     let after = compile_with(&released, &node(), &before).unwrap();
     assert_eq!(backends_of(&after, &frontend), ips(&["10.0.0.2"]));
     assert!(after.maps.warnings.is_empty(), "{:?}", after.maps.warnings);
@@ -1042,7 +1049,12 @@ fn health_checked() -> Service {
 }
 
 fn health_checks(maps: &Compiled) -> Vec<HealthCheck> {
-    maps.maps.services.health_checks().cloned().collect()
+    maps.maps
+        .services
+        .health_checks()
+        .into_iter()
+        .cloned()
+        .collect()
 }
 
 #[test]
@@ -1130,4 +1142,196 @@ fn a_health_check_follows_its_endpoints_across_compilations() {
     );
     let after = compile_with(&moved, &node(), &again).unwrap();
     assert_eq!(health_checks(&after)[0].local_endpoints, 0);
+}
+
+/// A small deterministic generator (xorshift), so that a failure replays.
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        usize::try_from(self.0 % n as u64).unwrap()
+    }
+}
+
+/// One random change to `state`, as a source makes it: a new object where one changed,
+/// the others passed on as they are. Cluster IPs come from a small pool so that Services
+/// contest frontends; slices move between Services and turn legacy.
+fn random_change(state: &mut DesiredState, dice: &mut Dice) {
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let namespaces = ["x", "x-y"];
+    let cluster_ip = |dice: &mut Dice| format!("10.96.0.{}", 1 + dice.below(6));
+    let endpoint =
+        |dice: &mut Dice| ready(&format!("10.0.{}.{}", dice.below(3), 1 + dice.below(9)));
+    match dice.below(8) {
+        0 | 1 => {
+            let (ns, name) = (namespaces[dice.below(2)], names[dice.below(names.len())]);
+            let service = Arc::new(service(ns, name, &cluster_ip(dice)));
+            match state.services.iter().position(|s| s.key() == service.key()) {
+                Some(i) => state.services[i] = service,
+                None => state.services.push(service),
+            }
+        }
+        2 if state.services.len() > 6 => {
+            state.services.remove(dice.below(state.services.len()));
+        }
+        3 | 4 => {
+            let (ns, svc) = (namespaces[dice.below(2)], names[dice.below(names.len())]);
+            let name = format!("{svc}-{}", dice.below(2));
+            let endpoints = (0..=dice.below(3)).map(|_| endpoint(dice)).collect();
+            let mut new = slice(ns, svc, &name, endpoints);
+            new.legacy = dice.below(4) == 0;
+            let new = Arc::new(new);
+            match state
+                .endpoint_slices
+                .iter()
+                .position(|s| s.key() == new.key())
+            {
+                Some(i) => state.endpoint_slices[i] = new,
+                None => state.endpoint_slices.push(new),
+            }
+        }
+        5 if state.endpoint_slices.len() > 10 => {
+            state
+                .endpoint_slices
+                .remove(dice.below(state.endpoint_slices.len()));
+        }
+        6 if !state.endpoint_slices.is_empty() => {
+            // A slice relabelled to another Service.
+            let i = dice.below(state.endpoint_slices.len());
+            let mut moved = EndpointSlice::clone(&state.endpoint_slices[i]);
+            moved.service = names[dice.below(names.len())].to_owned();
+            state.endpoint_slices[i] = Arc::new(moved);
+        }
+        _ => {
+            // An equal object under a new address (a source that rebuilt it).
+            if let Some(i) = (!state.services.is_empty()).then(|| dice.below(state.services.len()))
+            {
+                state.services[i] = Arc::new(Service::clone(&state.services[i]));
+            }
+        }
+    }
+    state.sort_services();
+}
+
+/// What two compilations must agree on: every map entry, ids to come, who has which
+/// frontend, which Services are contested, sizes, and the warnings.
+fn assert_same_output(
+    incremental: &(ServiceMaps, Vec<String>),
+    full: &(ServiceMaps, Vec<String>),
+    step: usize,
+) {
+    let (a, b) = (&incremental.0, &full.0);
+    assert_eq!(a.flatten(), b.flatten(), "step {step}: map entries");
+    assert_eq!(a.next, b.next, "step {step}: next ids");
+    assert_eq!(a.owners, b.owners, "step {step}: frontend owners");
+    assert_eq!(a.contested, b.contested, "step {step}: contested");
+    assert_eq!(a.counts, b.counts, "step {step}: counts");
+    assert_eq!(a.counts, {
+        let mut counts = Counts::default();
+        a.units.values().for_each(|u| counts.add(u));
+        counts
+    });
+    assert_eq!(a.seen, b.seen, "step {step}: what was read");
+    let names = |m: &ServiceMaps| {
+        let mut n: Vec<String> = m.services().map(|(n, _)| n.to_owned()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(a), names(b), "step {step}: units");
+    assert_eq!(incremental.1, full.1, "step {step}: warnings");
+}
+
+#[test]
+fn compiling_what_changed_gives_what_compiling_everything_gives() {
+    let node = node();
+    let mut dice = Dice(0x5eed_1234_abcd_0001);
+    let mut state = DesiredState::default();
+    let mut previous = ServiceMaps::default();
+    let mut incremental_steps = 0;
+    for step in 0..3000 {
+        random_change(&mut state, &mut dice);
+        let facts = NodeFacts::of(&node, &state.nodes);
+        let context = Context {
+            node: &node,
+            facts: &facts,
+        };
+        let full = compile_all(&state, &context, &previous).unwrap();
+        let incremental = match incremental::compile(&state, &context, &previous) {
+            Some(result) => {
+                incremental_steps += 1;
+                result.unwrap()
+            }
+            None => full.clone(),
+        };
+        assert_same_output(&incremental, &full, step);
+        previous = incremental.0;
+    }
+    assert!(
+        incremental_steps > 2900,
+        "the walks gave up {} times",
+        3000 - incremental_steps
+    );
+}
+
+#[test]
+fn a_state_out_of_key_order_is_compiled_whole_and_the_same() {
+    let first = compile(&three_services(), &node()).unwrap();
+    let mut shuffled = three_services();
+    shuffled.services.reverse();
+    shuffled.endpoint_slices.reverse();
+    let facts = NodeFacts::of(&node(), &[]);
+    let context = Context {
+        node: &node(),
+        facts: &facts,
+    };
+    assert!(incremental::compile(&shuffled, &context, &first.maps.services).is_none());
+    let second = compile_with(&shuffled, &node(), &first).unwrap();
+    assert_eq!(second.flat, first.flat);
+    assert!(
+        recompiled(&first, &second).is_empty(),
+        "equal inputs reuse their units"
+    );
+}
+
+#[test]
+fn one_slice_replaced_among_many_compiles_one_service_and_copies_one_shard() {
+    let mut state = DesiredState::default();
+    for i in 0..2000 {
+        let name = format!("s{i:04}");
+        let ip = format!("10.96.{}.{}", i / 250, 1 + i % 250);
+        state.services.push(Arc::new(service("x", &name, &ip)));
+        let ep = format!("10.1.{}.{}", i / 250, 1 + i % 250);
+        state.endpoint_slices.push(Arc::new(slice(
+            "x",
+            &name,
+            &format!("{name}-1"),
+            vec![ready(&ep)],
+        )));
+    }
+    state.sort_services();
+    let first = compile(&state, &node()).unwrap();
+    let mut next = state.clone();
+    let i = next
+        .endpoint_slices
+        .iter()
+        .position(|s| s.name == "s0777-1")
+        .unwrap();
+    next.endpoint_slices[i] = Arc::new(slice("x", "s0777", "s0777-1", vec![ready("10.2.0.1")]));
+    let second = compile_with(&next, &node(), &first).unwrap();
+    assert_eq!(recompiled(&first, &second), ["x/s0777"]);
+    let (old, new) = first.maps.services.changed_units(&second.maps.services);
+    assert_eq!((old.len(), new.len()), (1, 1));
+    let seen = second.maps.services.seen.as_ref().unwrap();
+    let before = first.maps.services.seen.as_ref().unwrap();
+    assert!(
+        Arc::ptr_eq(&seen.services, &before.services),
+        "no Service changed"
+    );
+    assert!(
+        Arc::ptr_eq(&second.maps.services.owners, &first.maps.services.owners),
+        "no frontend moved"
+    );
 }

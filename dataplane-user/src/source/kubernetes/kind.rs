@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -123,8 +124,8 @@ pub(super) enum Entry {
     Namespace(Namespace),
     Pod(Pod),
     Policy(Policy),
-    Service(Box<Service>),
-    EndpointSlice(EndpointSlice),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
     Node(Node),
     /// A valid object that plays no part in the desired state: an `ExternalName` Service, an
     /// `FQDN` `EndpointSlice`.
@@ -169,13 +170,13 @@ pub(super) fn convert(kind: Kind, key: &ObjectKey, mut object: DynamicObject) ->
             .map(|policy| Entry::Policy(Policy { origin, ..policy })),
         Kind::Service => decode(&json, UnknownFields::Reject, api_service).map(|converted| {
             model(converted, |service| {
-                Entry::Service(Box::new(Service { origin, ..service }))
+                Entry::Service(Arc::new(Service { origin, ..service }))
             })
         }),
         Kind::EndpointSlice => {
             decode(&json, UnknownFields::Reject, service::endpoint_slice).map(|converted| {
                 model(converted, |slice| {
-                    Entry::EndpointSlice(EndpointSlice { origin, ..slice })
+                    Entry::EndpointSlice(Arc::new(EndpointSlice { origin, ..slice }))
                 })
             })
         }

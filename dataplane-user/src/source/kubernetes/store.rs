@@ -147,7 +147,7 @@ impl Store {
                     }
                     Entry::Pod(pod) => state.pods.push(pod.clone()),
                     Entry::Policy(policy) => state.policies.push(policy.clone()),
-                    Entry::Service(service) => state.services.push((**service).clone()),
+                    Entry::Service(service) => state.services.push(service.clone()),
                     Entry::EndpointSlice(slice) => state.endpoint_slices.push(slice.clone()),
                     Entry::Node(node) => state.nodes.push(node.clone()),
                     Entry::Invalid(invalid) => errors.extend(invalid.iter().cloned()),
@@ -159,6 +159,7 @@ impl Store {
             return Err(LoadError { errors });
         }
         add_implied_namespaces(&mut state);
+        state.sort_services();
         Ok(Loaded {
             state,
             ignored: Vec::new(),

@@ -1558,8 +1558,8 @@ mod tests {
             let mut loaded = weir::manifest::load_str(Path::new("s.yaml"), &yaml)
                 .unwrap_or_else(|e| panic!("{e}\n{yaml}"))
                 .state;
-            loaded.services[0].origin = service.origin.clone();
-            loaded.endpoint_slices[0].origin = slice.origin.clone();
+            std::sync::Arc::make_mut(&mut loaded.services[0]).origin = service.origin.clone();
+            std::sync::Arc::make_mut(&mut loaded.endpoint_slices[0]).origin = slice.origin.clone();
             assert_eq!(loaded.services, std::slice::from_ref(service), "\n{yaml}");
             assert_eq!(
                 loaded.endpoint_slices,

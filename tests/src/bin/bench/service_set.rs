@@ -6,6 +6,7 @@
 //! ([`service_json`], [`slice_json`]).
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use weir::model::{
@@ -70,8 +71,11 @@ pub fn generate(
 }
 
 /// The Services and their slices as Weir's desired state holds them.
-pub fn to_model(specs: &[ServiceSpec]) -> (Vec<Service>, Vec<EndpointSlice>) {
-    specs.iter().map(|s| (service(s), slice(s))).unzip()
+pub fn to_model(specs: &[ServiceSpec]) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
+    specs
+        .iter()
+        .map(|s| (Arc::new(service(s)), Arc::new(slice(s))))
+        .unzip()
 }
 
 fn service(spec: &ServiceSpec) -> Service {

@@ -9,6 +9,7 @@
 //! new state. The maps are fresh and unpinned.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
@@ -97,15 +98,29 @@ fn slice(i: u32, replaced: Option<u32>) -> EndpointSlice {
     }
 }
 
-/// The cluster; with `replaced`, endpoint `j` of Service 0 has a new address.
-fn state(replaced: Option<u32>) -> DesiredState {
-    DesiredState {
-        services: (0..SERVICES).map(service).collect(),
-        endpoint_slices: (0..SERVICES)
-            .map(|i| slice(i, replaced.filter(|_| i == 0)))
-            .collect(),
+/// The cluster, in the order sources hand it over.
+fn state() -> DesiredState {
+    let mut state = DesiredState {
+        services: (0..SERVICES).map(|i| Arc::new(service(i))).collect(),
+        endpoint_slices: (0..SERVICES).map(|i| Arc::new(slice(i, None))).collect(),
         ..DesiredState::default()
+    };
+    state.sort_services();
+    state
+}
+
+/// `base` after the slice of Service 0 changed (with `replaced`, its endpoint `j` has a new
+/// address), as a source hands it over: every other object is the one `base` has.
+fn changed(base: &DesiredState, replaced: Option<u32>) -> DesiredState {
+    let mut next = base.clone();
+    let slice = Arc::new(slice(0, replaced));
+    for old in &mut next.endpoint_slices {
+        if old.key() == slice.key() {
+            *old = slice;
+            break;
+        }
     }
+    next
 }
 
 fn node() -> NodeView {
@@ -142,7 +157,7 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Timing)> {
 /// Runs the section: `rounds` measured runs of each step.
 pub fn run(rounds: usize) -> Result<ServicesReport> {
     eprintln!("weir-bench: services: {SERVICES} Services × {ENDPOINTS} endpoints");
-    let base = state(None);
+    let base = state();
     let node = node();
     let mut report = ServicesReport {
         frontends: 0,
@@ -163,7 +178,7 @@ pub fn run(rounds: usize) -> Result<ServicesReport> {
         let mut change_compile = Vec::new();
         let mut change_write = Vec::new();
         for replaced in [Some(3), None] {
-            let changed = state(replaced);
+            let changed = changed(&base, replaced);
             let (next, t) = timed(|| {
                 compile::compile_with(&changed, &node, dp.applied()).context("compiling a change")
             })?;
