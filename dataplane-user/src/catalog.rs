@@ -79,7 +79,7 @@ impl Catalog {
             .map(|(addr, _)| to_ip(addr))
             .collect();
         let mut local = BTreeMap::new();
-        for (ifindex, lp) in &maps.local_pods {
+        for (ifindex, lp) in maps.local_pods.iter() {
             let Some(pod) = state
                 .pods
                 .iter()
@@ -314,11 +314,14 @@ mod tests {
             ..Policy::default()
         };
         DesiredState {
-            pods: vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")],
+            pods: vec![
+                Arc::new(pod("a", "10.0.0.1")),
+                Arc::new(pod("b", "10.0.0.2")),
+            ],
             policies: vec![
-                policy("deny-in", Some(vec![]), None),
-                policy("web", Some(vec![Rule::default()]), None),
-                policy("deny-out", None, Some(vec![])),
+                Arc::new(policy("deny-in", Some(vec![]), None)),
+                Arc::new(policy("web", Some(vec![Rule::default()]), None)),
+                Arc::new(policy("deny-out", None, Some(vec![]))),
             ],
             ..DesiredState::default()
         }

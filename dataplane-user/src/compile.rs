@@ -18,6 +18,7 @@ mod services;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use dataplane_abi::{
     Addr, CidrInfo, Direction, EndpointInfo, PEER_CLASS_ANY, PEER_CLASS_WORLD, PORT_ANY, PolicyKey,
@@ -26,7 +27,8 @@ use dataplane_abi::{
 use ipnetwork::IpNetwork;
 
 use crate::model::{
-    DesiredState, Labels, NamespaceScope, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule,
+    DesiredState, Labels, Namespace, NamespaceScope, Peer, Pod, Policy, PortMatch, PortSpec,
+    Protocol, Rule,
 };
 
 pub use self::services::{
@@ -63,16 +65,20 @@ pub struct LocalPod {
 pub type CidrPrefix = (u32, Addr);
 
 /// The contents of every map the agent writes, for one desired state.
+///
+/// The policy part is shared (`Arc`): a compilation whose pods, policies, namespaces and
+/// node are those of the previous one keeps its output as it is, and a copy of the set (the
+/// agent keeps what it applied) copies pointers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapSet {
     /// Contents of `WEIR_EP_V2`.
-    pub endpoints: BTreeMap<Addr, EndpointInfo>,
+    pub endpoints: Arc<BTreeMap<Addr, EndpointInfo>>,
     /// Contents of `WEIR_CIDR_V2`.
-    pub cidrs: BTreeMap<CidrPrefix, CidrInfo>,
+    pub cidrs: Arc<BTreeMap<CidrPrefix, CidrInfo>>,
     /// Contents of `WEIR_POL_V2`.
-    pub policy: BTreeMap<PolicyKey, PolicyValue>,
+    pub policy: Arc<BTreeMap<PolicyKey, PolicyValue>>,
     /// Local pods by ifindex: the interfaces to attach to.
-    pub local_pods: BTreeMap<u32, LocalPod>,
+    pub local_pods: Arc<BTreeMap<u32, LocalPod>>,
     /// Number of distinct peer classes (for `weir check` and metrics).
     pub peer_classes: usize,
     /// The class ids this compilation gave out; the next compilation keeps them.
@@ -83,6 +89,47 @@ pub struct MapSet {
     pub services: ServiceMaps,
     /// Things worth a warning that do not stop compilation (duplicate pod addresses).
     pub warnings: Vec<String>,
+    /// What the policy part was compiled from, to know when it holds for the next state.
+    policy_inputs: Option<Arc<PolicyInputs>>,
+}
+
+/// The inputs of the policy part of a [`MapSet`], and the warnings it gave.
+#[derive(Debug, PartialEq, Eq)]
+struct PolicyInputs {
+    namespaces: BTreeMap<String, Namespace>,
+    pods: Vec<Arc<Pod>>,
+    policies: Vec<Arc<Policy>>,
+    host_addrs: BTreeSet<IpAddr>,
+    local_routes: BTreeMap<IpAddr, u32>,
+    warnings: Vec<String>,
+}
+
+impl PolicyInputs {
+    /// Whether `state` and `node` are what the policy part was compiled from: the same
+    /// objects (a source passes unchanged ones on as they are) or equal ones, in the same
+    /// order (the order decides which of two pods with one address keeps it).
+    fn hold_for(&self, state: &DesiredState, node: &NodeView) -> bool {
+        fn same<T: PartialEq>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+        }
+        same(&self.pods, &state.pods)
+            && same(&self.policies, &state.policies)
+            && self.namespaces == state.namespaces
+            && self.host_addrs == node.host_addrs
+            && self.local_routes == node.local_routes
+    }
+}
+
+/// The policy part of a compilation, as it is built.
+#[derive(Default)]
+struct PolicyOutput {
+    endpoints: BTreeMap<Addr, EndpointInfo>,
+    cidrs: BTreeMap<CidrPrefix, CidrInfo>,
+    policy: BTreeMap<PolicyKey, PolicyValue>,
+    local_pods: BTreeMap<u32, LocalPod>,
+    peer_classes: usize,
+    class_ids: ClassIds,
+    warnings: Vec<String>,
 }
 
 /// The compiled state does not fit the maps.
@@ -158,11 +205,51 @@ pub fn compile_with(
     node: &NodeView,
     previous: &MapSet,
 ) -> Result<MapSet, CompileError> {
+    let mut out = match &previous.policy_inputs {
+        Some(inputs) if inputs.hold_for(state, node) => MapSet {
+            warnings: inputs.warnings.clone(),
+            services: ServiceMaps::default(),
+            ..previous.clone()
+        },
+        _ => {
+            let policy = compile_policies(state, node, &previous.class_ids)?;
+            MapSet {
+                endpoints: Arc::new(policy.endpoints),
+                cidrs: Arc::new(policy.cidrs),
+                policy: Arc::new(policy.policy),
+                local_pods: Arc::new(policy.local_pods),
+                peer_classes: policy.peer_classes,
+                class_ids: policy.class_ids,
+                services: ServiceMaps::default(),
+                warnings: policy.warnings.clone(),
+                policy_inputs: Some(Arc::new(PolicyInputs {
+                    namespaces: state.namespaces.clone(),
+                    pods: state.pods.clone(),
+                    policies: state.policies.clone(),
+                    host_addrs: node.host_addrs.clone(),
+                    local_routes: node.local_routes.clone(),
+                    warnings: policy.warnings,
+                })),
+            }
+        }
+    };
+    let (services, warnings) = services::compile(state, node, &previous.services)?;
+    out.services = services;
+    out.warnings.extend(warnings);
+    Ok(out)
+}
+
+/// The policy part of `state`: endpoints, CIDRs, rules and local pods.
+fn compile_policies(
+    state: &DesiredState,
+    node: &NodeView,
+    class_ids: &ClassIds,
+) -> Result<PolicyOutput, CompileError> {
     let atoms = PeerAtoms::collect(&state.policies);
     let egress_names = egress_port_names(&state.policies);
     let pods = PodIndex::new(state);
-    let mut classes = Classes::new(&atoms, &previous.class_ids);
-    let mut out = MapSet::default();
+    let mut classes = Classes::new(&atoms, class_ids);
+    let mut out = PolicyOutput::default();
 
     let pod_atoms = atoms.match_pods(state, &pods);
     let local = local_pods(state, node);
@@ -223,9 +310,6 @@ pub fn compile_with(
     out.peer_classes = classes.len();
     out.class_ids = classes.into_ids();
     check_capacity(&out)?;
-    let (services, warnings) = services::compile(state, node, &previous.services)?;
-    out.services = services;
-    out.warnings.extend(warnings);
     Ok(out)
 }
 
@@ -266,6 +350,7 @@ pub fn selecting<'a>(
         .iter()
         .enumerate()
         .filter(|(_, p)| p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels))
+        .map(|(i, p)| (i, &**p))
 }
 
 fn endpoint_info(class: u32, local: Option<&LocalPod>) -> EndpointInfo {
@@ -338,14 +423,14 @@ fn peer_key(peer: &Peer) -> PeerKey {
 }
 
 impl PeerAtoms {
-    fn collect(policies: &[Policy]) -> Self {
+    fn collect(policies: &[Arc<Policy>]) -> Self {
         let mut atoms = Self {
             atoms: Vec::new(),
             index: HashMap::new(),
             by_cidr: HashMap::new(),
             cidr_lengths: BTreeSet::new(),
         };
-        for rule in policies.iter().flat_map(all_rules) {
+        for rule in policies.iter().flat_map(|p| all_rules(p)) {
             for peer in &rule.peers {
                 atoms.id_of(peer);
             }
@@ -519,7 +604,7 @@ impl PodIndex {
 
 /// Named ports egress rules mention: they are resolved on the destination, so they are part
 /// of the destination's class.
-fn egress_port_names(policies: &[Policy]) -> BTreeSet<(String, Protocol)> {
+fn egress_port_names(policies: &[Arc<Policy>]) -> BTreeSet<(String, Protocol)> {
     policies
         .iter()
         .flat_map(|p| p.egress.iter().flatten())
@@ -800,7 +885,7 @@ fn check_policy_capacity(policy: &Policy, before: usize, after: usize) -> Result
     Ok(())
 }
 
-fn check_capacity(out: &MapSet) -> Result<(), CompileError> {
+fn check_capacity(out: &PolicyOutput) -> Result<(), CompileError> {
     for (map, needed, cap) in [
         (
             dataplane_abi::names::ENDPOINTS,
@@ -874,7 +959,10 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::model::{LabelSelector, NamedPort, Namespace, Operator, Origin, Requirement};
+    use crate::model::{
+        LabelSelector, NamedPort, Namespace, Operator, Origin, Requirement, Service, ServicePort,
+        TargetPort,
+    };
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
@@ -927,16 +1015,18 @@ mod tests {
                 protocol: Protocol::Tcp,
                 port: 8080,
             });
-            state.pods = vec![a, pod("x", "b", "10.0.0.2"), pod("y", "c", "10.0.1.3")];
+            state.pods = [a, pod("x", "b", "10.0.0.2"), pod("y", "c", "10.0.1.3")]
+                .map(Arc::new)
+                .into();
             Self { state }
         }
 
         fn with_policy(mut self, ns: &str, name: &str, policy: Policy) -> Self {
-            self.state.policies.push(Policy {
+            self.state.policies.push(Arc::new(Policy {
                 namespace: ns.into(),
                 name: name.into(),
                 ..policy
-            });
+            }));
             self
         }
 
@@ -1202,7 +1292,7 @@ mod tests {
             }]),
             ..Policy::default()
         };
-        let atoms = PeerAtoms::collect(&[policy]);
+        let atoms = PeerAtoms::collect(&[Arc::new(policy)]);
         let scan_containing = |ip: IpAddr| -> Vec<u32> {
             atoms
                 .ip_blocks()
@@ -1292,14 +1382,85 @@ mod tests {
     }
 
     #[test]
+    fn a_change_that_leaves_pods_policies_namespaces_and_node_keeps_the_policy_maps() {
+        let cluster =
+            Cluster::new().with_policy("x", "in", ingress_only(LabelSelector::default(), vec![]));
+        let node = cluster.node();
+        let first = compile(&cluster.state, &node).unwrap();
+        let same_policy = |a: &MapSet, b: &MapSet| {
+            Arc::ptr_eq(&a.policy, &b.policy)
+                && Arc::ptr_eq(&a.endpoints, &b.endpoints)
+                && Arc::ptr_eq(&a.cidrs, &b.cidrs)
+                && Arc::ptr_eq(&a.local_pods, &b.local_pods)
+        };
+
+        // A Service arrives: the policy part is kept, not compiled again.
+        let mut with_service = cluster.state.clone();
+        with_service.services.push(Arc::new(Service {
+            namespace: "x".into(),
+            name: "web".into(),
+            cluster_ips: vec![ip("10.96.0.1")],
+            ports: vec![ServicePort {
+                name: String::new(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: TargetPort::Number(8080),
+                node_port: None,
+            }],
+            ..Service::default()
+        }));
+        let second = compile_with(&with_service, &node, &first).unwrap();
+        assert!(same_policy(&first, &second));
+        assert_eq!(second.services.counts().frontends, 1);
+
+        // Equal pods under new addresses (a source that rebuilt them): kept too.
+        let mut rebuilt = with_service.clone();
+        rebuilt.pods = rebuilt
+            .pods
+            .iter()
+            .map(|p| Arc::new(Pod::clone(p)))
+            .collect();
+        let third = compile_with(&rebuilt, &node, &second).unwrap();
+        assert!(same_policy(&second, &third));
+
+        // A pod's labels, a policy, a namespace's labels, or the node's routes change: each
+        // compiles the policy part again, to what compiling from scratch gives.
+        let mut relabelled = rebuilt.clone();
+        Arc::make_mut(&mut relabelled.pods[1])
+            .labels
+            .insert("pod".into(), "z".into());
+        let mut fewer_policies = rebuilt.clone();
+        fewer_policies.policies.clear();
+        let mut namespace_relabelled = rebuilt.clone();
+        if let Some(ns) = namespace_relabelled.namespaces.get_mut("x") {
+            ns.labels.insert("team".into(), "a".into());
+        }
+        for (what, state, node) in [
+            ("pod labels", &relabelled, node.clone()),
+            ("policies", &fewer_policies, node.clone()),
+            ("namespace labels", &namespace_relabelled, node.clone()),
+            ("routes", &rebuilt, NodeView::default()),
+        ] {
+            let next = compile_with(state, &node, &third).unwrap();
+            assert!(!same_policy(&third, &next), "{what}");
+            let scratch = compile(state, &node).unwrap();
+            assert_eq!(
+                (&next.policy, &next.endpoints, &next.local_pods),
+                (&scratch.policy, &scratch.endpoints, &scratch.local_pods),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
     fn a_state_that_does_not_fit_names_the_policy() {
         // 10 local pods × 3 protocols × 65 533 ports each exceed the 1M entries of the map.
         let mut cluster = Cluster::new();
         for i in 0..8u8 {
-            let mut extra = cluster.state.pods[1].clone();
+            let mut extra = Pod::clone(&cluster.state.pods[1]);
             extra.name = format!("extra-{i}");
             extra.ips = vec![IpAddr::from([10, 0, 2, i])];
-            cluster.state.pods.push(extra);
+            cluster.state.pods.push(Arc::new(extra));
         }
         for (name, protocol) in [
             ("p-tcp", Protocol::Tcp),

@@ -2,6 +2,7 @@
 //! hold and a new [`MapSet`], and attaches the programs to local pods' interfaces.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::path::PathBuf;
@@ -304,7 +305,7 @@ impl Dataplane {
         for entry in &self.endpoint_map()? {
             let (k, v) = entry.map_err(map_err(names::ENDPOINTS))?;
             if let Some(slot) = slots.get_mut(k.slot as usize) {
-                slot.endpoints.insert(k.key, v);
+                Arc::make_mut(&mut slot.endpoints).insert(k.key, v);
             }
         }
         for entry in &self.cidr_map()? {
@@ -312,13 +313,13 @@ impl Dataplane {
             let data = k.data();
             if let Some(slot) = slots.get_mut(data.slot as usize) {
                 let len = k.prefix_len().saturating_sub(SLOT_PREFIX_BITS);
-                slot.cidrs.insert((len, data.key), v);
+                Arc::make_mut(&mut slot.cidrs).insert((len, data.key), v);
             }
         }
         for entry in &self.policy_map()? {
             let (k, v) = entry.map_err(map_err(names::POLICY))?;
             if let Some(slot) = slots.get_mut(k.slot as usize) {
-                slot.policy.insert(k.key, v);
+                Arc::make_mut(&mut slot.policy).insert(k.key, v);
             }
         }
         let [zero, one] = slots;

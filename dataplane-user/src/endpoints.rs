@@ -244,7 +244,7 @@ mod tests {
 
     fn state(services: Vec<Service>, pods: Vec<Pod>) -> DesiredState {
         DesiredState {
-            pods,
+            pods: pods.into_iter().map(Arc::new).collect(),
             services: services.into_iter().map(Arc::new).collect(),
             ..DesiredState::default()
         }

@@ -551,6 +551,7 @@ impl fmt::Display for Explanation {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::sync::Arc;
 
     use super::*;
     use crate::compile::NodeView;
@@ -580,10 +581,10 @@ mod tests {
         };
         let state = DesiredState {
             pods: vec![
-                pod("a", &["10.0.0.1", "fd00::1"]),
-                pod("b", &["10.0.0.2", "fd00::2"]),
+                Arc::new(pod("a", &["10.0.0.1", "fd00::1"])),
+                Arc::new(pod("b", &["10.0.0.2", "fd00::2"])),
             ],
-            policies: vec![Policy {
+            policies: vec![Arc::new(Policy {
                 namespace: "x".into(),
                 name: "a-in".into(),
                 pod_selector: LabelSelector {
@@ -610,7 +611,7 @@ mod tests {
                     },
                 ]),
                 ..Policy::default()
-            }],
+            })],
             ..DesiredState::default()
         };
         let node = NodeView {

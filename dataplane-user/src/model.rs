@@ -40,9 +40,11 @@ pub struct DesiredState {
     /// with no labels, as `kubectl apply` of a pod in `default` would assume.
     pub namespaces: BTreeMap<String, Namespace>,
     /// All pods of the cluster, local or not: remote pods are peers that selectors match.
-    pub pods: Vec<Pod>,
-    /// All network policies.
-    pub policies: Vec<Policy>,
+    /// Shared, as `services`: a compilation whose pods, policies and namespaces are the
+    /// previous one's keeps its policy maps.
+    pub pods: Vec<Arc<Pod>>,
+    /// All network policies, shared as `pods`.
+    pub policies: Vec<Arc<Policy>>,
     /// All Services (`ExternalName` Services are not load-balanced and are left out).
     ///
     /// Shared: a source hands the objects that did not change to the next state as they are,

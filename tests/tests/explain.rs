@@ -12,6 +12,7 @@ use testbed::packet;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use dataplane_abi::{Direction, DropReason, PassReason, programs, proto};
 use packet::{L4, Packet, SYN};
@@ -95,7 +96,7 @@ fn state() -> DesiredState {
             )
         })
         .collect();
-    let pods = PODS
+    let pods: Vec<Pod> = PODS
         .iter()
         .map(|(ns, name, app, v4, v6, _)| Pod {
             namespace: (*ns).into(),
@@ -112,8 +113,8 @@ fn state() -> DesiredState {
         .collect();
     DesiredState {
         namespaces,
-        pods,
-        policies: policies(),
+        pods: pods.into_iter().map(Arc::new).collect(),
+        policies: policies().into_iter().map(Arc::new).collect(),
         ..DesiredState::default()
     }
 }

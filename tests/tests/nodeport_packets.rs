@@ -180,10 +180,12 @@ fn state() -> DesiredState {
                 labels: BTreeMap::new(),
             },
         )]),
-        pods: vec![
+        pods: [
             pod("l", [V4.local, V6.local]),
             pod("r", [V4.remote, V6.remote]),
-        ],
+        ]
+        .map(Arc::new)
+        .into(),
         services: [
             with_ips(
                 service("cluster", CLUSTER_PORT, false),
@@ -536,7 +538,7 @@ fn policy_judges_external_clients_at_the_backend() {
     in_bed(|| {
         for f in [V4, V6] {
             let mut state = state();
-            state.policies.push(Policy {
+            state.policies.push(Arc::new(Policy {
                 namespace: "x".into(),
                 name: "clients-only".into(),
                 pod_selector: LabelSelector {
@@ -555,7 +557,7 @@ fn policy_judges_external_clients_at_the_backend() {
                 }]),
                 egress: None,
                 origin: Origin::default(),
-            });
+            }));
             let mut dp = loaded(&state);
             let allowed = syn(&mut dp, f.client, 44_000, f.node, LOCAL_PORT);
             allowed.expect(TC_ACT_OK, EXTERNAL, "translated");

@@ -11,6 +11,7 @@
 use testbed::packet;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use dataplane_abi::{
     Direction, DropReason, FLOW_UNKNOWN, FlowEvent, FlowVerdict, PEER_CLASS_WORLD, PassReason,
@@ -126,12 +127,14 @@ fn state(allow_b_on_80: bool) -> DesiredState {
     ];
     DesiredState {
         namespaces,
-        pods: vec![
+        pods: [
             pod("x", "a", &["10.0.0.1", "fd00::1"], vec![http]),
             pod("x", "b", &["10.0.0.2", "fd00::2"], vec![]),
             pod("y", "c", &["10.0.1.3", "fd00:1::3"], vec![]),
-        ],
-        policies: vec![Policy {
+        ]
+        .map(Arc::new)
+        .into(),
+        policies: vec![Arc::new(Policy {
             namespace: "x".into(),
             name: "a-policy".into(),
             pod_selector: LabelSelector {
@@ -141,7 +144,7 @@ fn state(allow_b_on_80: bool) -> DesiredState {
             ingress: Some(ingress),
             egress: Some(egress),
             origin: Origin::default(),
-        }],
+        })],
         ..DesiredState::default()
     }
 }

@@ -184,11 +184,13 @@ fn state(backends: &[&str]) -> DesiredState {
                 labels: BTreeMap::new(),
             },
         )]),
-        pods: vec![
+        pods: [
             pod("a", "client", [V4.client, V6.client]),
             pod("b", "web", [V4.b, V6.b]),
             pod("c", "web", [V4.c, V6.c]),
-        ],
+        ]
+        .map(Arc::new)
+        .into(),
         services: [
             service("web", [V4.web, V6.web], {
                 let mut ports = http_dns();
@@ -539,7 +541,7 @@ fn policy_judges_the_translated_packet() {
     // The client may reach pod b on 8080 and nothing else: through the ClusterIP, connections
     // that land on b pass and those that land on c are denied.
     let mut state = state(&BOTH);
-    state.policies.push(Policy {
+    state.policies.push(Arc::new(Policy {
         namespace: "x".into(),
         name: "a-to-b".into(),
         pod_selector: LabelSelector {
@@ -564,7 +566,7 @@ fn policy_judges_the_translated_packet() {
             }],
         }]),
         origin: Origin::default(),
-    });
+    }));
     for f in [V4, V6] {
         let mut dp = loaded(&state);
         let (mut allowed, mut denied) = (0, 0);
@@ -763,7 +765,7 @@ fn traffic_policy_state(local_endpoint: bool) -> DesiredState {
         ..near.clone()
     };
     state.services.extend([near, far].map(Arc::new));
-    state.pods.push(pod("d", "web", [V4.d, V6.d]));
+    state.pods.push(Arc::new(pod("d", "web", [V4.d, V6.d])));
     for svc in ["near", "far"] {
         for f in [V4, V6] {
             let mut endpoints = vec![

@@ -62,8 +62,11 @@ fn names() -> Catalog {
         ..EndpointSlice::default()
     };
     let state = DesiredState {
-        pods: vec![pod("a", "10.0.0.1"), pod("b", "10.0.0.2")],
-        policies: vec![deny("deny"), deny("also")],
+        pods: vec![
+            Arc::new(pod("a", "10.0.0.1")),
+            Arc::new(pod("b", "10.0.0.2")),
+        ],
+        policies: vec![Arc::new(deny("deny")), Arc::new(deny("also"))],
         services: vec![Arc::new(web)],
         endpoint_slices: vec![Arc::new(web_endpoints)],
         ..DesiredState::default()

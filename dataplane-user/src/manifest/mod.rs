@@ -466,7 +466,7 @@ impl Loader {
         };
         if self.first_definition(object, Kind::Pod, &pod.namespace, &pod.name) {
             pod.origin = object.origin();
-            self.state.pods.push(pod);
+            self.state.pods.push(Arc::new(pod));
         }
     }
 
@@ -477,7 +477,7 @@ impl Loader {
         };
         if self.first_definition(object, Kind::NetworkPolicy, &policy.namespace, &policy.name) {
             policy.origin = object.origin();
-            self.state.policies.push(policy);
+            self.state.policies.push(Arc::new(policy));
         }
     }
 

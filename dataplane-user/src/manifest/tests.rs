@@ -51,9 +51,9 @@ fn policy_yaml(spec: &str) -> String {
 
 fn policy(spec: &str) -> Policy {
     let loaded = load_str(Path::new("test.yaml"), &policy_yaml(spec));
-    let mut loaded = loaded.unwrap_or_else(|error| panic!("{error}"));
+    let loaded = loaded.unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(loaded.state.policies.len(), 1);
-    loaded.state.policies.remove(0)
+    Policy::clone(&loaded.state.policies[0])
 }
 
 fn policy_errors(spec: &str) -> Vec<String> {
@@ -185,7 +185,7 @@ fn the_course_example_loads() {
             line: 26,
         },
     };
-    assert_eq!(loaded.state.policies, vec![expected]);
+    assert_eq!(loaded.state.policies, vec![Arc::new(expected)]);
 
     let expected = Service {
         namespace: "default".to_owned(),

@@ -122,8 +122,8 @@ impl ObjectKey {
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Entry {
     Namespace(Namespace),
-    Pod(Pod),
-    Policy(Policy),
+    Pod(Arc<Pod>),
+    Policy(Arc<Policy>),
     Service(Arc<Service>),
     EndpointSlice(Arc<EndpointSlice>),
     Node(Node),
@@ -157,17 +157,17 @@ pub(super) fn convert(kind: Kind, key: &ObjectKey, mut object: DynamicObject) ->
         // readiness changing (often) must not make every node's agent recompile.
         Kind::Pod => decode(&json, UnknownFields::Ignore, convert::pod).map(|pod| {
             let condition = PodCondition::Ready;
-            Entry::Pod(Pod {
+            Entry::Pod(Arc::new(Pod {
                 condition,
                 origin,
                 ..pod
-            })
+            }))
         }),
         // Unknown fields are refused as in a file: a field this version of Weir does not know
         // (one a newer API server added) could change what the policy selects or allows, or
         // where a Service sends its traffic.
         Kind::NetworkPolicy => decode(&json, UnknownFields::Reject, convert::network_policy)
-            .map(|policy| Entry::Policy(Policy { origin, ..policy })),
+            .map(|policy| Entry::Policy(Arc::new(Policy { origin, ..policy }))),
         Kind::Service => decode(&json, UnknownFields::Reject, api_service).map(|converted| {
             model(converted, |service| {
                 Entry::Service(Arc::new(Service { origin, ..service }))

@@ -274,6 +274,8 @@ impl fmt::Display for Health {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::model::{Node, Pod};
 
@@ -285,11 +287,11 @@ mod tests {
     }
 
     fn pod(namespace: &str, name: &str) -> Entry {
-        Entry::Pod(Pod {
+        Entry::Pod(Arc::new(Pod {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             ..Pod::default()
-        })
+        }))
     }
 
     fn list_all_empty(store: &Store) {

@@ -1534,9 +1534,9 @@ mod tests {
             let yaml = to_yaml(&policy_json(policy));
             let loaded = weir::manifest::load_str(Path::new("p.yaml"), &yaml)
                 .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-            let mut read = loaded.state.policies[0].clone();
+            let mut read = Policy::clone(&loaded.state.policies[0]);
             read.origin = policy.origin.clone();
-            assert_eq!(&read, policy, "\n{yaml}");
+            assert_eq!(&read, &**policy, "\n{yaml}");
         }
     }
 

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use weir::compile::NodeView;
 use weir::model::{
@@ -86,9 +87,11 @@ pub fn generate(rules: usize) -> Cluster {
     let state = DesiredState {
         namespaces: (0..NAMESPACES).map(namespace).collect(),
         pods: (0..NAMESPACES)
-            .flat_map(|ns| (0..PODS_PER_NAMESPACE).map(move |p| pod(ns, p)))
+            .flat_map(|ns| (0..PODS_PER_NAMESPACE).map(move |p| Arc::new(pod(ns, p))))
             .collect(),
-        policies: (0..rules / RULES_PER_POLICY).map(policy).collect(),
+        policies: (0..rules / RULES_PER_POLICY)
+            .map(|i| Arc::new(policy(i)))
+            .collect(),
         ..DesiredState::default()
     };
     Cluster {

@@ -66,6 +66,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -269,12 +270,14 @@ fn state(topology: &Topology, services: &[ServiceSpec]) -> DesiredState {
     let pods = topology
         .pods()
         .iter()
-        .map(|p| Pod {
-            namespace: p.spec().namespace.clone(),
-            name: p.spec().name.clone(),
-            labels: p.spec().labels.clone(),
-            ips: p.ips().to_vec(),
-            ..Pod::default()
+        .map(|p| {
+            Arc::new(Pod {
+                namespace: p.spec().namespace.clone(),
+                name: p.spec().name.clone(),
+                labels: p.spec().labels.clone(),
+                ips: p.ips().to_vec(),
+                ..Pod::default()
+            })
         })
         .collect();
     let (services, endpoint_slices) = service_set::to_model(services);

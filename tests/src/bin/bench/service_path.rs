@@ -38,6 +38,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use dataplane_abi::{PassReason, programs};
@@ -256,8 +257,8 @@ fn state(specs: &[ServiceSpec]) -> DesiredState {
     }));
     let (services, endpoint_slices) = service_set::to_model(specs);
     DesiredState {
-        pods,
-        policies: vec![client_egress_policy()],
+        pods: pods.into_iter().map(Arc::new).collect(),
+        policies: vec![Arc::new(client_egress_policy())],
         services,
         endpoint_slices,
         ..DesiredState::default()
