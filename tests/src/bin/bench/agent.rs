@@ -222,6 +222,12 @@ pub struct InProcess {
     pub reload_one: Duration,
     /// `compile::compile` with the node namespace's view.
     pub compile: Duration,
+    /// One `EndpointSlice` file replaced (an endpoint's address changed): `Directory::version`
+    /// and `Directory::load`.
+    pub endpoint_reload: Duration,
+    /// That state compiled over the previous compilation (`compile::compile_with`), as the
+    /// agent does: the policy maps kept, one Service compiled again.
+    pub endpoint_compile: Duration,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -754,6 +760,7 @@ fn time_in_process(
         loaded.endpoint_slices.len()
     );
     let (version_check, reload_one) = time_directory(dir, state)?;
+    let (endpoint_reload, endpoint_compile) = time_endpoint_change(dir, &view, services)?;
     let compile = median_time(IN_PROCESS_RUNS, || {
         let maps = weir::compile::compile(&loaded, &view)?;
         ensure!(
@@ -778,7 +785,53 @@ fn time_in_process(
         load,
         reload_one,
         compile,
+        endpoint_reload,
+        endpoint_compile,
     })
+}
+
+/// The agent's steps for one endpoint change on `dir`: the first Service's slice file
+/// replaced with one endpoint at another address (and back, in turn), re-read, and compiled
+/// over the previous compilation. Checks that the change compiles to the same sizes.
+fn time_endpoint_change(
+    dir: &Path,
+    view: &NodeView,
+    services: &[ServiceSpec],
+) -> Result<(Duration, Duration)> {
+    let mut source = Directory::new(dir.to_owned());
+    source.version()?;
+    let mut previous = weir::compile::compile(&source.load()?.state, view)?;
+    source.version()?;
+    let spec = services.first().context("a cluster without Services")?;
+    let file = format!("endpointslice-{}-{}.yaml", spec.namespace, spec.name);
+    let mut moved = spec.clone();
+    moved.endpoints[0] = Ipv4Addr::new(100, 64, 0, 1);
+    let texts = [&moved, spec].map(|s| to_yaml(&service_set::slice_json(s)));
+    let (mut reloads, mut compiles) = (Vec::new(), Vec::new());
+    for round in 0..2 * IN_PROCESS_RUNS {
+        manifests::write_atomic(dir, &file, &texts[round % 2]);
+        let started = Instant::now();
+        source.version()?;
+        let loaded = source.load()?.state;
+        reloads.push(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let next = weir::compile::compile_with(&loaded, view, &previous)?;
+        compiles.push(started.elapsed().as_secs_f64());
+        ensure!(
+            next.services.counts() == previous.services.counts()
+                && next.local_pods.len() == previous.local_pods.len(),
+            "an endpoint change compiled to other sizes"
+        );
+        let (before, after) = previous.services.changes(&next.services);
+        ensure!(
+            before.frontends.len() == 1 && after.frontends.len() == 1,
+            "an endpoint change touched {} frontends",
+            after.frontends.len()
+        );
+        previous = next;
+    }
+    let median_of = |v: &[f64]| Duration::from_secs_f64(median(v));
+    Ok((median_of(&reloads), median_of(&compiles)))
 }
 
 /// The agent's source on `dir`: a check with nothing changed, and a reload after one policy
@@ -1417,7 +1470,9 @@ impl AgentReport {
              \x20 walk of the tree (stat of {} files)   {:>8.1} ms  every {} s, a safety net\n\
              \x20 first load (read + YAML + validation)     {:>8.1} ms\n\
              \x20 reload after one file changed            {:>8.1} ms\n\
-             \x20 compile from scratch ({} policies, {} Services, {} local pods) {:>8.1} ms\n",
+             \x20 compile from scratch ({} policies, {} Services, {} local pods) {:>8.1} ms\n\
+             \x20 one endpoint changed: reload             {:>8.1} ms\n\
+             \x20 one endpoint changed: compile over the last {:>8.3} ms\n",
             SETTLE_SLICE.as_millis(),
             ms(p.version_check),
             self.files,
@@ -1428,7 +1483,9 @@ impl AgentReport {
             self.policies,
             self.services,
             self.local_pods,
-            ms(p.compile)
+            ms(p.compile),
+            ms(p.endpoint_reload),
+            ms(p.endpoint_compile)
         );
     }
 
@@ -1473,6 +1530,14 @@ impl AgentReport {
                 format!("{:.1}", ms(p.reload_one)),
             ),
             ("agent_compile_ms".into(), format!("{:.0}", ms(p.compile))),
+            (
+                "agent_endpoint_reload_ms".into(),
+                format!("{:.1}", ms(p.endpoint_reload)),
+            ),
+            (
+                "agent_endpoint_compile_ms".into(),
+                format!("{:.3}", ms(p.endpoint_compile)),
+            ),
         ];
         for run in &self.runs {
             run.keys(&mut kv);
