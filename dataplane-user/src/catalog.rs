@@ -116,9 +116,12 @@ impl Catalog {
                 origin: p.origin.to_string(),
             })
             .collect();
+        // A Service without frontends (headless, or every frontend taken by another) has no
+        // id; no flow names it.
         let services = maps
             .services
             .services()
+            .filter(|(_, unit)| unit.id != 0)
             .map(|(name, unit)| (unit.id, name.into()))
             .collect();
         Self {
@@ -291,7 +294,9 @@ pub fn proto_name(number: u8) -> String {
 mod tests {
     use super::*;
     use crate::compile::NodeView;
-    use crate::model::{LabelSelector, Pod, Policy, Rule};
+    use crate::model::{
+        LabelSelector, Pod, Policy, Protocol, Rule, Service, ServicePort, TargetPort,
+    };
 
     fn state() -> DesiredState {
         let labels = |v: &str| [("app".to_owned(), v.to_owned())].into();
@@ -336,6 +341,38 @@ mod tests {
         };
         let maps = compile::compile(&state, &node).unwrap();
         Catalog::new(&state, &maps)
+    }
+
+    #[test]
+    fn a_service_without_frontends_names_no_id() {
+        let mut state = state();
+        let service = |name: &str, ip: Option<&str>| {
+            Arc::new(Service {
+                namespace: "x".into(),
+                name: name.into(),
+                cluster_ips: ip.iter().map(|ip| ip.parse().unwrap()).collect(),
+                ports: vec![ServicePort {
+                    name: String::new(),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    target_port: TargetPort::Number(80),
+                    node_port: None,
+                }],
+                ..Service::default()
+            })
+        };
+        state.services = vec![service("headless", None), service("web", Some("10.96.0.1"))];
+        let maps = compile::compile(&state, &NodeView::default()).unwrap();
+        let c = Catalog::new(&state, &maps);
+        let web = maps
+            .services
+            .services()
+            .find(|(n, _)| *n == "x/web")
+            .unwrap()
+            .1
+            .id;
+        assert_eq!(c.service(web), Some("x/web"));
+        assert_eq!(c.service(0), None, "the headless Service has no id");
     }
 
     #[test]
