@@ -82,7 +82,7 @@ pub struct MapSet {
     /// Number of distinct peer classes (for `weir check` and metrics).
     pub peer_classes: usize,
     /// The class ids this compilation gave out; the next compilation keeps them.
-    pub class_ids: ClassIds,
+    pub class_ids: Arc<ClassIds>,
     /// Contents of the Service maps (`WEIR_SVC_V2`, `WEIR_BE_V2`, `WEIR_MAG_*_V2`,
     /// `WEIR_LBSRC_V2`), one compiled unit per Service, with the ids the next compilation
     /// keeps.
@@ -219,7 +219,7 @@ pub fn compile_with(
                 policy: Arc::new(policy.policy),
                 local_pods: Arc::new(policy.local_pods),
                 peer_classes: policy.peer_classes,
-                class_ids: policy.class_ids,
+                class_ids: Arc::new(policy.class_ids),
                 services: ServiceMaps::default(),
                 warnings: policy.warnings.clone(),
                 policy_inputs: Some(Arc::new(PolicyInputs {

@@ -345,7 +345,7 @@ impl Dataplane {
             })
             .max()
             .unwrap_or(0);
-        out.class_ids = crate::compile::ClassIds::above(max_class);
+        out.class_ids = Arc::new(crate::compile::ClassIds::above(max_class));
         self.read_back_services(&mut out)?;
         Ok((out, standby))
     }
