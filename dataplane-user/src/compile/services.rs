@@ -34,6 +34,7 @@
 //! pointers, not entries ([`ServiceMaps::changes`]). Ids are kept by identity (see `ids`).
 
 mod build;
+mod chunked;
 mod ids;
 mod incremental;
 mod units;
@@ -45,6 +46,7 @@ use std::sync::Arc;
 use dataplane_abi::{Addr, Backend, ServiceKey, ServiceValue, SourceRangeKey, capacity, names};
 
 use self::build::{NodePortAddrs, ServiceCompiler, SetIdentity};
+use self::chunked::Chunked;
 use self::ids::{Hints, Ids};
 use self::units::Units;
 use super::maglev::Table;
@@ -254,8 +256,8 @@ pub struct ServiceMaps {
 /// What a compilation read, in key order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Seen {
-    services: Arc<[Arc<Service>]>,
-    slices: Arc<[Arc<EndpointSlice>]>,
+    services: Chunked<Service>,
+    slices: Chunked<EndpointSlice>,
 }
 
 /// Key of the unit that holds what the kernel held at start: no Service name is empty.

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use dataplane_abi::ServiceKey;
 
+use super::chunked::Chunked;
 use super::ids::Ids;
 use super::{CompiledService, Context, Reuse, Seen, ServiceMaps, check_capacity};
 use crate::compile::CompileError;
@@ -28,8 +29,8 @@ use crate::model::{DesiredState, EndpointSlice, Service};
 pub(super) enum Change<'a, T> {
     Added(&'a Arc<T>),
     Removed(&'a Arc<T>),
-    /// Another object under the same key, equal or not.
-    Replaced(&'a Arc<T>, &'a Arc<T>),
+    /// Another object under the same key, equal or not; the index of both.
+    Replaced(&'a Arc<T>, &'a Arc<T>, usize),
 }
 
 /// How `new` differs from `old`, or `None` when `new` is not strictly sorted by `key`.
@@ -38,7 +39,7 @@ pub(super) enum Change<'a, T> {
 /// keys only where `new` leaves `old`: an object that is the next one of `old` comes after the
 /// previous object of `new`, whichever way that one was found.
 pub(super) fn diff_sorted<'a, T, K: Ord>(
-    old: &'a [Arc<T>],
+    old: &'a Chunked<T>,
     new: &'a [Arc<T>],
     key: impl Fn(&'a T) -> K,
 ) -> Option<Vec<Change<'a, T>>> {
@@ -59,7 +60,7 @@ pub(super) fn diff_sorted<'a, T, K: Ord>(
                 std::cmp::Ordering::Less => changes.push(Change::Removed(o)),
                 std::cmp::Ordering::Equal => {
                     if !Arc::ptr_eq(o, item) {
-                        changes.push(Change::Replaced(o, item));
+                        changes.push(Change::Replaced(o, item, i));
                     }
                     replaced = true;
                     next_old += 1;
@@ -73,8 +74,24 @@ pub(super) fn diff_sorted<'a, T, K: Ord>(
             changes.push(Change::Added(item));
         }
     }
-    changes.extend(old[next_old.min(old.len())..].iter().map(Change::Removed));
+    changes.extend(old.iter_from(next_old).map(Change::Removed));
     Some(changes)
+}
+
+/// `old` turned into `new`, which differs from it by `changes`: shared when nothing changed,
+/// chunks copied where objects were only replaced, and built again otherwise.
+fn updated<T>(old: &Chunked<T>, changes: &[Change<'_, T>], new: &[Arc<T>]) -> Chunked<T> {
+    let replaced: Option<Vec<(usize, &Arc<T>)>> = changes
+        .iter()
+        .map(|change| match change {
+            Change::Replaced(_, item, at) => Some((*at, *item)),
+            Change::Added(_) | Change::Removed(_) => None,
+        })
+        .collect();
+    match replaced {
+        Some(replaced) => old.with_replaced(replaced),
+        None => new.iter().cloned().collect(),
+    }
 }
 
 /// The slices that left (by key) and arrived (by the Service they name).
@@ -93,7 +110,7 @@ impl<'a> SliceChanges<'a> {
             let (gone, arrived) = match change {
                 Change::Added(new) => (None, Some(*new)),
                 Change::Removed(old) => (Some(*old), None),
-                Change::Replaced(old, new) => (Some(*old), Some(*new)),
+                Change::Replaced(old, new, _) => (Some(*old), Some(*new)),
             };
             if let Some(old) = gone {
                 out.gone.insert(old.key());
@@ -135,13 +152,13 @@ pub(super) fn compile(
     let mut dirty: BTreeSet<(String, String)> = BTreeSet::new();
     for change in &service_changes {
         let service = match change {
-            Change::Added(s) | Change::Removed(s) | Change::Replaced(s, _) => s,
+            Change::Added(s) | Change::Removed(s) | Change::Replaced(s, _, _) => s,
         };
         dirty.insert((service.namespace.clone(), service.name.clone()));
     }
     let slices = SliceChanges::new(&slice_changes);
     for old in &slice_changes {
-        if let Change::Removed(s) | Change::Replaced(s, _) = old {
+        if let Change::Removed(s) | Change::Replaced(s, _, _) = old {
             dirty.insert((s.namespace.clone(), s.service.clone()));
         }
     }
@@ -152,16 +169,8 @@ pub(super) fn compile(
 
     let mut next = previous.clone();
     next.seen = Some(Seen {
-        services: if service_changes.is_empty() {
-            seen.services.clone()
-        } else {
-            state.services.as_slice().into()
-        },
-        slices: if slice_changes.is_empty() {
-            seen.slices.clone()
-        } else {
-            state.endpoint_slices.as_slice().into()
-        },
+        services: updated(&seen.services, &service_changes, &state.services),
+        slices: updated(&seen.slices, &slice_changes, &state.endpoint_slices),
     });
     let mut pass = Pass {
         state,
@@ -343,6 +352,10 @@ mod tests {
         keys.iter().map(|k| Arc::new(*k)).collect()
     }
 
+    fn chunked(items: &[Arc<u32>]) -> Chunked<u32> {
+        items.iter().cloned().collect()
+    }
+
     /// The changes as `+k`, `-k`, `~k`.
     fn describe(changes: &[Change<'_, u32>]) -> Vec<String> {
         changes
@@ -350,7 +363,7 @@ mod tests {
             .map(|c| match c {
                 Change::Added(k) => format!("+{k}"),
                 Change::Removed(k) => format!("-{k}"),
-                Change::Replaced(old, _) => format!("~{old}"),
+                Change::Replaced(old, _, at) => format!("~{old}@{at}"),
             })
             .collect()
     }
@@ -360,11 +373,12 @@ mod tests {
         let old = arcs(&[1, 3, 5, 7]);
         let mut new = vec![old[0].clone(), Arc::new(2), Arc::new(3), old[2].clone()];
         new.push(Arc::new(8));
-        let changes = diff_sorted(&old, &new, |k| *k).unwrap();
-        assert_eq!(describe(&changes), ["+2", "~3", "-7", "+8"]);
-        assert!(diff_sorted(&old, &old, |k| *k).unwrap().is_empty());
+        let list = chunked(&old);
+        let changes = diff_sorted(&list, &new, |k| *k).unwrap();
+        assert_eq!(describe(&changes), ["+2", "~3@2", "-7", "+8"]);
+        assert!(diff_sorted(&list, &old, |k| *k).unwrap().is_empty());
         assert_eq!(
-            describe(&diff_sorted(&old, &[], |k| *k).unwrap()),
+            describe(&diff_sorted(&list, &[], |k| *k).unwrap()),
             ["-1", "-3", "-5", "-7"]
         );
     }
@@ -372,14 +386,30 @@ mod tests {
     #[test]
     fn a_walk_refuses_a_list_out_of_order_or_with_a_key_twice() {
         let old = arcs(&[1, 2, 3]);
+        let list = chunked(&old);
         let swapped = vec![old[1].clone(), old[0].clone(), old[2].clone()];
-        assert!(diff_sorted(&old, &swapped, |k| *k).is_none());
+        assert!(diff_sorted(&list, &swapped, |k| *k).is_none());
         let twice = vec![old[0].clone(), old[0].clone(), old[2].clone()];
-        assert!(diff_sorted(&old, &twice, |k| *k).is_none());
+        assert!(diff_sorted(&list, &twice, |k| *k).is_none());
         let same_key = vec![old[0].clone(), Arc::new(1), old[2].clone()];
-        assert!(diff_sorted(&old, &same_key, |k| *k).is_none());
+        assert!(diff_sorted(&list, &same_key, |k| *k).is_none());
         let fresh_out_of_order = arcs(&[4, 2]);
-        assert!(diff_sorted(&old, &fresh_out_of_order, |k| *k).is_none());
+        assert!(diff_sorted(&list, &fresh_out_of_order, |k| *k).is_none());
+    }
+
+    #[test]
+    fn a_list_whose_objects_were_only_replaced_shares_its_other_chunks() {
+        let old = arcs(&(0..600).collect::<Vec<u32>>());
+        let list = chunked(&old);
+        let mut new = old.clone();
+        new[300] = Arc::new(300);
+        let changes = diff_sorted(&list, &new, |k| *k).unwrap();
+        let next = updated(&list, &changes, &new);
+        assert!(Arc::ptr_eq(next.get(300).unwrap(), &new[300]));
+        assert_eq!(next, chunked(&new));
+        new.remove(10);
+        let changes = diff_sorted(&next, &new, |k| *k).unwrap();
+        assert_eq!(updated(&next, &changes, &new), chunked(&new));
     }
 
     #[test]

@@ -1326,9 +1326,15 @@ fn one_slice_replaced_among_many_compiles_one_service_and_copies_one_shard() {
     assert_eq!((old.len(), new.len()), (1, 1));
     let seen = second.maps.services.seen.as_ref().unwrap();
     let before = first.maps.services.seen.as_ref().unwrap();
-    assert!(
-        Arc::ptr_eq(&seen.services, &before.services),
+    assert_eq!(
+        seen.services.shared_chunks(&before.services),
+        (8, 8),
         "no Service changed"
+    );
+    assert_eq!(
+        seen.slices.shared_chunks(&before.slices),
+        (7, 8),
+        "one slice replaced: one chunk of 256 copied"
     );
     assert!(
         Arc::ptr_eq(&second.maps.services.owners, &first.maps.services.owners),
