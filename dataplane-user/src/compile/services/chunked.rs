@@ -14,24 +14,19 @@ const CHUNK: usize = 256;
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Chunked<T> {
     chunks: Vec<Arc<Vec<Arc<T>>>>,
-    len: usize,
 }
 
 impl<T> Clone for Chunked<T> {
     fn clone(&self) -> Self {
         Self {
             chunks: self.chunks.clone(),
-            len: self.len,
         }
     }
 }
 
 impl<T> Default for Chunked<T> {
     fn default() -> Self {
-        Self {
-            chunks: Vec::new(),
-            len: 0,
-        }
+        Self { chunks: Vec::new() }
     }
 }
 
@@ -42,7 +37,6 @@ impl<T> FromIterator<Arc<T>> for Chunked<T> {
         for item in items {
             chunk.push(item);
             if chunk.len() == CHUNK {
-                out.len += CHUNK;
                 out.chunks.push(Arc::new(std::mem::replace(
                     &mut chunk,
                     Vec::with_capacity(CHUNK),
@@ -50,7 +44,6 @@ impl<T> FromIterator<Arc<T>> for Chunked<T> {
             }
         }
         if !chunk.is_empty() {
-            out.len += chunk.len();
             out.chunks.push(Arc::new(chunk));
         }
         out
@@ -58,10 +51,6 @@ impl<T> FromIterator<Arc<T>> for Chunked<T> {
 }
 
 impl<T> Chunked<T> {
-    pub(super) fn len(&self) -> usize {
-        self.len
-    }
-
     pub(super) fn get(&self, index: usize) -> Option<&Arc<T>> {
         self.chunks.get(index / CHUNK)?.get(index % CHUNK)
     }
@@ -87,10 +76,10 @@ impl<T> Chunked<T> {
     {
         let mut out = self.clone();
         for (index, item) in replaced {
-            if let Some(chunk) = out.chunks.get_mut(index / CHUNK) {
-                if let Some(slot) = Arc::make_mut(chunk).get_mut(index % CHUNK) {
-                    *slot = Arc::clone(item);
-                }
+            if let Some(chunk) = out.chunks.get_mut(index / CHUNK)
+                && let Some(slot) = Arc::make_mut(chunk).get_mut(index % CHUNK)
+            {
+                *slot = Arc::clone(item);
             }
         }
         out
@@ -119,7 +108,7 @@ mod tests {
     fn a_replaced_object_copies_its_chunk_only() {
         let items: Vec<Arc<usize>> = (0..3 * CHUNK + 7).map(Arc::new).collect();
         let list: Chunked<usize> = items.iter().cloned().collect();
-        assert_eq!(list.len(), items.len());
+        assert_eq!(list.iter_from(0).count(), items.len());
         assert_eq!(list.get(CHUNK + 3).map(|i| **i), Some(CHUNK + 3));
         assert_eq!(list.get(items.len()), None);
         assert_eq!(
