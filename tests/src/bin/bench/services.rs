@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use weir::compile::{self, NodeView};
+
+use crate::measure::thread_cpu;
 use weir::dataplane::Dataplane;
 use weir::model::{
     DesiredState, Endpoint, EndpointPort, EndpointSlice, Protocol, Service, ServicePort, TargetPort,
@@ -128,20 +130,6 @@ fn node() -> NodeView {
         node_name: Some("node-0".into()),
         ..NodeView::default()
     }
-}
-
-/// CPU time of the calling thread, user and kernel.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-parameter for a clock every Linux has.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    )
 }
 
 fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Timing)> {
