@@ -294,9 +294,7 @@ pub fn proto_name(number: u8) -> String {
 mod tests {
     use super::*;
     use crate::compile::NodeView;
-    use crate::model::{
-        LabelSelector, Pod, Policy, Protocol, Rule, Service, ServicePort, TargetPort,
-    };
+    use crate::model::{LabelSelector, Pod, Policy, Rule, Service, ServicePort};
 
     fn state() -> DesiredState {
         let labels = |v: &str| [("app".to_owned(), v.to_owned())].into();
@@ -351,13 +349,7 @@ mod tests {
                 namespace: "x".into(),
                 name: name.into(),
                 cluster_ips: ip.iter().map(|ip| ip.parse().unwrap()).collect(),
-                ports: vec![ServicePort {
-                    name: String::new(),
-                    protocol: Protocol::Tcp,
-                    port: 80,
-                    target_port: TargetPort::Number(80),
-                    node_port: None,
-                }],
+                ports: vec![ServicePort::tcp(80, 80)],
                 ..Service::default()
             })
         };

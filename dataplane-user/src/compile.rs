@@ -961,7 +961,6 @@ mod tests {
     use super::*;
     use crate::model::{
         LabelSelector, NamedPort, Namespace, Operator, Origin, Requirement, Service, ServicePort,
-        TargetPort,
     };
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -1400,13 +1399,7 @@ mod tests {
             namespace: "x".into(),
             name: "web".into(),
             cluster_ips: vec![ip("10.96.0.1")],
-            ports: vec![ServicePort {
-                name: String::new(),
-                protocol: Protocol::Tcp,
-                port: 80,
-                target_port: TargetPort::Number(8080),
-                node_port: None,
-            }],
+            ports: vec![ServicePort::tcp(80, 8080)],
             ..Service::default()
         }));
         let second = compile_with(&with_service, &node, &first).unwrap();

@@ -387,6 +387,20 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
 }
 
+#[cfg(test)]
+impl ServicePort {
+    /// The single unnamed TCP port `port` → `target`: the most common Service in tests.
+    pub(crate) fn tcp(port: u16, target: u16) -> Self {
+        Self {
+            name: String::new(),
+            protocol: Protocol::Tcp,
+            port,
+            target_port: TargetPort::Number(target),
+            node_port: None,
+        }
+    }
+}
+
 /// A Service port's `targetPort`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TargetPort {

@@ -7,7 +7,7 @@ use super::*;
 use crate::compile::{self, NodeView};
 use crate::model::{
     DesiredState, Endpoint, EndpointPort, EndpointSlice, LabelSelector, Pod, Policy, Protocol,
-    Service, ServicePort, TargetPort,
+    Service, ServicePort,
 };
 
 /// x/a (local, ifindex 4) isolated for ingress by x/deny and x/also; x/b remote, the one
@@ -35,13 +35,7 @@ fn names() -> Catalog {
         namespace: "x".into(),
         name: "web".into(),
         cluster_ips: vec!["10.96.0.10".parse().unwrap()],
-        ports: vec![ServicePort {
-            name: String::new(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            target_port: TargetPort::Number(8080),
-            node_port: None,
-        }],
+        ports: vec![ServicePort::tcp(80, 8080)],
         ..Service::default()
     };
     let web_endpoints = EndpointSlice {

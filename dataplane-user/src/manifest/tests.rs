@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::*;
 use crate::model::{
     LabelSelector, NamedPort, NamespaceScope, Operator, Peer, Policy, PortMatch, PortSpec,
-    Protocol, Requirement, Rule, Service, ServiceKind, ServicePort, TargetPort,
+    Protocol, Requirement, Rule, Service, ServiceKind, ServicePort,
 };
 
 /// Removes the first newline and the indentation common to all lines, so that fixtures can be
@@ -191,13 +191,7 @@ fn the_course_example_loads() {
         namespace: "default".to_owned(),
         name: "mon-service".to_owned(),
         kind: ServiceKind::ClusterIp,
-        ports: vec![ServicePort {
-            name: String::new(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            target_port: TargetPort::Number(80),
-            node_port: None,
-        }],
+        ports: vec![ServicePort::tcp(80, 80)],
         selector: Some(labels(&[("app", "mon-app")])),
         origin: Origin {
             file: "test.yaml".into(),
