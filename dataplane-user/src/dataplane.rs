@@ -268,7 +268,7 @@ impl Dataplane {
         // A new generation (the same state, in the other slot): connections are checked
         // again by this agent's programs.
         let current = dp.applied.clone();
-        dp.sync_maps(&current)?;
+        dp.write_maps(&current, true)?;
         Ok(dp)
     }
 
@@ -449,7 +449,8 @@ impl Dataplane {
     /// into the policy maps' standby slot, which no packet reads, then one write of the epoch
     /// flips every packet to it; a packet sees the old state or the new, never a mix. The
     /// Service maps, read in one chain per packet (frontend, table, backend), get their
-    /// additions before the flip and their removals after it.
+    /// additions before the flip and their removals after it. When the policy maps do not
+    /// change (Services only), there is no new generation: no flip.
     ///
     /// On failure nothing a packet reads has changed (Service additions are undone) and the
     /// standby slot is read back, to be the base of the next attempt.
@@ -457,6 +458,11 @@ impl Dataplane {
         // A change of Services only (an endpoint moving) leaves the policy slots alone: no
         // flip to wait for, and established connections are not judged again.
         let flip = !same_policy(&self.applied, desired);
+        self.write_maps(desired, flip)
+    }
+
+    /// [`Self::sync_maps`], flipping to the other policy slot when `flip` says so.
+    fn write_maps(&mut self, desired: &MapSet, flip: bool) -> Result<ApplyStats, DataplaneError> {
         if flip {
             self.wait_for_readers_of_standby();
         }

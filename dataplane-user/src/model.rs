@@ -49,7 +49,7 @@ pub struct DesiredState {
     ///
     /// Shared: a source hands the objects that did not change to the next state as they are,
     /// and the compiler recognises them by address. Sorted by namespace and name
-    /// ([`Self::sort_services`]), the compiler finds what changed in one pass; in another
+    /// ([`Self::sort_services_and_slices`]), the compiler finds what changed in one pass; in another
     /// order it compiles every Service again.
     pub services: Vec<Arc<Service>>,
     /// All `EndpointSlices`, and legacy `Endpoints` objects converted to slices; shared and
@@ -62,7 +62,7 @@ pub struct DesiredState {
 impl DesiredState {
     /// Puts Services and `EndpointSlices` in the order the compiler reads fastest: by
     /// namespace and name ([`Service::key`], [`EndpointSlice::key`]).
-    pub fn sort_services(&mut self) {
+    pub fn sort_services_and_slices(&mut self) {
         self.services.sort_by(|a, b| a.key().cmp(&b.key()));
         self.endpoint_slices.sort_by(|a, b| a.key().cmp(&b.key()));
     }

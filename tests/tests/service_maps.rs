@@ -140,8 +140,20 @@ fn apply_and_restart(dp: Dataplane, pins: &Pins, state: &DesiredState, step: &st
     let compiled = compile::compile_with(state, &node(), dp.applied()).unwrap();
     dp.sync_maps(&compiled)
         .unwrap_or_else(|e| panic!("{step}: {e:?}"));
+    let slot = dp
+        .reader()
+        .and_then(|r| r.slot())
+        .expect("reading the epoch");
     drop(dp);
     let mut dp = Dataplane::load_pinned(pins).expect("reloading on the pins");
+    assert_ne!(
+        dp.reader()
+            .and_then(|r| r.slot())
+            .expect("reading the epoch"),
+        slot,
+        "{step}: a restart starts a new generation, so that this agent's programs judge \
+         tracked connections again"
+    );
     let held = services_of(dp.applied());
     assert_eq!(
         held,

@@ -580,7 +580,7 @@ impl Loader {
         self.state
             .endpoint_slices
             .extend(derived.into_iter().map(Arc::new));
-        self.state.sort_services();
+        self.state.sort_services_and_slices();
         // Objects may live in namespaces no manifest declares (see `DesiredState`).
         let state = &self.state;
         let used = state.pods.iter().map(|pod| &pod.namespace);

@@ -141,7 +141,8 @@ impl<'a> Ids<'a> {
         kept: Option<u32>,
         hint: Option<u32>,
     ) -> Result<u32, CompileError> {
-        if let Some(id) = kept {
+        // 0 is what a unit without frontends holds: no id to keep.
+        if let Some(id) = kept.filter(|id| *id != 0) {
             return Ok(id);
         }
         if let Some(id) = hint.filter(|h| *h != 0)

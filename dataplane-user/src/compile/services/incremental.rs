@@ -135,7 +135,9 @@ fn split(name: &str) -> (String, String) {
 /// Whether Service `a` comes before Service `b` (both `namespace/name`) in key order, which
 /// is not the order of the joined strings (`a-b/x` sorts before `a/x`).
 fn earlier(a: &str, b: &str) -> bool {
-    let key = |n: &'_ str| -> (String, String) { split(n) };
+    fn key(name: &str) -> (&str, &str) {
+        name.split_once('/').unwrap_or(("", name))
+    }
     key(a) < key(b)
 }
 
@@ -256,6 +258,13 @@ impl Pass<'_> {
                 &mut self.warnings,
             )?,
         };
+        if let Some((_, old)) = before
+            && Arc::ptr_eq(old, &unit)
+        {
+            // Kept as it was (its inputs are equal objects under new addresses): its shard
+            // need not be copied.
+            return Ok(());
+        }
         let name = before.map_or_else(|| Arc::from(full.as_str()), |(name, _)| name.clone());
         self.claim(&name, before_unit, Some(&unit), dirty);
         if let Some(old) = before_unit {

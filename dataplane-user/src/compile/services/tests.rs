@@ -1213,7 +1213,7 @@ fn random_change(state: &mut DesiredState, dice: &mut Dice) {
             }
         }
     }
-    state.sort_services();
+    state.sort_services_and_slices();
 }
 
 /// What two compilations must agree on: every map entry, ids to come, who has which
@@ -1242,6 +1242,31 @@ fn assert_same_output(
     };
     assert_eq!(names(a), names(b), "step {step}: units");
     assert_eq!(incremental.1, full.1, "step {step}: warnings");
+    assert_ids_hold(a, step);
+}
+
+/// Every Service with frontends has an id of its own, and so has every backend set.
+fn assert_ids_hold(maps: &ServiceMaps, step: usize) {
+    let mut services = BTreeSet::new();
+    let mut sets = BTreeSet::new();
+    for (name, unit) in maps.services() {
+        if unit.frontends.is_empty() {
+            continue;
+        }
+        assert!(unit.id != 0, "step {step}: {name} has frontends and id 0");
+        assert!(
+            services.insert(unit.id),
+            "step {step}: id {} twice",
+            unit.id
+        );
+        for set in &unit.sets {
+            assert!(
+                set.id != 0 && sets.insert(set.id),
+                "step {step}: set {}",
+                set.id
+            );
+        }
+    }
 }
 
 #[test]
@@ -1274,6 +1299,29 @@ fn compiling_what_changed_gives_what_compiling_everything_gives() {
         "the walks gave up {} times",
         3000 - incremental_steps
     );
+}
+
+#[test]
+fn a_headless_service_that_gets_a_cluster_ip_gets_an_id_of_its_own() {
+    let mut headless = service("x", "a", "10.96.0.1");
+    headless.cluster_ips.clear();
+    let first = compile(
+        &state(vec![headless, service("x", "b", "10.96.0.2")], vec![]),
+        &node(),
+    )
+    .unwrap();
+    let mut with_ip = state(
+        vec![
+            service("x", "a", "10.96.0.1"),
+            service("x", "b", "10.96.0.2"),
+        ],
+        vec![],
+    );
+    with_ip.sort_services_and_slices();
+    let second = compile_with(&with_ip, &node(), &first).unwrap();
+    assert_ids_hold(&second.maps.services, 0);
+    let ids: Vec<u32> = second.frontends.values().map(|v| v.service).collect();
+    assert!(ids.iter().all(|id| *id != 0), "{ids:?}");
 }
 
 #[test]
@@ -1311,7 +1359,7 @@ fn one_slice_replaced_among_many_compiles_one_service_and_copies_one_shard() {
             vec![ready(&ep)],
         )));
     }
-    state.sort_services();
+    state.sort_services_and_slices();
     let first = compile(&state, &node()).unwrap();
     let mut next = state.clone();
     let i = next

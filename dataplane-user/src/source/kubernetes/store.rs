@@ -159,7 +159,7 @@ impl Store {
             return Err(LoadError { errors });
         }
         add_implied_namespaces(&mut state);
-        state.sort_services();
+        state.sort_services_and_slices();
         Ok(Loaded {
             state,
             ignored: Vec::new(),

@@ -107,7 +107,7 @@ fn state() -> DesiredState {
         endpoint_slices: (0..SERVICES).map(|i| Arc::new(slice(i, None))).collect(),
         ..DesiredState::default()
     };
-    state.sort_services();
+    state.sort_services_and_slices();
     state
 }
 
