@@ -448,10 +448,15 @@ pub(super) fn compile(
         node,
         facts: &facts,
     };
-    if facts == previous.node
-        && let Some(compiled) = incremental::compile(state, &context, previous)
-    {
-        return compiled;
+    if facts == previous.node {
+        if let Some(compiled) = incremental::compile(state, &context, previous) {
+            return compiled;
+        }
+        if previous.seen.is_some() {
+            // Correct, but every Service is looked at: a source that hands Services or slices
+            // over out of key order, or two under one key, should be told.
+            tracing::debug!("Services or EndpointSlices out of key order: compiling them all");
+        }
     }
     compile_all(state, &context, previous)
 }
