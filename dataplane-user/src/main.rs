@@ -13,6 +13,12 @@ use weir::source::directory::Directory;
 use weir::source::kubernetes::{Kubernetes, Target};
 use weir::{agent, cli, manifest};
 
+/// mimalloc, not glibc's allocator: after a reload frees tens of thousands of objects, glibc
+/// settles them on the next allocations, which put milliseconds on a compile that needs a
+/// tenth of one (README, "Benchmarks").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "weir",

@@ -44,6 +44,11 @@
 //! established (bulk) + [new − established] (single runs). The raw single-run medians are
 //! printed too.
 
+/// The agent's allocator, so that the agent's steps timed in this process cost what they
+/// cost in the agent.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "bench/agent.rs"]
 mod agent;
 #[path = "bench/cluster.rs"]
