@@ -109,15 +109,18 @@ impl PolicyInputs {
     /// objects (a source passes unchanged ones on as they are) or equal ones, in the same
     /// order (the order decides which of two pods with one address keeps it).
     fn hold_for(&self, state: &DesiredState, node: &NodeView) -> bool {
-        fn same<T: PartialEq>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
-            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
-        }
-        same(&self.pods, &state.pods)
-            && same(&self.policies, &state.policies)
+        same_objects(&self.pods, &state.pods)
+            && same_objects(&self.policies, &state.policies)
             && self.namespaces == state.namespaces
             && self.host_addrs == node.host_addrs
             && self.local_routes == node.local_routes
     }
+}
+
+/// Whether `a` and `b` hold the same objects in the same order: the same `Arc`s (a source
+/// passes unchanged objects on as they are), or equal ones.
+fn same_objects<T: PartialEq>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
 }
 
 /// The policy part of a compilation, as it is built.

@@ -50,7 +50,7 @@ use self::chunked::Chunked;
 use self::ids::{Hints, Ids};
 use self::units::Units;
 use super::maglev::Table;
-use super::{CompileError, NodeView};
+use super::{CompileError, NodeView, same_objects};
 use crate::model::{DesiredState, EndpointSlice, Node, Service};
 
 /// One prefix of `WEIR_LBSRC_V2`: a `loadBalancerSourceRanges` entry of one Service.
@@ -179,18 +179,11 @@ impl Inputs {
     /// Whether `service` and `slices` are what the unit was compiled from: the same objects
     /// (a source passes unchanged ones on as they are), or equal ones.
     fn same(&self, service: &Arc<Service>, slices: &[Arc<EndpointSlice>]) -> bool {
-        same_object(&self.service, service)
-            && self.slices.len() == slices.len()
-            && self
-                .slices
-                .iter()
-                .zip(slices)
-                .all(|(a, b)| same_object(a, b))
+        same_objects(
+            std::slice::from_ref(&self.service),
+            std::slice::from_ref(service),
+        ) && same_objects(&self.slices, slices)
     }
-}
-
-fn same_object<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
 }
 
 /// Where the next new id of each kind starts.

@@ -127,17 +127,19 @@ impl<'a> SliceChanges<'a> {
 }
 
 /// Namespace and name of a `namespace/name`: no namespace holds a `/`.
+fn key(name: &str) -> (&str, &str) {
+    name.split_once('/').unwrap_or(("", name))
+}
+
+/// [`key`], owned: an entry of the set of Services to compile again.
 fn split(name: &str) -> (String, String) {
-    let (namespace, name) = name.split_once('/').unwrap_or(("", name));
+    let (namespace, name) = key(name);
     (namespace.to_owned(), name.to_owned())
 }
 
 /// Whether Service `a` comes before Service `b` (both `namespace/name`) in key order, which
 /// is not the order of the joined strings (`a-b/x` sorts before `a/x`).
 fn earlier(a: &str, b: &str) -> bool {
-    fn key(name: &str) -> (&str, &str) {
-        name.split_once('/').unwrap_or(("", name))
-    }
     key(a) < key(b)
 }
 
